@@ -1,0 +1,169 @@
+//! The connector contract: what every CRM target implements, and the failure classes it
+//! reports.
+//!
+//! A connector speaks one CRM's protocol and classifies every answer into a
+//! [`DeliveryOutcome`] per record. It must not sleep, schedule or retry in time: the pipeline
+//! owns that (DESIGN.md, "Failure classes"). A connector may retry once at once after
+//! refreshing an expired token, because that is part of speaking the protocol.
+
+use async_trait::async_trait;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::lead::Lead;
+use crate::mapping::MappedRecord;
+
+/// How the pipeline must treat a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// Connect error, timeout, reset, 5xx, 408: retry with backoff.
+    Transient,
+    /// 429 and its cousins: pause the whole target.
+    Throttled,
+    /// 401 and its cousins: the connector already refreshed once; retry at once.
+    AuthExpired,
+    /// The CRM refused the record itself: dead letter, never retried by itself.
+    Rejected,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Transient => "transient",
+            FailureClass::Throttled => "throttled",
+            FailureClass::AuthExpired => "auth_expired",
+            FailureClass::Rejected => "rejected",
+        }
+    }
+}
+
+/// A classified failure. `message` is what the CRM said (bounded); it goes to the ledger and
+/// `dead-letters list`, never to a log line, because CRMs echo field values in messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryFailure {
+    pub class: FailureClass,
+    /// A short machine code safe for logs (`http_503`, `REQUIRED_FIELD_MISSING`, `0x80072322`).
+    pub code: String,
+    pub message: String,
+    /// What the CRM asked us to wait, when it said.
+    pub retry_after: Option<Duration>,
+}
+
+impl DeliveryFailure {
+    pub fn new(class: FailureClass, code: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut message: String = message.into();
+        truncate_in_place(&mut message, 2000);
+        DeliveryFailure {
+            class,
+            code: code.into(),
+            message,
+            retry_after: None,
+        }
+    }
+    pub fn transient(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(FailureClass::Transient, code, message)
+    }
+    pub fn rejected(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(FailureClass::Rejected, code, message)
+    }
+    pub fn throttled(
+        code: impl Into<String>,
+        message: impl Into<String>,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let mut f = Self::new(FailureClass::Throttled, code, message);
+        f.retry_after = retry_after;
+        f
+    }
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+}
+
+/// What happened to one record of a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The CRM holds the record. `crm_ref` is its id there, when the CRM gave one; `created`
+    /// tells a new record from an update of an existing one, when the CRM said.
+    Delivered {
+        crm_ref: Option<String>,
+        created: Option<bool>,
+    },
+    Failed(DeliveryFailure),
+}
+
+impl DeliveryOutcome {
+    pub fn delivered(crm_ref: Option<String>, created: Option<bool>) -> Self {
+        DeliveryOutcome::Delivered { crm_ref, created }
+    }
+}
+
+/// One record handed to a connector: the lead, its mapped CRM fields and the idempotency key
+/// the connector must write with.
+#[derive(Debug, Clone)]
+pub struct OutboundRecord {
+    pub lead_id: String,
+    pub idempotency_key: String,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    pub lead: Arc<Lead>,
+    pub fields: MappedRecord,
+}
+
+/// The declared maximum length of one CRM field, in characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldLimit {
+    pub field: String,
+    pub max_chars: usize,
+}
+
+/// What `check` found.
+#[derive(Debug, Clone, Default)]
+pub struct CheckReport {
+    /// One line per thing verified, safe to print (no secrets).
+    pub verified: Vec<String>,
+}
+
+/// Why `check` failed, safe to print.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct CheckError {
+    pub what: String,
+    pub reason: String,
+}
+
+/// The contract of a CRM target.
+#[async_trait]
+pub trait Connector: Send + Sync {
+    /// The target kind (`file`, `https`, `dynamics`, ...).
+    fn kind(&self) -> &'static str;
+
+    /// The largest batch one `push` accepts.
+    fn max_batch(&self) -> usize;
+
+    /// Field lengths the CRM enforces; the mapping truncates to them.
+    fn field_limits(&self) -> Vec<FieldLimit> {
+        Vec::new()
+    }
+
+    /// Verify configuration; with `connect`, verify credentials and reachability too.
+    async fn check(&self, connect: bool) -> Result<CheckReport, CheckError>;
+
+    /// Write a batch (at most [`Connector::max_batch`] records) idempotently. Returns exactly
+    /// one outcome per record, in order.
+    async fn push(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome>;
+}
+
+/// Truncate a string to at most `max_chars` characters, on a char boundary.
+pub fn truncate_in_place(s: &mut String, max_chars: usize) -> bool {
+    match s.char_indices().nth(max_chars) {
+        Some((idx, _)) => {
+            s.truncate(idx);
+            true
+        }
+        None => false,
+    }
+}

@@ -1,0 +1,802 @@
+//! The marketplace lead: its typed model and the readers for both wire shapes.
+//!
+//! A lead reaches us either as an Azure Table entity (`MarketplaceLeads`, with `CustomerInfo`
+//! as a JSON *string* and `LeadSource` = `Source-Action|Offer`) or as the HTTPS payload
+//! (`UserDetails{...}`, `LeadSource` = source only, `ActionCode`, `OfferTitle`). Both go through
+//! [`read_lead`], which follows the tolerance rules of `spec/marketplace-leads.md` §11: keys
+//! are matched case-insensitively at every level, every field is optional, unknown columns are
+//! kept, numbers become strings, control characters are stripped, unknown sources and actions
+//! are kept raw. Only a record that is not a JSON object, or carries no lead content at all,
+//! is refused ([`ReadError`]), and the caller quarantines it.
+//!
+//! This module knows nothing of targets, ledgers or CRMs.
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::pii::Pii;
+
+/// The largest record accepted (Azure Table's own entity limit).
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// Where the lead came from, normalised; the raw string is kept in [`LeadSource::raw`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "raw")]
+pub enum Origin {
+    AzureMarketplace,
+    AzurePortal,
+    AppSource,
+    TestDrive,
+    Other(String),
+}
+
+impl Origin {
+    pub fn parse(raw: &str) -> Origin {
+        let t = raw.trim();
+        let lower = t.to_ascii_lowercase();
+        match lower.as_str() {
+            "azuremarketplace" => Origin::AzureMarketplace,
+            "azureportal" => Origin::AzurePortal,
+            "appsource (spza)" | "spza" | "appsource" => Origin::AppSource,
+            "testdrive" => Origin::TestDrive,
+            _ => Origin::Other(t.to_string()),
+        }
+    }
+    /// The canonical name used in filters, mappings and logs.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Origin::AzureMarketplace => "AzureMarketplace",
+            Origin::AzurePortal => "AzurePortal",
+            Origin::AppSource => "AppSource",
+            Origin::TestDrive => "TestDrive",
+            Origin::Other(s) => s,
+        }
+    }
+}
+
+/// What the customer did. Codes are matched case-insensitively (`Create` is mixed case in
+/// the docs); unknown codes are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "raw")]
+pub enum Action {
+    /// `INS`: install / acquire.
+    Install,
+    /// `PLT`: partner-led trial, "Contact me".
+    ContactMe,
+    /// `DNC`: do not contact (notification only).
+    DoNotContact,
+    /// `Create`: Azure portal purchase.
+    Create,
+    /// `StartTestDrive`.
+    StartTestDrive,
+    Other(String),
+}
+
+impl Action {
+    pub fn parse(raw: &str) -> Action {
+        let t = raw.trim();
+        match t.to_ascii_lowercase().as_str() {
+            "ins" => Action::Install,
+            "plt" => Action::ContactMe,
+            "dnc" => Action::DoNotContact,
+            "create" => Action::Create,
+            "starttestdrive" => Action::StartTestDrive,
+            _ => Action::Other(t.to_string()),
+        }
+    }
+    /// The marketplace's code (`INS`, `PLT`, `DNC`, `Create`, `StartTestDrive`, or the raw one).
+    pub fn code(&self) -> &str {
+        match self {
+            Action::Install => "INS",
+            Action::ContactMe => "PLT",
+            Action::DoNotContact => "DNC",
+            Action::Create => "Create",
+            Action::StartTestDrive => "StartTestDrive",
+            Action::Other(s) => s,
+        }
+    }
+}
+
+/// The parsed `LeadSource` value: `Source-Action|Offer`, or only the source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeadSource {
+    /// The value exactly as received (after control characters were stripped).
+    pub raw: String,
+    pub origin: Origin,
+    /// The action embedded in `Source-Action`, if the value had one.
+    pub action: Option<Action>,
+    /// The part after the first `|`, verbatim.
+    pub offer: Option<String>,
+}
+
+impl LeadSource {
+    /// Parse a `LeadSource` value. Never fails: what cannot be split is kept whole.
+    pub fn parse(raw: &str) -> LeadSource {
+        let (left, offer) = match raw.split_once('|') {
+            Some((l, r)) => (l, Some(r.trim().to_string()).filter(|s| !s.is_empty())),
+            None => (raw, None),
+        };
+        let left = left.trim();
+        // No documented source or action contains a hyphen: split only when there is
+        // exactly one and both sides are non-empty; otherwise the whole left part is the source.
+        let (origin, action) = match left.split_once('-') {
+            Some((s, a)) if !a.contains('-') && !s.trim().is_empty() && !a.trim().is_empty() => {
+                (Origin::parse(s), Some(Action::parse(a)))
+            }
+            _ => (Origin::parse(left), None),
+        };
+        LeadSource {
+            raw: raw.to_string(),
+            origin,
+            action,
+            offer,
+        }
+    }
+}
+
+/// The offer a lead is about. Any part may be missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// `publisherid.offerid` (or whatever followed `|`), verbatim.
+    pub raw: Option<String>,
+    pub publisher_id: Option<String>,
+    pub offer_id: Option<String>,
+    /// `OfferTitle` (HTTPS) or `OfferDisplayName` (Table).
+    pub display_title: Option<String>,
+}
+
+impl Offer {
+    fn from_parts(raw: Option<String>, display_title: Option<String>) -> Offer {
+        let (publisher_id, offer_id) = match raw.as_deref().and_then(|r| r.split_once('.')) {
+            Some((p, o)) if !p.is_empty() && !o.is_empty() => {
+                (Some(p.to_string()), Some(o.to_string()))
+            }
+            _ => (None, None),
+        };
+        Offer {
+            raw,
+            publisher_id,
+            offer_id,
+            display_title,
+        }
+    }
+}
+
+/// The person behind the lead. Every field is optional and redacted in `Debug`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    pub first_name: Option<Pii>,
+    pub last_name: Option<Pii>,
+    pub email: Option<Pii>,
+    pub phone: Option<Pii>,
+    pub country: Option<String>,
+    pub company: Option<Pii>,
+    pub title: Option<Pii>,
+    /// `CustomerInfo` kept verbatim when it could not be read as a JSON object.
+    pub unparsed: Option<Pii>,
+}
+
+/// A normalised marketplace lead.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lead {
+    /// Stable identity from its source (Table: account/table/PartitionKey/RowKey; spool: a
+    /// hash of the record).
+    pub id: String,
+    pub source: Option<LeadSource>,
+    /// The effective action: `ActionCode` when present, else the one inside `LeadSource`.
+    pub action: Option<Action>,
+    /// `ActionCode` as given, when it disagrees with the action inside `LeadSource`.
+    pub action_conflict: Option<String>,
+    pub offer: Offer,
+    pub customer: Customer,
+    /// Trimmed; `None` when empty, whitespace or a bare `Campaigns:`.
+    pub description: Option<Pii>,
+    /// The description as received, when it differed from the trimmed one.
+    pub description_raw: Option<Pii>,
+    /// `CreatedTime`, else the Table `Timestamp`, else `None`.
+    pub created_at: Option<DateTime<Utc>>,
+    /// The raw `CreatedTime` string when it could not be parsed.
+    pub created_raw: Option<String>,
+    /// A marketplace test lead (`MSFT_TEST...` in any value).
+    pub is_test: bool,
+    /// Table `PartitionKey`/`RowKey`, when the record had them.
+    pub partition_key: Option<String>,
+    pub row_key: Option<String>,
+    /// Columns and keys we do not know, kept as they came.
+    pub extra: BTreeMap<String, Value>,
+    /// What the reader had to tolerate (no personal data): shown in logs as warnings.
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Debug for Lead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only non-personal fields; the customer prints through Pii's redaction.
+        f.debug_struct("Lead")
+            .field("id", &self.id)
+            .field("source", &self.source)
+            .field("action", &self.action)
+            .field("offer", &self.offer)
+            .field("customer", &self.customer)
+            .field("created_at", &self.created_at)
+            .field("is_test", &self.is_test)
+            .field("extra_keys", &self.extra.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lead {
+    /// The origin, if the lead named one.
+    pub fn origin(&self) -> Option<&Origin> {
+        self.source.as_ref().map(|s| &s.origin)
+    }
+    /// A `DNC` lead: the customer must not be contacted.
+    pub fn is_do_not_contact(&self) -> bool {
+        matches!(self.action, Some(Action::DoNotContact))
+    }
+}
+
+/// Why a record could not become a lead. Messages carry no personal data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReadError {
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    #[error("expected a JSON object, found {0}")]
+    NotAnObject(&'static str),
+    #[error("record is {0} bytes, over the {MAX_RECORD_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("record carries no lead: no customer details, LeadSource, ActionCode or offer")]
+    Empty,
+}
+
+/// Which shape a record came in (for warnings and the Table id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireShape {
+    TableEntity,
+    HttpsPayload,
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Parse one record's bytes (a `.json` element or a `.jsonl` line) into a JSON value,
+/// enforcing the size limit first.
+pub fn parse_record(bytes: &[u8]) -> Result<Value, ReadError> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(ReadError::TooLarge(bytes.len()));
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim_start_matches('\u{feff}');
+    serde_json::from_str(text).map_err(|e| ReadError::Json(e.to_string()))
+}
+
+/// Read a lead from a JSON value in either wire shape. `id` is the lead's stable id, chosen
+/// by the source.
+pub fn read_lead(id: String, record: &Value) -> Result<Lead, ReadError> {
+    let obj = match record {
+        Value::Object(o) => o,
+        other => return Err(ReadError::NotAnObject(json_kind(other))),
+    };
+    let mut fields = CaseInsensitive::new(obj);
+    let mut warnings = Vec::new();
+
+    let partition_key = fields.take_string("PartitionKey", &mut warnings);
+    let row_key = fields.take_string("RowKey", &mut warnings);
+    let timestamp = fields.take_string("Timestamp", &mut warnings);
+    let lead_source_raw = fields.take_string("LeadSource", &mut warnings);
+    let action_code = fields.take_string("ActionCode", &mut warnings);
+    let created_raw = fields.take_string("CreatedTime", &mut warnings);
+    let description_in = fields.take_string("Description", &mut warnings);
+    let offer_title = fields.take_string("OfferTitle", &mut warnings);
+    let offer_display = fields.take_string("OfferDisplayName", &mut warnings);
+    let user_details = fields.take("UserDetails");
+    let customer_info = fields.take("CustomerInfo");
+    // OData annotations a Table query may add are not lead data.
+    let extra: BTreeMap<String, Value> = fields
+        .rest()
+        .filter(|(k, _)| !k.starts_with("odata.") && !k.contains("@odata."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+
+    let mut customer = Customer::default();
+    let mut has_customer = false;
+    for (label, value) in [
+        ("UserDetails", user_details),
+        ("CustomerInfo", customer_info),
+    ] {
+        let Some(value) = value else { continue };
+        match value {
+            Value::Null => {}
+            Value::Object(o) => {
+                has_customer = true;
+                read_customer(o, &mut customer, &mut warnings);
+            }
+            Value::String(s) => {
+                if s.trim().is_empty() {
+                    continue;
+                }
+                has_customer = true;
+                match serde_json::from_str::<Value>(s.trim_start_matches('\u{feff}')) {
+                    Ok(Value::Object(o)) => read_customer(&o, &mut customer, &mut warnings),
+                    Ok(other) => {
+                        warnings.push(format!(
+                            "{label} holds {} instead of an object; kept raw",
+                            json_kind(&other)
+                        ));
+                        customer.unparsed = Some(Pii::new(clean_text(s, true)));
+                    }
+                    Err(_) => {
+                        warnings.push(format!("{label} is not valid JSON; kept raw"));
+                        customer.unparsed = Some(Pii::new(clean_text(s, true)));
+                    }
+                }
+            }
+            other => {
+                has_customer = true;
+                warnings.push(format!(
+                    "{label} is {} instead of an object; kept raw",
+                    json_kind(other)
+                ));
+                customer.unparsed = Some(Pii::new(scalar_to_string(other)));
+            }
+        }
+    }
+
+    let source = lead_source_raw
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(LeadSource::parse);
+    if let Some(Origin::Other(raw)) = source.as_ref().map(|s| &s.origin) {
+        warnings.push(format!("unknown lead source {raw:?}; kept raw"));
+    }
+    let explicit_action = action_code
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+        .map(Action::parse);
+    let embedded_action = source.as_ref().and_then(|s| s.action.clone());
+    let mut action_conflict = None;
+    let action = match (explicit_action, embedded_action) {
+        (Some(e), Some(m)) if e != m => {
+            warnings.push(format!(
+                "ActionCode {:?} disagrees with LeadSource action {:?}; using ActionCode",
+                e.code(),
+                m.code()
+            ));
+            action_conflict = Some(e.code().to_string());
+            Some(e)
+        }
+        (Some(e), _) => Some(e),
+        (None, m) => m,
+    };
+    if let Some(Action::Other(raw)) = &action {
+        warnings.push(format!("unknown action code {raw:?}; kept raw"));
+    }
+
+    let display_title = offer_title
+        .or(offer_display)
+        .filter(|s| !s.trim().is_empty());
+    let offer = Offer::from_parts(source.as_ref().and_then(|s| s.offer.clone()), display_title);
+
+    let (description, description_raw) = match description_in {
+        None => (None, None),
+        Some(raw) => {
+            let normalised = normalise_description(&raw);
+            let raw_kept = (normalised.as_deref() != Some(raw.as_str())).then(|| Pii::new(raw));
+            (normalised.map(Pii::new), raw_kept)
+        }
+    };
+
+    let mut created_unparsed = None;
+    let created_at = match created_raw.as_deref().filter(|s| !s.trim().is_empty()) {
+        Some(raw) => match parse_created_time(raw) {
+            Some(t) => Some(t),
+            None => {
+                warnings.push("CreatedTime not understood; kept raw".to_string());
+                created_unparsed = Some(raw.to_string());
+                timestamp.as_deref().and_then(parse_created_time)
+            }
+        },
+        None => timestamp.as_deref().and_then(parse_created_time),
+    };
+
+    let has_content = has_customer
+        || source.is_some()
+        || action.is_some()
+        || offer.display_title.is_some()
+        || (partition_key.is_some() && row_key.is_some());
+    if !has_content {
+        return Err(ReadError::Empty);
+    }
+
+    let mut lead = Lead {
+        id,
+        source,
+        action,
+        action_conflict,
+        offer,
+        customer,
+        description,
+        description_raw,
+        created_at,
+        created_raw: created_unparsed,
+        is_test: false,
+        partition_key,
+        row_key,
+        extra,
+        warnings,
+    };
+    lead.is_test = detect_test_lead(&lead);
+    Ok(lead)
+}
+
+/// Which wire shape a record looks like.
+pub fn wire_shape(record: &Value) -> WireShape {
+    match record {
+        Value::Object(o)
+            if o.keys().any(|k| {
+                k.eq_ignore_ascii_case("CustomerInfo") || k.eq_ignore_ascii_case("PartitionKey")
+            }) =>
+        {
+            WireShape::TableEntity
+        }
+        _ => WireShape::HttpsPayload,
+    }
+}
+
+fn read_customer(obj: &Map<String, Value>, customer: &mut Customer, warnings: &mut Vec<String>) {
+    let mut f = CaseInsensitive::new(obj);
+    let pii = |v: Option<String>| v.filter(|s| !s.trim().is_empty()).map(Pii::new);
+    customer.first_name = pii(f.take_string("FirstName", warnings)).or(customer.first_name.take());
+    customer.last_name = pii(f.take_string("LastName", warnings)).or(customer.last_name.take());
+    customer.email = pii(f.take_string("Email", warnings)).or(customer.email.take());
+    customer.phone = pii(f.take_string("Phone", warnings)).or(customer.phone.take());
+    customer.country = f
+        .take_string("Country", warnings)
+        .filter(|s| !s.trim().is_empty())
+        .or(customer.country.take());
+    customer.company = pii(f.take_string("Company", warnings)).or(customer.company.take());
+    customer.title = pii(f.take_string("Title", warnings)).or(customer.title.take());
+    let unknown: Vec<&String> = f.rest().map(|(k, _)| k).collect();
+    if !unknown.is_empty() {
+        warnings.push(format!(
+            "customer details carry {} unknown key(s); ignored",
+            unknown.len()
+        ));
+    }
+}
+
+/// `Campaigns: ` and whitespace mean "no description".
+fn normalise_description(raw: &str) -> Option<String> {
+    let t = raw.trim();
+    if t.is_empty() {
+        return None;
+    }
+    if let Some(rest) = t.strip_prefix("Campaigns:") {
+        if rest.trim().is_empty() {
+            return None;
+        }
+    }
+    Some(t.to_string())
+}
+
+/// `CreatedTime` as seen (`11/01/2026 08:00:00 AM`), RFC 3339, or a few close variants.
+pub fn parse_created_time(raw: &str) -> Option<DateTime<Utc>> {
+    let t = raw.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Some(dt.with_timezone(&Utc));
+    }
+    const FORMATS: &[&str] = &[
+        "%m/%d/%Y %I:%M:%S %p",
+        "%m/%d/%Y %H:%M:%S",
+        "%m/%d/%Y %I:%M %p",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S",
+    ];
+    FORMATS
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+        .map(|n| Utc.from_utc_datetime(&n))
+}
+
+fn detect_test_lead(lead: &Lead) -> bool {
+    let is = |s: &str| s.trim_start().starts_with("MSFT_TEST");
+    let c = &lead.customer;
+    [
+        &c.first_name,
+        &c.last_name,
+        &c.email,
+        &c.company,
+        &c.title,
+        &lead.description,
+    ]
+    .iter()
+    .any(|v| v.as_ref().is_some_and(|p| is(p.expose())))
+        || lead.source.as_ref().is_some_and(|s| is(&s.raw))
+        || lead.offer.display_title.as_deref().is_some_and(is)
+}
+
+/// Strip control characters. Multi-line fields keep `\n` and `\t`; single-line ones turn
+/// them into spaces.
+pub fn clean_text(s: &str, multiline: bool) -> String {
+    if !s.chars().any(|c| c.is_control()) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' | '\t' if multiline => out.push(c),
+            '\r' if multiline => {
+                // CRLF becomes LF.
+                if chars.peek() != Some(&'\n') {
+                    out.push('\n');
+                }
+            }
+            '\n' | '\t' | '\r' => out.push(' '),
+            // ESC [ ... letter: drop a whole ANSI sequence, not only the ESC.
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    while let Some(&n) = chars.peek() {
+                        chars.next();
+                        if n.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn scalar_to_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Case-insensitive, take-once view of a JSON object's keys.
+struct CaseInsensitive<'a> {
+    entries: Vec<(&'a String, &'a Value, bool)>,
+}
+
+impl<'a> CaseInsensitive<'a> {
+    fn new(obj: &'a Map<String, Value>) -> Self {
+        CaseInsensitive {
+            entries: obj.iter().map(|(k, v)| (k, v, false)).collect(),
+        }
+    }
+
+    /// The first non-null value whose key matches `name` ignoring case; every matching key
+    /// is consumed.
+    fn take(&mut self, name: &str) -> Option<&'a Value> {
+        let mut found: Option<&'a Value> = None;
+        for (k, v, taken) in self.entries.iter_mut() {
+            if !*taken && k.eq_ignore_ascii_case(name) {
+                *taken = true;
+                if found.is_none() && !v.is_null() {
+                    found = Some(*v);
+                }
+            }
+        }
+        found
+    }
+
+    /// A string field: numbers and booleans become strings (with a warning), objects and
+    /// arrays are kept as their JSON text, control characters are stripped.
+    fn take_string(&mut self, name: &str, warnings: &mut Vec<String>) -> Option<String> {
+        let v = self.take(name)?;
+        let multiline = name.eq_ignore_ascii_case("Description");
+        let s = match v {
+            Value::String(s) => s.clone(),
+            other => {
+                warnings.push(format!(
+                    "{name} is {} instead of a string; converted",
+                    json_kind(other)
+                ));
+                scalar_to_string(other)
+            }
+        };
+        let cleaned = clean_text(&s, multiline);
+        if cleaned.len() != s.len() {
+            warnings.push(format!("{name} contained control characters; stripped"));
+        }
+        Some(cleaned)
+    }
+
+    fn rest(&self) -> impl Iterator<Item = (&'a String, &'a Value)> + '_ {
+        self.entries
+            .iter()
+            .filter(|(_, _, taken)| !taken)
+            .map(|(k, v, _)| (*k, *v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lead_source_full_shape() {
+        let s = LeadSource::parse("AppSource (SPZA)-INS|bitnami.openedxcypress");
+        assert_eq!(s.origin, Origin::AppSource);
+        assert_eq!(s.action, Some(Action::Install));
+        assert_eq!(s.offer.as_deref(), Some("bitnami.openedxcypress"));
+        let o = Offer::from_parts(s.offer.clone(), None);
+        assert_eq!(o.publisher_id.as_deref(), Some("bitnami"));
+        assert_eq!(o.offer_id.as_deref(), Some("openedxcypress"));
+    }
+
+    #[test]
+    fn lead_source_source_only_and_odd_shapes() {
+        assert_eq!(LeadSource::parse("SPZA").origin, Origin::AppSource);
+        assert_eq!(LeadSource::parse("SPZA").action, None);
+        let s = LeadSource::parse("a-b-c|x");
+        assert_eq!(s.origin, Origin::Other("a-b-c".into()));
+        assert_eq!(s.action, None);
+        let s = LeadSource::parse("MSFT_TEST_1-MSFT_TEST_1|<Offer Name>");
+        assert_eq!(s.action, Some(Action::Other("MSFT_TEST_1".into())));
+        assert_eq!(s.offer.as_deref(), Some("<Offer Name>"));
+        let o = Offer::from_parts(s.offer, None);
+        assert_eq!(o.offer_id, None);
+        assert_eq!(o.raw.as_deref(), Some("<Offer Name>"));
+        assert_eq!(
+            LeadSource::parse("azureportal-create").action,
+            Some(Action::Create)
+        );
+    }
+
+    #[test]
+    fn table_entity_with_customerinfo_string() {
+        let rec = json!({
+            "PartitionKey": "9:2F28:2F2018", "RowKey": "r1",
+            "Timestamp": "2026-11-01T08:00:00.8990608Z",
+            "LeadSource": "SPZA-PLT|docusign.3701c77e-1cfa-4c56-91e6-3ed0b622145",
+            "ActionCode": "PLT", "CreatedTime": "11/01/2026 08:00:00 PM",
+            "CustomerInfo": "{\"firstname\": \"John\", \"EMAIL\": \"j@x.example\", \"Phone\": 123}",
+            "Description": "Campaigns: ", "OfferDisplayName": "DocuSign",
+            "SomeFutureColumn": "kept"
+        });
+        let l = read_lead("t/1".into(), &rec).unwrap();
+        assert_eq!(l.customer.first_name.as_ref().unwrap().expose(), "John");
+        assert_eq!(l.customer.email.as_ref().unwrap().expose(), "j@x.example");
+        assert_eq!(l.customer.phone.as_ref().unwrap().expose(), "123");
+        assert_eq!(l.action, Some(Action::ContactMe));
+        assert_eq!(l.offer.publisher_id.as_deref(), Some("docusign"));
+        assert_eq!(l.offer.display_title.as_deref(), Some("DocuSign"));
+        assert_eq!(l.description, None);
+        assert_eq!(l.description_raw.as_ref().unwrap().expose(), "Campaigns: ");
+        assert_eq!(
+            l.created_at.unwrap().to_rfc3339(),
+            "2026-11-01T20:00:00+00:00"
+        );
+        assert_eq!(l.extra.get("SomeFutureColumn"), Some(&json!("kept")));
+        assert_eq!(l.partition_key.as_deref(), Some("9:2F28:2F2018"));
+        assert!(!l.is_test);
+    }
+
+    #[test]
+    fn https_payload_lowercase_userdetails_test_lead() {
+        let rec = json!({"userDetails": {"FirstName": "MSFT_TEST_6365", "Email": "MSFT_TEST_6365@test.com"},
+            "leadsource": "AzureMarketplace", "ActionCode": "INS", "OfferTitle": "Contoso Test"});
+        let l = read_lead("x".into(), &rec).unwrap();
+        assert!(l.is_test);
+        assert_eq!(l.origin(), Some(&Origin::AzureMarketplace));
+        assert_eq!(l.action, Some(Action::Install));
+    }
+
+    #[test]
+    fn tolerated_inputs_keep_what_they_can() {
+        let l = read_lead(
+            "x".into(),
+            &json!({"CustomerInfo": "{FirstName: John", "LeadSource": "X"}),
+        )
+        .unwrap();
+        assert_eq!(
+            l.customer.unparsed.as_ref().unwrap().expose(),
+            "{FirstName: John"
+        );
+        assert!(!l.warnings.is_empty());
+        let l = read_lead(
+            "x".into(),
+            &json!({"CustomerInfo": 42, "ActionCode": "Renew"}),
+        )
+        .unwrap();
+        assert_eq!(l.customer.unparsed.as_ref().unwrap().expose(), "42");
+        assert_eq!(l.action, Some(Action::Other("Renew".into())));
+        let l = read_lead(
+            "x".into(),
+            &json!({"OfferTitle": "bad\u{0}title\u{1b}[31m", "LeadSource": "TestDrive"}),
+        )
+        .unwrap();
+        assert_eq!(l.offer.display_title.as_deref(), Some("badtitle"));
+    }
+
+    #[test]
+    fn conflicting_action_keeps_both() {
+        let l = read_lead(
+            "x".into(),
+            &json!({"LeadSource": "AzurePortal-Create|a.b", "ActionCode": "INS"}),
+        )
+        .unwrap();
+        assert_eq!(l.action, Some(Action::Install));
+        assert_eq!(l.source.unwrap().action, Some(Action::Create));
+        assert_eq!(l.action_conflict.as_deref(), Some("INS"));
+    }
+
+    #[test]
+    fn refused_records() {
+        assert_eq!(
+            read_lead("x".into(), &json!([1])),
+            Err(ReadError::NotAnObject("an array"))
+        );
+        assert_eq!(
+            read_lead("x".into(), &json!(1)),
+            Err(ReadError::NotAnObject("a number"))
+        );
+        assert_eq!(
+            read_lead(
+                "x".into(),
+                &json!({"UserDetails": null, "LeadSource": null, "ActionCode": null})
+            ),
+            Err(ReadError::Empty)
+        );
+        assert!(matches!(parse_record(b"{\"a\":"), Err(ReadError::Json(_))));
+        let big = vec![b' '; MAX_RECORD_BYTES + 1];
+        assert_eq!(
+            parse_record(&big),
+            Err(ReadError::TooLarge(MAX_RECORD_BYTES + 1))
+        );
+    }
+
+    #[test]
+    fn debug_never_shows_the_person() {
+        let l = read_lead("x".into(), &json!({"UserDetails": {"FirstName": "Zoë", "Email": "zoe@x.example", "Phone": "555"}, "Description": "call me at 555"})).unwrap();
+        let dbg = format!("{l:?}");
+        assert!(
+            !dbg.contains("Zoë") && !dbg.contains("zoe@") && !dbg.contains("555"),
+            "{dbg}"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn lead_source_parser_never_panics_and_keeps_raw(s in "\\PC*") {
+            let p = LeadSource::parse(&s);
+            proptest::prop_assert_eq!(&p.raw, &s);
+        }
+
+        #[test]
+        fn lead_source_structured_round_trip(src in "[A-Za-z][A-Za-z ()]{0,19}", act in "[A-Za-z]{1,15}", off in "[a-z0-9.-]{0,30}") {
+            let raw = format!("{src}-{act}|{off}");
+            let p = LeadSource::parse(&raw);
+            proptest::prop_assert_eq!(p.action.map(|a| a.code().to_ascii_lowercase()), Some(act.trim().to_ascii_lowercase()));
+            proptest::prop_assert_eq!(p.offer.unwrap_or_default(), off.trim().to_string());
+        }
+
+        #[test]
+        fn reader_never_panics(s in "\\PC{0,200}") {
+            if let Ok(v) = parse_record(s.as_bytes()) {
+                let _ = read_lead("p".into(), &v);
+            }
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! leadsync-core: what every part of leadsync shares.
+//!
+//! The lead model and its readers ([`lead`]), the connector contract and failure classes
+//! ([`connector`]), the field-mapping engine ([`mapping`]), idempotency keys ([`key`]),
+//! redaction of personal data and secrets ([`pii`]) and `Retry-After` parsing
+//! ([`retry_after`]). It holds no I/O of its own: connectors and the binary bring that.
+
+pub mod connector;
+pub mod key;
+pub mod lead;
+pub mod mapping;
+pub mod pii;
+pub mod retry_after;
+
+pub use connector::{
+    CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome, FailureClass, FieldLimit,
+    OutboundRecord,
+};
+pub use key::{idempotency_key, KeyScope};
+pub use lead::{read_lead, Action, Customer, Lead, LeadSource, Offer, Origin, ReadError};
+pub use mapping::{FieldRule, MappedRecord, Mapping, MappingError, RawRule};
+pub use pii::{Pii, Secret};

@@ -1,0 +1,590 @@
+//! The field-mapping engine: turns a [`Lead`] into the CRM fields one target writes.
+//!
+//! A target's TOML `[mapping.fields]` table says, for each CRM field, where its value comes
+//! from: a lead field (`"email"`), a constant (`{ value = 8 }`), or a simple template
+//! (`{ template = "{offer_title} ({action})" }`), with an optional `default` for a missing
+//! value and an optional `max_chars`. Connectors supply a default mapping that the TOML
+//! overrides field by field. Values longer than the limit are truncated, with a warning that
+//! names the field and the lengths but never the value.
+
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::connector::{truncate_in_place, FieldLimit};
+use crate::lead::Lead;
+
+/// A lead field a mapping can read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeadField {
+    FirstName,
+    LastName,
+    /// First and last name joined by a space.
+    FullName,
+    Email,
+    Phone,
+    Country,
+    Company,
+    Title,
+    Description,
+    /// The description as received, before trimming.
+    DescriptionRaw,
+    /// Normalised origin (`AzureMarketplace`, `AzurePortal`, `AppSource`, `TestDrive`, other).
+    Origin,
+    /// `LeadSource` exactly as received.
+    LeadSource,
+    /// Action code (`INS`, `PLT`, `DNC`, `Create`, `StartTestDrive`, other).
+    Action,
+    /// `publisherid.offerid` as received.
+    Offer,
+    PublisherId,
+    OfferId,
+    OfferTitle,
+    /// RFC 3339 creation time.
+    CreatedAt,
+    LeadId,
+    IdempotencyKey,
+    /// Boolean: a marketplace test lead.
+    IsTest,
+    /// Boolean: a `DNC` lead.
+    DoNotContact,
+    /// `CustomerInfo` kept raw because it could not be read.
+    CustomerInfoRaw,
+    /// An unknown column kept from the source, by its name.
+    Extra(String),
+}
+
+impl LeadField {
+    /// Names accepted in TOML, for error messages.
+    pub const NAMES: &'static [&'static str] = &[
+        "first_name",
+        "last_name",
+        "full_name",
+        "email",
+        "phone",
+        "country",
+        "company",
+        "title",
+        "description",
+        "description_raw",
+        "origin",
+        "lead_source",
+        "action",
+        "offer",
+        "publisher_id",
+        "offer_id",
+        "offer_title",
+        "created_at",
+        "lead_id",
+        "idempotency_key",
+        "is_test",
+        "dnc",
+        "customer_info_raw",
+        "extra.<Column>",
+    ];
+
+    pub fn parse(name: &str) -> Option<LeadField> {
+        Some(match name {
+            "first_name" => LeadField::FirstName,
+            "last_name" => LeadField::LastName,
+            "full_name" => LeadField::FullName,
+            "email" => LeadField::Email,
+            "phone" => LeadField::Phone,
+            "country" => LeadField::Country,
+            "company" => LeadField::Company,
+            "title" => LeadField::Title,
+            "description" => LeadField::Description,
+            "description_raw" => LeadField::DescriptionRaw,
+            "origin" => LeadField::Origin,
+            "lead_source" => LeadField::LeadSource,
+            "action" => LeadField::Action,
+            "offer" => LeadField::Offer,
+            "publisher_id" => LeadField::PublisherId,
+            "offer_id" => LeadField::OfferId,
+            "offer_title" => LeadField::OfferTitle,
+            "created_at" => LeadField::CreatedAt,
+            "lead_id" => LeadField::LeadId,
+            "idempotency_key" => LeadField::IdempotencyKey,
+            "is_test" => LeadField::IsTest,
+            "dnc" => LeadField::DoNotContact,
+            "customer_info_raw" => LeadField::CustomerInfoRaw,
+            other => {
+                let col = other.strip_prefix("extra.")?;
+                if col.is_empty() {
+                    return None;
+                }
+                LeadField::Extra(col.to_string())
+            }
+        })
+    }
+
+    /// The value of this field for one lead; `None` when the lead has none.
+    pub fn value(&self, lead: &Lead, idempotency_key: &str) -> Option<Value> {
+        let s = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(|s| Value::String(s.into()));
+        let c = &lead.customer;
+        match self {
+            LeadField::FirstName => s(c.first_name.as_ref().map(|p| p.expose())),
+            LeadField::LastName => s(c.last_name.as_ref().map(|p| p.expose())),
+            LeadField::FullName => {
+                let parts: Vec<&str> = [&c.first_name, &c.last_name]
+                    .iter()
+                    .filter_map(|p| p.as_ref().map(|p| p.expose().trim()))
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                s(Some(&parts.join(" ")))
+            }
+            LeadField::Email => s(c.email.as_ref().map(|p| p.expose())),
+            LeadField::Phone => s(c.phone.as_ref().map(|p| p.expose())),
+            LeadField::Country => s(c.country.as_deref()),
+            LeadField::Company => s(c.company.as_ref().map(|p| p.expose())),
+            LeadField::Title => s(c.title.as_ref().map(|p| p.expose())),
+            LeadField::Description => s(lead.description.as_ref().map(|p| p.expose())),
+            LeadField::DescriptionRaw => s(lead
+                .description_raw
+                .as_ref()
+                .or(lead.description.as_ref())
+                .map(|p| p.expose())),
+            LeadField::Origin => s(lead.origin().map(|o| o.as_str())),
+            LeadField::LeadSource => s(lead.source.as_ref().map(|x| x.raw.as_str())),
+            LeadField::Action => s(lead.action.as_ref().map(|a| a.code())),
+            LeadField::Offer => s(lead.offer.raw.as_deref()),
+            LeadField::PublisherId => s(lead.offer.publisher_id.as_deref()),
+            LeadField::OfferId => s(lead.offer.offer_id.as_deref()),
+            LeadField::OfferTitle => s(lead.offer.display_title.as_deref()),
+            LeadField::CreatedAt => lead.created_at.map(|t| Value::String(t.to_rfc3339())),
+            LeadField::LeadId => s(Some(&lead.id)),
+            LeadField::IdempotencyKey => s(Some(idempotency_key)),
+            LeadField::IsTest => Some(Value::Bool(lead.is_test)),
+            LeadField::DoNotContact => Some(Value::Bool(lead.is_do_not_contact())),
+            LeadField::CustomerInfoRaw => s(c.unparsed.as_ref().map(|p| p.expose())),
+            LeadField::Extra(col) => lead
+                .extra
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(col))
+                .map(|(_, v)| v.clone())
+                .filter(|v| !v.is_null()),
+        }
+    }
+}
+
+/// A piece of a template: literal text or a lead field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    Field(LeadField),
+}
+
+/// Where one CRM field's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ValueSource {
+    Field(LeadField),
+    Constant(Value),
+    Template(Vec<TemplatePart>),
+}
+
+/// One CRM field of a mapping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldRule {
+    pub crm_field: String,
+    pub source: ValueSource,
+    pub default: Option<Value>,
+    pub max_chars: Option<usize>,
+}
+
+impl FieldRule {
+    /// A rule reading one lead field; panics never: an unknown name is a programming error in
+    /// a connector's default mapping, so it is reported as `Err` like any other.
+    pub fn field(crm_field: &str, lead_field: &str) -> Result<FieldRule, MappingError> {
+        FieldRule::from_raw(crm_field, RawRule::Field(lead_field.to_string()))
+    }
+    pub fn constant(crm_field: &str, value: Value) -> FieldRule {
+        FieldRule {
+            crm_field: crm_field.to_string(),
+            source: ValueSource::Constant(value),
+            default: None,
+            max_chars: None,
+        }
+    }
+    pub fn template(crm_field: &str, template: &str) -> Result<FieldRule, MappingError> {
+        FieldRule::from_raw(
+            crm_field,
+            RawRule::Spec(RawRuleSpec {
+                template: Some(template.to_string()),
+                ..Default::default()
+            }),
+        )
+    }
+    pub fn with_default(mut self, default: Value) -> Self {
+        self.default = Some(default);
+        self
+    }
+    pub fn with_max_chars(mut self, max: usize) -> Self {
+        self.max_chars = Some(max);
+        self
+    }
+
+    /// Validate one TOML entry.
+    pub fn from_raw(crm_field: &str, raw: RawRule) -> Result<FieldRule, MappingError> {
+        let err = |reason: String| MappingError {
+            field: crm_field.to_string(),
+            reason,
+        };
+        let parse_field = |name: &str| {
+            LeadField::parse(name).ok_or_else(|| {
+                err(format!(
+                    "unknown lead field {name:?}; expected one of {}",
+                    LeadField::NAMES.join(", ")
+                ))
+            })
+        };
+        let (source, default, max_chars) = match raw {
+            RawRule::Field(name) => (ValueSource::Field(parse_field(&name)?), None, None),
+            RawRule::Spec(spec) => {
+                let given = [
+                    spec.from.is_some(),
+                    spec.value.is_some(),
+                    spec.template.is_some(),
+                ]
+                .iter()
+                .filter(|b| **b)
+                .count();
+                if given != 1 {
+                    return Err(err(
+                        "give exactly one of `from` (a lead field), `value` (a constant) or `template`"
+                            .into(),
+                    ));
+                }
+                let source = if let Some(f) = spec.from {
+                    ValueSource::Field(parse_field(&f)?)
+                } else if let Some(v) = spec.value {
+                    ValueSource::Constant(v)
+                } else {
+                    let t = spec.template.unwrap_or_default();
+                    ValueSource::Template(parse_template(&t).map_err(err)?)
+                };
+                if spec.max_chars == Some(0) {
+                    return Err(err("max_chars must be at least 1".into()));
+                }
+                (source, spec.default, spec.max_chars)
+            }
+        };
+        Ok(FieldRule {
+            crm_field: crm_field.to_string(),
+            source,
+            default,
+            max_chars,
+        })
+    }
+
+    fn evaluate(&self, lead: &Lead, key: &str) -> Option<Value> {
+        let v = match &self.source {
+            ValueSource::Field(f) => f.value(lead, key),
+            ValueSource::Constant(v) => Some(v.clone()),
+            ValueSource::Template(parts) => {
+                let mut out = String::new();
+                for p in parts {
+                    match p {
+                        TemplatePart::Literal(l) => out.push_str(l),
+                        TemplatePart::Field(f) => match f.value(lead, key) {
+                            Some(Value::String(s)) => out.push_str(&s),
+                            Some(other) => out.push_str(&other.to_string()),
+                            None => {}
+                        },
+                    }
+                }
+                let t = out.trim();
+                (!t.is_empty()).then(|| Value::String(t.to_string()))
+            }
+        };
+        v.or_else(|| self.default.clone())
+    }
+}
+
+fn parse_template(t: &str) -> Result<Vec<TemplatePart>, String> {
+    let mut parts = Vec::new();
+    let mut lit = String::new();
+    let mut chars = t.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                lit.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                lit.push('}');
+            }
+            '{' => {
+                let mut name = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(c) => name.push(c),
+                        None => return Err(format!("template {t:?} has an unclosed `{{`")),
+                    }
+                }
+                let field = LeadField::parse(name.trim()).ok_or_else(|| {
+                    format!(
+                        "template {t:?} names unknown lead field {name:?}; expected one of {}",
+                        LeadField::NAMES.join(", ")
+                    )
+                })?;
+                if !lit.is_empty() {
+                    parts.push(TemplatePart::Literal(std::mem::take(&mut lit)));
+                }
+                parts.push(TemplatePart::Field(field));
+            }
+            '}' => return Err(format!("template {t:?} has a stray `}}` (write `}}}}`)")),
+            c => lit.push(c),
+        }
+    }
+    if !lit.is_empty() {
+        parts.push(TemplatePart::Literal(lit));
+    }
+    Ok(parts)
+}
+
+/// One `[mapping.fields]` entry as written in TOML.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RawRule {
+    /// `Email = "email"`.
+    Field(String),
+    /// `Company = { from = "company", default = "Unknown", max_chars = 40 }`.
+    Spec(RawRuleSpec),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleSpec {
+    pub from: Option<String>,
+    pub value: Option<Value>,
+    pub template: Option<String>,
+    pub default: Option<Value>,
+    pub max_chars: Option<usize>,
+    /// `true` drops a field of the connector's default mapping.
+    #[serde(default)]
+    pub omit: bool,
+}
+
+/// A mapping mistake, naming the CRM field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("mapping for {field:?}: {reason}")]
+pub struct MappingError {
+    pub field: String,
+    pub reason: String,
+}
+
+/// The CRM fields of one record, in mapping order.
+#[derive(Clone, Default, PartialEq)]
+pub struct MappedRecord {
+    pub fields: Vec<(String, Value)>,
+}
+
+impl fmt::Debug for MappedRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values are personal data: show only the field names.
+        f.debug_struct("MappedRecord")
+            .field(
+                "fields",
+                &self.fields.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl MappedRecord {
+    pub fn get(&self, field: &str) -> Option<&Value> {
+        self.fields.iter().find(|(k, _)| k == field).map(|(_, v)| v)
+    }
+    /// The string value of a field, if it is a string.
+    pub fn get_str(&self, field: &str) -> Option<&str> {
+        self.get(field).and_then(|v| v.as_str())
+    }
+    /// As a JSON object (field order kept by insertion where the map preserves it).
+    pub fn to_json_object(&self) -> serde_json::Map<String, Value> {
+        self.fields.iter().cloned().collect()
+    }
+}
+
+/// A truncation the mapping made, for the caller to log (no values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    pub field: String,
+    pub original_chars: usize,
+    pub max_chars: usize,
+}
+
+/// A validated mapping: the rules of one target, in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Mapping {
+    pub rules: Vec<FieldRule>,
+}
+
+impl Mapping {
+    pub fn new(rules: Vec<FieldRule>) -> Self {
+        Mapping { rules }
+    }
+
+    /// Merge the TOML table over a connector's defaults: entries override fields of the
+    /// same name (case-sensitive, as CRMs are), add new ones, or drop them with `omit`.
+    pub fn with_overrides(
+        defaults: Mapping,
+        replace_defaults: bool,
+        overrides: &BTreeMap<String, RawRule>,
+    ) -> Result<Mapping, MappingError> {
+        let mut rules = if replace_defaults {
+            Vec::new()
+        } else {
+            defaults.rules
+        };
+        for (crm_field, raw) in overrides {
+            if crm_field.trim().is_empty() {
+                return Err(MappingError {
+                    field: crm_field.clone(),
+                    reason: "a CRM field name cannot be empty".into(),
+                });
+            }
+            if let RawRule::Spec(spec) = raw {
+                if spec.omit {
+                    rules.retain(|r| &r.crm_field != crm_field);
+                    continue;
+                }
+            }
+            let rule = FieldRule::from_raw(crm_field, raw.clone())?;
+            match rules.iter_mut().find(|r| &r.crm_field == crm_field) {
+                Some(existing) => *existing = rule,
+                None => rules.push(rule),
+            }
+        }
+        Ok(Mapping { rules })
+    }
+
+    /// Map one lead. String values are truncated to the rule's `max_chars`, else to the
+    /// connector's declared limit for that field.
+    pub fn apply(
+        &self,
+        lead: &Lead,
+        idempotency_key: &str,
+        limits: &[FieldLimit],
+    ) -> (MappedRecord, Vec<Truncation>) {
+        let mut out = MappedRecord::default();
+        let mut truncations = Vec::new();
+        for rule in &self.rules {
+            let Some(mut v) = rule.evaluate(lead, idempotency_key) else {
+                continue;
+            };
+            let max = rule.max_chars.or_else(|| {
+                limits
+                    .iter()
+                    .find(|l| l.field.eq_ignore_ascii_case(&rule.crm_field))
+                    .map(|l| l.max_chars)
+            });
+            if let (Some(max), Value::String(s)) = (max, &mut v) {
+                let original = s.chars().count();
+                if truncate_in_place(s, max) {
+                    truncations.push(Truncation {
+                        field: rule.crm_field.clone(),
+                        original_chars: original,
+                        max_chars: max,
+                    });
+                }
+            }
+            out.fields.push((rule.crm_field.clone(), v));
+        }
+        (out, truncations)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lead::read_lead;
+    use serde_json::json;
+
+    fn lead() -> Lead {
+        read_lead(
+            "id1".into(),
+            &json!({"UserDetails": {"FirstName": "Ada", "LastName": "Lovelace", "Email": "ada@x.example"},
+                    "LeadSource": "SPZA-DNC|pub.offer", "OfferTitle": "Contoso", "Extra Col": 5}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn fields_constants_templates_defaults_and_truncation() {
+        let defaults = Mapping::new(vec![
+            FieldRule::field("FirstName", "first_name").unwrap(),
+            FieldRule::field("Company", "company")
+                .unwrap()
+                .with_default(json!("[not provided]")),
+            FieldRule::field("Phone", "phone").unwrap(),
+        ]);
+        let mut o = BTreeMap::new();
+        o.insert(
+            "Subject".into(),
+            RawRule::Spec(RawRuleSpec {
+                template: Some("{offer_title} ({action}) {{x}}".into()),
+                ..Default::default()
+            }),
+        );
+        o.insert(
+            "Source".into(),
+            RawRule::Spec(RawRuleSpec {
+                value: Some(json!(8)),
+                ..Default::default()
+            }),
+        );
+        o.insert(
+            "Phone".into(),
+            RawRule::Spec(RawRuleSpec {
+                omit: true,
+                ..Default::default()
+            }),
+        );
+        o.insert("Col".into(), RawRule::Field("extra.extra col".into()));
+        o.insert("Dnc".into(), RawRule::Field("dnc".into()));
+        let m = Mapping::with_overrides(defaults, false, &o).unwrap();
+        let limits = [FieldLimit {
+            field: "firstname".into(),
+            max_chars: 2,
+        }];
+        let (rec, tr) = m.apply(&lead(), "k", &limits);
+        assert_eq!(rec.get_str("FirstName"), Some("Ad"));
+        assert_eq!(
+            tr,
+            vec![Truncation {
+                field: "FirstName".into(),
+                original_chars: 3,
+                max_chars: 2
+            }]
+        );
+        assert_eq!(rec.get_str("Company"), Some("[not provided]"));
+        assert_eq!(rec.get("Phone"), None);
+        assert_eq!(rec.get_str("Subject"), Some("Contoso (DNC) {x}"));
+        assert_eq!(rec.get("Source"), Some(&json!(8)));
+        assert_eq!(rec.get("Col"), Some(&json!(5)));
+        assert_eq!(rec.get("Dnc"), Some(&json!(true)));
+        assert!(!format!("{rec:?}").contains("Ad\""));
+    }
+
+    #[test]
+    fn bad_rules_name_the_field() {
+        let e = FieldRule::from_raw("X", RawRule::Field("nope".into())).unwrap_err();
+        assert_eq!(e.field, "X");
+        assert!(e.reason.contains("unknown lead field"));
+        assert!(FieldRule::template("Y", "{offer").is_err());
+        assert!(FieldRule::template("Y", "{bogus}").is_err());
+        let e = FieldRule::from_raw(
+            "Z",
+            RawRule::Spec(RawRuleSpec {
+                from: Some("email".into()),
+                value: Some(json!(1)),
+                ..Default::default()
+            }),
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("exactly one"));
+    }
+}

@@ -1,0 +1,257 @@
+//! The ledger: the durable truth of what was staged and what happened to each delivery.
+//!
+//! It owns the database and nothing else touches it. The contract is [`Ledger`]; SQLite
+//! ([`sqlite::SqliteLedger`]) is the embedded default, and a PostgreSQL implementation with
+//! `FOR UPDATE SKIP LOCKED` claims is meant to sit behind the same trait, so the SQL here stays
+//! portable (no SQLite-only upserts beyond `ON CONFLICT ... DO NOTHING/UPDATE`).
+//!
+//! It must not decide *when* to retry: the pipeline computes `next_attempt_at` and the ledger
+//! stores it.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use leadsync_core::Lead;
+use serde::Serialize;
+
+/// Errors the ledger can return. The message never carries personal data.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("ledger migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("ledger at {path} is in use by another leadsync process (lock file {lock})")]
+    Locked { path: String, lock: String },
+    #[error("ledger I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stored lead {lead_id} could not be decoded: {reason}")]
+    Corrupt { lead_id: String, reason: String },
+}
+
+/// One delivery a staged lead owes to one target.
+#[derive(Debug, Clone)]
+pub struct PlannedDelivery {
+    pub target: String,
+    pub idempotency_key: String,
+}
+
+/// A lead as it enters the ledger, with the deliveries its matching targets need.
+#[derive(Debug, Clone)]
+pub struct StagedLead {
+    pub lead: Lead,
+    pub deliveries: Vec<PlannedDelivery>,
+}
+
+/// A record the source could not turn into a lead, quarantined with its reason.
+#[derive(Debug, Clone)]
+pub struct QuarantinedRecord {
+    /// Where it came from, e.g. `spool/inbox/leads.jsonl:3` (no personal data).
+    pub origin: String,
+    pub reason: String,
+}
+
+/// What one source pull hands the ledger, committed in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct StageBatch {
+    pub source: String,
+    pub leads: Vec<StagedLead>,
+    pub quarantined: Vec<QuarantinedRecord>,
+    /// The source's new cursor; `None` leaves the stored cursor unchanged.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StageReport {
+    /// Leads that were new.
+    pub staged: u64,
+    /// Leads whose id the ledger already had (ignored).
+    pub already_known: u64,
+    /// Delivery rows created.
+    pub deliveries: u64,
+    pub quarantined: u64,
+}
+
+/// A delivery handed out under a lease by [`Ledger::claim`].
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    pub delivery_id: i64,
+    pub target: String,
+    pub idempotency_key: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    /// When the retry-age clock started (staging, or an operator's retry).
+    pub age_from: DateTime<Utc>,
+    pub staged_at: DateTime<Utc>,
+    pub lead: Lead,
+}
+
+/// What the pipeline decided for one claimed delivery.
+#[derive(Debug, Clone)]
+pub enum RecordedOutcome {
+    Delivered {
+        delivery_id: i64,
+        crm_ref: Option<String>,
+    },
+    /// Try again at `next_attempt_at`; counts as an attempt.
+    Retry {
+        delivery_id: i64,
+        next_attempt_at: DateTime<Utc>,
+        error_code: Option<String>,
+        error: String,
+    },
+    /// Put back without counting an attempt (e.g. the target paused before it was sent).
+    Release {
+        delivery_id: i64,
+        next_attempt_at: DateTime<Utc>,
+    },
+    Dead {
+        delivery_id: i64,
+        error_code: Option<String>,
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Dead,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+}
+
+/// Per-target counts for `status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TargetStatus {
+    pub target: String,
+    pub pending: u64,
+    /// Pending deliveries whose next attempt is in the future (backing off).
+    pub retrying: u64,
+    pub delivered: u64,
+    pub dead: u64,
+    pub oldest_pending_staged_at: Option<DateTime<Utc>>,
+    pub paused_until: Option<DateTime<Utc>>,
+    pub last_error_code: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LedgerStatus {
+    pub targets: Vec<TargetStatus>,
+    pub leads: u64,
+    pub quarantined: u64,
+    pub sources: Vec<SourceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    pub source: String,
+    pub cursor: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One dead delivery, for `dead-letters list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub delivery_id: i64,
+    pub target: String,
+    pub lead_id: String,
+    pub idempotency_key: String,
+    pub attempts: u32,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One delivery row as `trace` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryTrace {
+    pub target: String,
+    pub state: DeliveryState,
+    pub idempotency_key: String,
+    pub attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub crm_ref: Option<String>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which dead letters an operator's `retry` brings back.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    pub target: Option<String>,
+    pub lead_id: Option<String>,
+}
+
+/// The ledger contract. Every method is one transaction.
+#[async_trait]
+pub trait Ledger: Send + Sync {
+    /// Insert new leads, a delivery per planned target, the quarantined records and the new
+    /// cursor, atomically. A lead id already present is ignored (its deliveries too).
+    async fn stage(&self, batch: StageBatch) -> Result<StageReport, LedgerError>;
+
+    /// The stored cursor of a source.
+    async fn cursor(&self, source: &str) -> Result<Option<String>, LedgerError>;
+
+    /// Hand out up to `limit` pending deliveries of `target` whose next attempt is due at `now`
+    /// and whose lease (if any) has run out, leasing them to `owner` until `now + lease`.
+    /// Oldest first.
+    async fn claim(
+        &self,
+        target: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: std::time::Duration,
+        owner: &str,
+    ) -> Result<Vec<ClaimedDelivery>, LedgerError>;
+
+    /// Store outcomes and clear their leases. Attempts grow by one for Delivered, Retry, Dead.
+    async fn record(&self, outcomes: &[RecordedOutcome]) -> Result<(), LedgerError>;
+
+    /// The earliest `next_attempt_at` among pending deliveries of `target`, if any.
+    async fn next_due(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError>;
+
+    /// Pause a whole target until `until` (throttling); persisted so a restart honours it.
+    async fn pause_target(
+        &self,
+        target: &str,
+        until: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<(), LedgerError>;
+
+    /// When the target's pause ends, if it is paused.
+    async fn paused_until(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError>;
+
+    async fn status(&self, now: DateTime<Utc>) -> Result<LedgerStatus, LedgerError>;
+
+    async fn dead_letters(&self, target: Option<&str>) -> Result<Vec<DeadLetter>, LedgerError>;
+
+    /// Put matching dead deliveries back to pending, due now, attempts reset and age clock
+    /// restarted. Returns how many.
+    async fn retry_dead(
+        &self,
+        filter: &DeadLetterFilter,
+        now: DateTime<Utc>,
+    ) -> Result<u64, LedgerError>;
+
+    /// Every delivery of one lead (for `trace`), and the lead if known.
+    async fn trace(
+        &self,
+        lead_id: &str,
+    ) -> Result<Option<(Lead, DateTime<Utc>, Vec<DeliveryTrace>)>, LedgerError>;
+}
