@@ -11,6 +11,7 @@ pub mod lead;
 pub mod mapping;
 pub mod pii;
 pub mod retry_after;
+pub mod secret_ref;
 
 pub use connector::{
     CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome, FailureClass, FieldLimit,
@@ -20,3 +21,4 @@ pub use key::{idempotency_key, KeyScope};
 pub use lead::{read_lead, Action, Customer, Lead, LeadSource, Offer, Origin, ReadError};
 pub use mapping::{FieldRule, MappedRecord, Mapping, MappingError, RawRule};
 pub use pii::{Pii, Secret};
+pub use secret_ref::SecretRef;
