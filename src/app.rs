@@ -1,0 +1,361 @@
+//! Command handlers: load the configuration, open the ledger, build sources and targets, and
+//! run one command. This is the edge where errors become messages and exit codes:
+//! 0 ok · 78 configuration error (EX_CONFIG) · 1 runtime failure · 2 a delivery ended dead
+//! in `sync --once` · 75 deliveries still pending after `sync --once` (EX_TEMPFAIL).
+
+use anyhow::Context;
+use chrono::Utc;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{self, Settings, SourceKind};
+use crate::ledger::{sqlite::SqliteLedger, DeadLetterFilter, Ledger};
+use crate::pipeline::{self, PushReport, Target};
+use crate::registry;
+use crate::sources::spool::{AfterStaging, SpoolSource};
+use crate::sources::Source;
+use crate::telemetry;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_RUNTIME: u8 = 1;
+pub const EXIT_DEAD: u8 = 2;
+pub const EXIT_TEMPFAIL: u8 = 75;
+pub const EXIT_CONFIG: u8 = 78;
+
+pub enum Command {
+    Run,
+    Check { connect: bool },
+    SyncOnce { wait: Duration },
+    Status { json: bool },
+    Trace { lead: String, json: bool },
+    DeadLetters(DeadLetterCommand),
+}
+
+pub enum DeadLetterCommand {
+    List { target: Option<String>, json: bool },
+    Retry { target: Option<String>, lead: Option<String> },
+}
+
+/// Errors at the edge, sorted by exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0:#}")]
+    Runtime(#[from] anyhow::Error),
+}
+
+/// What a loaded configuration yields: settings plus built targets.
+pub struct Loaded {
+    pub settings: Settings,
+    pub targets: Vec<Arc<Target>>,
+}
+
+/// Load and validate everything a command needs from the configuration, without I/O on
+/// the ledger or the network.
+pub fn load(config_path: &Path) -> Result<Loaded, AppError> {
+    let settings = config::load(config_path, registry::KNOWN_KINDS)
+        .map_err(|e| AppError::Config(e.to_string()))?;
+    let mut targets = Vec::new();
+    let mut errors = Vec::new();
+    for t in settings.targets.iter().filter(|t| t.enabled) {
+        match registry::build_target(t, settings.ledger.lease) {
+            Ok(target) => targets.push(Arc::new(target)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(AppError::Config(errors.join("\n")));
+    }
+    Ok(Loaded { settings, targets })
+}
+
+pub fn build_sources(settings: &Settings) -> Vec<Box<dyn Source>> {
+    settings
+        .sources
+        .iter()
+        .map(|s| -> Box<dyn Source> {
+            match &s.kind {
+                SourceKind::Spool(spool) => Box::new(SpoolSource::new(
+                    s.name.clone(),
+                    spool.dir.clone(),
+                    match spool.after {
+                        config::AfterRead::Move => AfterStaging::Move,
+                        config::AfterRead::Keep => AfterStaging::Keep,
+                    },
+                    spool.settle,
+                )),
+            }
+        })
+        .collect()
+}
+
+/// This process's lease owner name.
+pub fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+async fn open_ledger(settings: &Settings) -> anyhow::Result<Arc<dyn Ledger>> {
+    let ledger = SqliteLedger::open(&settings.ledger.path)
+        .await
+        .with_context(|| format!("opening the ledger {}", settings.ledger.path.display()))?;
+    Ok(Arc::new(ledger))
+}
+
+/// Open the ledger for a read-mostly operator command, alongside a running daemon.
+async fn open_ledger_shared(settings: &Settings) -> anyhow::Result<Arc<dyn Ledger>> {
+    let ledger = SqliteLedger::open_shared(&settings.ledger.path)
+        .await
+        .with_context(|| format!("opening the ledger {}", settings.ledger.path.display()))?;
+    Ok(Arc::new(ledger))
+}
+
+/// Run one command; returns the process exit code.
+pub fn main(config_path: &Path, log_level: Option<&str>, command: Command) -> u8 {
+    // Logging needs the config's telemetry section, but a config error must still be
+    // reported: fall back to defaults when it cannot be read.
+    let loaded = load(config_path);
+    let (format, level) = match &loaded {
+        Ok(l) => (
+            l.settings.telemetry.log_format,
+            log_level.unwrap_or(&l.settings.telemetry.log_level).to_string(),
+        ),
+        Err(_) => (telemetry::LogFormat::Auto, log_level.unwrap_or("info").to_string()),
+    };
+    telemetry::init(format, &level);
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => return report(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return report(AppError::Runtime(e.into())),
+    };
+    match runtime.block_on(dispatch(loaded, command)) {
+        Ok(code) => code,
+        Err(e) => report(e),
+    }
+}
+
+fn report(e: AppError) -> u8 {
+    match e {
+        AppError::Config(msg) => {
+            eprintln!("configuration error:\n{msg}");
+            EXIT_CONFIG
+        }
+        AppError::Runtime(err) => {
+            tracing::error!(error = %format!("{err:#}"), "failed");
+            eprintln!("error: {err:#}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+async fn dispatch(loaded: Loaded, command: Command) -> Result<u8, AppError> {
+    match command {
+        Command::Check { connect } => check(&loaded, connect).await,
+        Command::SyncOnce { wait } => sync_once(&loaded, wait).await,
+        Command::Run => crate::daemon::run(loaded).await.map_err(AppError::Runtime),
+        Command::Status { json } => status(&loaded, json).await,
+        Command::Trace { lead, json } => trace(&loaded, &lead, json).await,
+        Command::DeadLetters(DeadLetterCommand::List { target, json }) => {
+            dead_letters_list(&loaded, target.as_deref(), json).await
+        }
+        Command::DeadLetters(DeadLetterCommand::Retry { target, lead }) => {
+            let ledger = open_ledger_shared(&loaded.settings).await?;
+            let n = ledger
+                .retry_dead(&DeadLetterFilter { target, lead_id: lead }, Utc::now())
+                .await
+                .context("retrying dead letters")?;
+            println!("{n} dead deliveries put back in the queue");
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+async fn check(loaded: &Loaded, connect: bool) -> Result<u8, AppError> {
+    let s = &loaded.settings;
+    println!("configuration {} is valid", s.config_path.display());
+    println!("  ledger: {}", s.ledger.path.display());
+    for src in &s.sources {
+        println!("  source {}: schedule {}", src.name, src.schedule);
+    }
+    if loaded.targets.is_empty() {
+        println!("  warning: no enabled target: leads will be staged but go nowhere");
+    }
+    let mut failed = false;
+    for t in &loaded.targets {
+        match t.connector.check(connect).await {
+            Ok(r) => {
+                println!("  target {} ({}): ok", t.name, t.connector.kind());
+                for v in r.verified {
+                    println!("    - {v}");
+                }
+            }
+            Err(e) => {
+                failed = true;
+                println!("  target {} ({}): FAILED: {e}", t.name, t.connector.kind());
+            }
+        }
+    }
+    Ok(if failed { EXIT_RUNTIME } else { EXIT_OK })
+}
+
+async fn sync_once(loaded: &Loaded, wait: Duration) -> Result<u8, AppError> {
+    let ledger = open_ledger(&loaded.settings).await?;
+    let mut sources = build_sources(&loaded.settings);
+    let mut staged = crate::ledger::StageReport::default();
+    for source in sources.iter_mut() {
+        let r = pipeline::pull_source(ledger.as_ref(), source.as_mut(), &loaded.targets)
+            .await
+            .with_context(|| format!("pulling source {}", source.name()))?;
+        staged.staged += r.staged;
+        staged.already_known += r.already_known;
+        staged.quarantined += r.quarantined;
+    }
+    println!(
+        "staged {} new lead(s), {} already known, {} quarantined",
+        staged.staged, staged.already_known, staged.quarantined
+    );
+    let owner = instance_id();
+    let wait_until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+    let pushes = loaded.targets.iter().map(|t| {
+        let ledger = Arc::clone(&ledger);
+        let owner = owner.clone();
+        async move {
+            let r = pipeline::drain_target(ledger.as_ref(), t, &owner, wait_until).await;
+            (t.name.clone(), r)
+        }
+    });
+    let mut dead = 0;
+    for (name, result) in futures::future::join_all(pushes).await {
+        let r: PushReport = result.with_context(|| format!("pushing target {name}"))?;
+        dead += r.dead;
+        println!(
+            "target {name}: {} delivered, {} retrying, {} dead",
+            r.delivered, r.retrying, r.dead
+        );
+    }
+    let status = ledger.status(Utc::now()).await.context("reading status")?;
+    let pending: u64 = status.targets.iter().map(|t| t.pending).sum();
+    if dead > 0 {
+        println!("{dead} delivery(ies) ended dead: see `leadsync dead-letters list`");
+        return Ok(EXIT_DEAD);
+    }
+    if pending > 0 {
+        println!("{pending} delivery(ies) still pending (retrying later): see `leadsync status`");
+        return Ok(EXIT_TEMPFAIL);
+    }
+    Ok(EXIT_OK)
+}
+
+fn age(since: Option<chrono::DateTime<Utc>>) -> String {
+    match since {
+        None => "-".into(),
+        Some(t) => {
+            let secs = (Utc::now() - t).num_seconds().max(0) as u64;
+            humantime::format_duration(Duration::from_secs(secs)).to_string()
+        }
+    }
+}
+
+async fn status(loaded: &Loaded, json: bool) -> Result<u8, AppError> {
+    let ledger = open_ledger_shared(&loaded.settings).await?;
+    let status = ledger.status(Utc::now()).await.context("reading status")?;
+    if json {
+        let out = serde_json::to_string_pretty(&status).context("encoding status")?;
+        println!("{out}");
+        return Ok(EXIT_OK);
+    }
+    println!(
+        "{:<24} {:>9} {:>9} {:>10} {:>7} {:>14}  paused until / last error",
+        "TARGET", "PENDING", "RETRYING", "DELIVERED", "DEAD", "OLDEST PENDING"
+    );
+    for t in &status.targets {
+        let note = match (&t.paused_until, &t.last_error_code) {
+            (Some(p), _) => format!("paused until {}", p.to_rfc3339()),
+            (None, Some(c)) => c.clone(),
+            _ => String::new(),
+        };
+        println!(
+            "{:<24} {:>9} {:>9} {:>10} {:>7} {:>14}  {}",
+            t.target,
+            t.pending,
+            t.retrying,
+            t.delivered,
+            t.dead,
+            age(t.oldest_pending_staged_at),
+            note
+        );
+    }
+    println!(
+        "{} lead(s) in the ledger, {} quarantined record(s)",
+        status.leads, status.quarantined
+    );
+    Ok(EXIT_OK)
+}
+
+async fn trace(loaded: &Loaded, lead: &str, json: bool) -> Result<u8, AppError> {
+    let ledger = open_ledger_shared(&loaded.settings).await?;
+    let Some((l, staged_at, deliveries)) = ledger.trace(lead).await.context("reading the ledger")?
+    else {
+        println!("lead {lead} is not in the ledger");
+        return Ok(EXIT_RUNTIME);
+    };
+    if json {
+        let v = serde_json::json!({
+            "lead": l.id, "staged_at": staged_at, "is_test": l.is_test,
+            "action": l.action.as_ref().map(|a| a.code()),
+            "origin": l.origin().map(|o| o.as_str()),
+            "offer": l.offer.raw, "deliveries": deliveries,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).context("encoding")?);
+        return Ok(EXIT_OK);
+    }
+    println!("lead {} staged {}", l.id, staged_at.to_rfc3339());
+    if deliveries.is_empty() {
+        println!("  no target's filter selected it");
+    }
+    for d in deliveries {
+        println!(
+            "  {}: {} after {} attempt(s){}{}",
+            d.target,
+            d.state.as_str(),
+            d.attempts,
+            d.crm_ref.map(|r| format!(", CRM record {r}")).unwrap_or_default(),
+            d.error_code.map(|c| format!(", last error {c}")).unwrap_or_default()
+        );
+    }
+    Ok(EXIT_OK)
+}
+
+async fn dead_letters_list(
+    loaded: &Loaded,
+    target: Option<&str>,
+    json: bool,
+) -> Result<u8, AppError> {
+    let ledger = open_ledger_shared(&loaded.settings).await?;
+    let dead = ledger.dead_letters(target).await.context("reading dead letters")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&dead).context("encoding")?);
+        return Ok(EXIT_OK);
+    }
+    if dead.is_empty() {
+        println!("no dead letters");
+    }
+    for d in dead {
+        println!(
+            "{} {} attempts={} code={} reason={}",
+            d.target,
+            d.lead_id,
+            d.attempts,
+            d.error_code.as_deref().unwrap_or("-"),
+            d.error.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(EXIT_OK)
+}
