@@ -33,8 +33,14 @@ pub enum Command {
 }
 
 pub enum DeadLetterCommand {
-    List { target: Option<String>, json: bool },
-    Retry { target: Option<String>, lead: Option<String> },
+    List {
+        target: Option<String>,
+        json: bool,
+    },
+    Retry {
+        target: Option<String>,
+        lead: Option<String>,
+    },
 }
 
 /// Errors at the edge, sorted by exit code.
@@ -122,16 +128,24 @@ pub fn main(config_path: &Path, log_level: Option<&str>, command: Command) -> u8
     let (format, level) = match &loaded {
         Ok(l) => (
             l.settings.telemetry.log_format,
-            log_level.unwrap_or(&l.settings.telemetry.log_level).to_string(),
+            log_level
+                .unwrap_or(&l.settings.telemetry.log_level)
+                .to_string(),
         ),
-        Err(_) => (telemetry::LogFormat::Auto, log_level.unwrap_or("info").to_string()),
+        Err(_) => (
+            telemetry::LogFormat::Auto,
+            log_level.unwrap_or("info").to_string(),
+        ),
     };
     telemetry::init(format, &level);
     let loaded = match loaded {
         Ok(l) => l,
         Err(e) => return report(e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return report(AppError::Runtime(e.into())),
     };
@@ -168,7 +182,13 @@ async fn dispatch(loaded: Loaded, command: Command) -> Result<u8, AppError> {
         Command::DeadLetters(DeadLetterCommand::Retry { target, lead }) => {
             let ledger = open_ledger_shared(&loaded.settings).await?;
             let n = ledger
-                .retry_dead(&DeadLetterFilter { target, lead_id: lead }, Utc::now())
+                .retry_dead(
+                    &DeadLetterFilter {
+                        target,
+                        lead_id: lead,
+                    },
+                    Utc::now(),
+                )
                 .await
                 .context("retrying dead letters")?;
             println!("{n} dead deliveries put back in the queue");
@@ -301,7 +321,8 @@ async fn status(loaded: &Loaded, json: bool) -> Result<u8, AppError> {
 
 async fn trace(loaded: &Loaded, lead: &str, json: bool) -> Result<u8, AppError> {
     let ledger = open_ledger_shared(&loaded.settings).await?;
-    let Some((l, staged_at, deliveries)) = ledger.trace(lead).await.context("reading the ledger")?
+    let Some((l, staged_at, deliveries)) =
+        ledger.trace(lead).await.context("reading the ledger")?
     else {
         println!("lead {lead} is not in the ledger");
         return Ok(EXIT_RUNTIME);
@@ -326,8 +347,12 @@ async fn trace(loaded: &Loaded, lead: &str, json: bool) -> Result<u8, AppError> 
             d.target,
             d.state.as_str(),
             d.attempts,
-            d.crm_ref.map(|r| format!(", CRM record {r}")).unwrap_or_default(),
-            d.error_code.map(|c| format!(", last error {c}")).unwrap_or_default()
+            d.crm_ref
+                .map(|r| format!(", CRM record {r}"))
+                .unwrap_or_default(),
+            d.error_code
+                .map(|c| format!(", last error {c}"))
+                .unwrap_or_default()
         );
     }
     Ok(EXIT_OK)
@@ -339,9 +364,15 @@ async fn dead_letters_list(
     json: bool,
 ) -> Result<u8, AppError> {
     let ledger = open_ledger_shared(&loaded.settings).await?;
-    let dead = ledger.dead_letters(target).await.context("reading dead letters")?;
+    let dead = ledger
+        .dead_letters(target)
+        .await
+        .context("reading dead letters")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&dead).context("encoding")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&dead).context("encoding")?
+        );
         return Ok(EXIT_OK);
     }
     if dead.is_empty() {

@@ -49,7 +49,14 @@ impl Shared {
         };
         while job.dirty.swap(false, Ordering::SeqCst) && !self.stop.is_cancelled() {
             loop {
-                match pipeline::push_round(self.ledger.as_ref(), &job.target, &self.owner, Utc::now()).await {
+                match pipeline::push_round(
+                    self.ledger.as_ref(),
+                    &job.target,
+                    &self.owner,
+                    Utc::now(),
+                )
+                .await
+                {
                     Ok(r) if r.attempted > 0 && !self.stop.is_cancelled() => continue,
                     Ok(_) => break,
                     Err(e) => {
@@ -65,7 +72,7 @@ impl Shared {
         let Ok(mut source) = source.try_lock() else {
             return;
         };
-        match pipeline::pull_source(self.ledger.as_ref(), source.as_mut().as_mut(), &self.targets).await {
+        match pipeline::pull_source(self.ledger.as_ref(), source.as_mut(), &self.targets).await {
             Ok(r) if r.deliveries > 0 => {
                 // Push at once rather than wait for each target's next tick.
                 futures::future::join_all(self.pushes.iter().map(|job| self.push(job))).await;
@@ -102,7 +109,9 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<u8> {
         stop: stop.clone(),
     });
 
-    let mut scheduler = JobScheduler::new().await.context("starting the scheduler")?;
+    let mut scheduler = JobScheduler::new()
+        .await
+        .context("starting the scheduler")?;
     let in_flight = tokio_util::task::TaskTracker::new();
     let sources = build_sources(settings);
     for (src, source) in settings.sources.iter().zip(sources) {
@@ -117,7 +126,9 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<u8> {
                 if shared.stop.is_cancelled() {
                     return;
                 }
-                let _ = tracker.spawn(async move { shared.pull(&source).await }).await;
+                let _ = tracker
+                    .spawn(async move { shared.pull(&source).await })
+                    .await;
             })
         })
         .with_context(|| format!("scheduling source {}", src.name))?;
@@ -147,14 +158,21 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<u8> {
         scheduler.add(cron).await.context("adding a job")?;
     }
     scheduler.start().await.context("starting the scheduler")?;
-    tracing::info!(sources = settings.sources.len(), targets = loaded.targets.len(), "leadsync running");
+    tracing::info!(
+        sources = settings.sources.len(),
+        targets = loaded.targets.len(),
+        "leadsync running"
+    );
 
     wait_for_shutdown().await;
     tracing::info!("stopping: no new work; waiting for in-flight pushes");
     stop.cancel();
     let _ = scheduler.shutdown().await;
     in_flight.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, in_flight.wait()).await.is_err() {
+    if tokio::time::timeout(SHUTDOWN_GRACE, in_flight.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("in-flight work did not finish within the grace period; leases will expire and it will be retried");
     }
     tracing::info!("stopped");

@@ -7,10 +7,20 @@ use std::process::ExitCode;
 use leadsync::app::{self, Command, DeadLetterCommand};
 
 #[derive(Parser)]
-#[command(name = "leadsync", version, about = "Moves Microsoft marketplace leads into your CRMs, once each")]
+#[command(
+    name = "leadsync",
+    version,
+    about = "Moves Microsoft marketplace leads into your CRMs, once each"
+)]
 struct Cli {
     /// The main configuration file.
-    #[arg(long, short, global = true, env = "LEADSYNC_CONFIG", default_value = "/etc/leadsync/leadsync.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "LEADSYNC_CONFIG",
+        default_value = "/etc/leadsync/leadsync.toml"
+    )]
     config: PathBuf,
     /// Log level for leadsync's own code (trace, debug, info, warn, error); overrides
     /// `telemetry.log_level`.

@@ -154,8 +154,13 @@ pub fn backoff_delay(policy: &RetryPolicy, attempt: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=millis))
 }
 
+/// `now + d`, rounded up to the millisecond the ledger stores, so that a stored pause or
+/// retry time is never earlier than what the CRM asked for.
 fn chrono_after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365))
+    let t = now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::days(365));
+    let ms =
+        t.timestamp_millis() + i64::from(!t.timestamp_subsec_nanos().is_multiple_of(1_000_000));
+    DateTime::from_timestamp_millis(ms).unwrap_or(t)
 }
 
 /// Decide what becomes of one failed delivery.

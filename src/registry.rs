@@ -26,7 +26,11 @@ pub struct TargetBuildError {
     pub message: String,
 }
 
-fn error(t: &TargetSettings, key: impl Into<String>, message: impl Into<String>) -> TargetBuildError {
+fn error(
+    t: &TargetSettings,
+    key: impl Into<String>,
+    message: impl Into<String>,
+) -> TargetBuildError {
     TargetBuildError {
         file: t.file.display().to_string(),
         key: key.into(),
@@ -67,13 +71,19 @@ fn connector(t: &TargetSettings) -> Result<(Arc<dyn Connector>, Mapping), Target
         other => Err(error(
             t,
             "kind",
-            format!("unknown target kind {other:?}; this build knows {}", KNOWN_KINDS.join(", ")),
+            format!(
+                "unknown target kind {other:?}; this build knows {}",
+                KNOWN_KINDS.join(", ")
+            ),
         )),
     }
 }
 
 /// Build a ready target from its settings.
-pub fn build_target(t: &TargetSettings, default_lease: Duration) -> Result<Target, TargetBuildError> {
+pub fn build_target(
+    t: &TargetSettings,
+    default_lease: Duration,
+) -> Result<Target, TargetBuildError> {
     let (connector, mapping) = connector(t)?;
     let max = connector.max_batch().max(1);
     let batch_size = t.limits.batch_size.unwrap_or(max);
@@ -96,6 +106,6 @@ pub fn build_target(t: &TargetSettings, default_lease: Duration) -> Result<Targe
         concurrency: t.limits.concurrency.max(1),
         max_age: t.limits.max_age,
         lease: t.limits.lease.unwrap_or(default_lease),
-        retry: t.retry.clone(),
+        retry: t.retry,
     })
 }

@@ -10,12 +10,7 @@
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Auto,
-    Json,
-    Text,
-}
+pub use crate::config::LogFormat;
 
 /// The filter for `level`: leadsync at that level, dependencies no chattier than `info`.
 pub fn filter_for(level: &str) -> EnvFilter {

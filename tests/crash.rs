@@ -23,8 +23,14 @@ impl Rng {
 
 #[test]
 fn sigkill_mid_sync_loses_and_duplicates_nothing() {
-    let rounds: usize = std::env::var("LEADSYNC_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
-    let seed: u64 = std::env::var("LEADSYNC_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(20261124);
+    let rounds: usize = std::env::var("LEADSYNC_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let seed: u64 = std::env::var("LEADSYNC_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20261124);
     eprintln!("crash test: {LEADS} leads, {rounds} kill rounds, seed {seed}");
     let d = Deployment::new();
     let mut f = std::fs::File::create(d.spool().join("backlog.jsonl")).unwrap();
@@ -42,15 +48,26 @@ fn sigkill_mid_sync_loses_and_duplicates_nothing() {
     let mut killed = 0;
     for round in 0..rounds {
         let delay = Duration::from_millis(30 + rng.next() % 1200);
-        let mut child = d.command().args(["sync", "--once", "--wait", "0s"]).stderr(std::process::Stdio::null()).stdout(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = d
+            .command()
+            .args(["sync", "--once", "--wait", "0s"])
+            .stderr(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(delay);
         match child.try_wait().unwrap() {
-            Some(status) => eprintln!("round {round}: finished before the kill at {delay:?} ({status})"),
+            Some(status) => {
+                eprintln!("round {round}: finished before the kill at {delay:?} ({status})")
+            }
             None => {
                 child.kill().unwrap(); // SIGKILL
                 child.wait().unwrap();
                 killed += 1;
-                eprintln!("round {round}: SIGKILL after {delay:?}, {} rows so far", d.csv_rows().len());
+                eprintln!(
+                    "round {round}: SIGKILL after {delay:?}, {} rows so far",
+                    d.csv_rows().len()
+                );
             }
         }
     }
@@ -63,10 +80,22 @@ fn sigkill_mid_sync_loses_and_duplicates_nothing() {
     for r in &rows {
         *per_lead.entry(r["First Name"].clone()).or_default() += 1;
     }
-    let missing: Vec<usize> = (0..LEADS).filter(|i| !per_lead.contains_key(&format!("P{i}"))).collect();
+    let missing: Vec<usize> = (0..LEADS)
+        .filter(|i| !per_lead.contains_key(&format!("P{i}")))
+        .collect();
     let duplicated: Vec<_> = per_lead.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(missing.is_empty(), "{} leads missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
-    assert!(duplicated.is_empty(), "{} leads duplicated, e.g. {:?}", duplicated.len(), &duplicated[..duplicated.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} leads missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(
+        duplicated.is_empty(),
+        "{} leads duplicated, e.g. {:?}",
+        duplicated.len(),
+        &duplicated[..duplicated.len().min(5)]
+    );
     assert_eq!(rows.len(), LEADS);
     let status = d.status_json();
     assert_eq!(status["targets"][0]["delivered"], LEADS as u64);

@@ -5,7 +5,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration as CDuration, Utc};
 use leadsync::config::{RetryPolicy, TargetFilter};
 use leadsync::ledger::sqlite::SqliteLedger;
-use leadsync::ledger::{DeadLetterFilter, DeliveryState, Ledger, PlannedDelivery, StageBatch, StagedLead};
+use leadsync::ledger::{
+    DeadLetterFilter, DeliveryState, Ledger, PlannedDelivery, StageBatch, StagedLead,
+};
 use leadsync::pipeline::{backoff_delay, push_round, Target};
 use leadsync_core::{
     read_lead, CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome, KeyScope,
@@ -59,11 +61,19 @@ impl Connector for Scripted {
             .lock()
             .unwrap()
             .push(batch.iter().map(|r| r.lead_id.clone()).collect());
-        let answer = self.script.lock().unwrap().pop_front().unwrap_or(Answer::AllDelivered);
+        let answer = self
+            .script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Answer::AllDelivered);
         let ok = || DeliveryOutcome::delivered(Some("crm-1".into()), Some(true));
         match answer {
             Answer::AllDelivered => batch.iter().map(|_| ok()).collect(),
-            Answer::All(f) => batch.iter().map(|_| DeliveryOutcome::Failed(f.clone())).collect(),
+            Answer::All(f) => batch
+                .iter()
+                .map(|_| DeliveryOutcome::Failed(f.clone()))
+                .collect(),
             Answer::Each(v) => v
                 .into_iter()
                 .map(|f| f.map(DeliveryOutcome::Failed).unwrap_or_else(ok))
@@ -104,15 +114,26 @@ async fn ledger_with(n: usize) -> (tempfile::TempDir, SqliteLedger) {
     let ledger = SqliteLedger::open(&dir.path().join("l.db")).await.unwrap();
     let leads = (0..n)
         .map(|i| {
-            let lead = read_lead(format!("lead-{i}"), &serde_json::json!({"LeadSource": "SPZA", "ActionCode": "PLT"})).unwrap();
+            let lead = read_lead(
+                format!("lead-{i}"),
+                &serde_json::json!({"LeadSource": "SPZA", "ActionCode": "PLT"}),
+            )
+            .unwrap();
             StagedLead {
-                deliveries: vec![PlannedDelivery { target: "crm".into(), idempotency_key: format!("key-{i}") }],
+                deliveries: vec![PlannedDelivery {
+                    target: "crm".into(),
+                    idempotency_key: format!("key-{i}"),
+                }],
                 lead,
             }
         })
         .collect();
     ledger
-        .stage(StageBatch { source: "s".into(), leads, ..Default::default() })
+        .stage(StageBatch {
+            source: "s".into(),
+            leads,
+            ..Default::default()
+        })
         .await
         .unwrap();
     (dir, ledger)
@@ -126,7 +147,8 @@ async fn next_attempt(ledger: &SqliteLedger, lead: &str) -> DateTime<Utc> {
 #[tokio::test]
 async fn nothing_is_attempted_before_retry_after_and_the_whole_target_pauses() {
     let (_d, ledger) = ledger_with(4).await;
-    let throttled = DeliveryFailure::throttled("http_429", "slow down", Some(Duration::from_secs(60)));
+    let throttled =
+        DeliveryFailure::throttled("http_429", "slow down", Some(Duration::from_secs(60)));
     // Two batches of two run at once; only the first is throttled.
     let conn = Scripted::new(vec![Answer::All(throttled)]);
     let t = target(conn.clone(), 2, 2);
@@ -136,11 +158,16 @@ async fn nothing_is_attempted_before_retry_after_and_the_whole_target_pauses() {
     assert_eq!(r.retrying, 2);
     let until = r.paused_until.expect("target paused");
     assert!(until >= t0() + CDuration::seconds(60), "{until}");
-    assert!(until <= t0() + CDuration::seconds(70), "backoff for attempt 1 is at most 10 s: {until}");
+    assert!(
+        until <= t0() + CDuration::seconds(70),
+        "backoff for attempt 1 is at most 10 s: {until}"
+    );
     assert_eq!(ledger.paused_until("crm").await.unwrap(), Some(until));
 
     // Just before the pause ends: no request at all, for any lead of the target.
-    let r = push_round(&ledger, &t, "me", until - CDuration::milliseconds(1)).await.unwrap();
+    let r = push_round(&ledger, &t, "me", until - CDuration::milliseconds(1))
+        .await
+        .unwrap();
     assert_eq!(conn.calls(), 2, "a request was sent to a throttled target");
     assert_eq!(r.attempted, 0);
     // Once it ends, the throttled leads go out.
@@ -152,15 +179,26 @@ async fn nothing_is_attempted_before_retry_after_and_the_whole_target_pauses() {
 #[tokio::test]
 async fn transient_failures_wait_for_their_backoff() {
     let (_d, ledger) = ledger_with(1).await;
-    let conn = Scripted::new(vec![Answer::All(DeliveryFailure::transient("http_503", "unavailable"))]);
+    let conn = Scripted::new(vec![Answer::All(DeliveryFailure::transient(
+        "http_503",
+        "unavailable",
+    ))]);
     let t = target(conn.clone(), 10, 1);
     let r = push_round(&ledger, &t, "me", t0()).await.unwrap();
     assert_eq!(r.retrying, 1);
-    assert_eq!(r.paused_until, None, "a transient failure does not pause the target");
+    assert_eq!(
+        r.paused_until, None,
+        "a transient failure does not pause the target"
+    );
     let next = next_attempt(&ledger, "lead-0").await;
-    assert!(next >= t0() && next <= t0() + CDuration::seconds(10), "{next}");
+    assert!(
+        next >= t0() && next <= t0() + CDuration::seconds(10),
+        "{next}"
+    );
     if next > t0() {
-        push_round(&ledger, &t, "me", next - CDuration::milliseconds(1)).await.unwrap();
+        push_round(&ledger, &t, "me", next - CDuration::milliseconds(1))
+            .await
+            .unwrap();
         assert_eq!(conn.calls(), 1, "retried before its backoff ran out");
     }
     let r = push_round(&ledger, &t, "me", next).await.unwrap();
@@ -181,13 +219,19 @@ fn backoff_grows_exponentially_with_full_jitter() {
     for attempt in 1..=8u32 {
         let ceiling = Duration::from_secs((1u64 << (attempt - 1)).min(60));
         let samples: Vec<Duration> = (0..400).map(|_| backoff_delay(&policy, attempt)).collect();
-        assert!(samples.iter().all(|s| *s <= ceiling), "attempt {attempt} over {ceiling:?}");
+        assert!(
+            samples.iter().all(|s| *s <= ceiling),
+            "attempt {attempt} over {ceiling:?}"
+        );
         let distinct: std::collections::HashSet<_> = samples.iter().collect();
         assert!(distinct.len() > 50, "attempt {attempt}: no jitter");
         let mean = samples.iter().map(|s| s.as_secs_f64()).sum::<f64>() / samples.len() as f64;
         // Full jitter: the mean sits near half the ceiling.
         let half = ceiling.as_secs_f64() / 2.0;
-        assert!((mean - half).abs() < half * 0.25, "attempt {attempt}: mean {mean} vs {half}");
+        assert!(
+            (mean - half).abs() < half * 0.25,
+            "attempt {attempt}: mean {mean} vs {half}"
+        );
         means.push(mean);
     }
     assert!(means.windows(2).take(5).all(|w| w[1] > w[0]), "{means:?}");
@@ -197,7 +241,10 @@ fn backoff_grows_exponentially_with_full_jitter() {
 async fn rejected_goes_to_dead_letters_and_an_operator_brings_it_back() {
     let (_d, ledger) = ledger_with(2).await;
     let conn = Scripted::new(vec![Answer::Each(vec![
-        Some(DeliveryFailure::rejected("REQUIRED_FIELD_MISSING", "Required fields are missing: [LastName]")),
+        Some(DeliveryFailure::rejected(
+            "REQUIRED_FIELD_MISSING",
+            "Required fields are missing: [LastName]",
+        )),
         None,
     ])]);
     let t = target(conn.clone(), 10, 1);
@@ -206,18 +253,34 @@ async fn rejected_goes_to_dead_letters_and_an_operator_brings_it_back() {
     let dead = ledger.dead_letters(Some("crm")).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].lead_id, "lead-0");
-    assert_eq!(dead[0].error_code.as_deref(), Some("REQUIRED_FIELD_MISSING"));
-    assert_eq!(dead[0].error.as_deref(), Some("Required fields are missing: [LastName]"));
+    assert_eq!(
+        dead[0].error_code.as_deref(),
+        Some("REQUIRED_FIELD_MISSING")
+    );
+    assert_eq!(
+        dead[0].error.as_deref(),
+        Some("Required fields are missing: [LastName]")
+    );
     // Never retried by itself.
-    push_round(&ledger, &t, "me", t0() + CDuration::days(1)).await.unwrap();
+    push_round(&ledger, &t, "me", t0() + CDuration::days(1))
+        .await
+        .unwrap();
     assert_eq!(conn.calls(), 1);
     // The operator's retry.
     let n = ledger
-        .retry_dead(&DeadLetterFilter { target: Some("crm".into()), lead_id: None }, t0() + CDuration::days(1))
+        .retry_dead(
+            &DeadLetterFilter {
+                target: Some("crm".into()),
+                lead_id: None,
+            },
+            t0() + CDuration::days(1),
+        )
         .await
         .unwrap();
     assert_eq!(n, 1);
-    let r = push_round(&ledger, &t, "me", t0() + CDuration::days(1)).await.unwrap();
+    let r = push_round(&ledger, &t, "me", t0() + CDuration::days(1))
+        .await
+        .unwrap();
     assert_eq!(r.delivered, 1);
     assert!(ledger.dead_letters(None).await.unwrap().is_empty());
 }
@@ -225,7 +288,11 @@ async fn rejected_goes_to_dead_letters_and_an_operator_brings_it_back() {
 #[tokio::test]
 async fn expired_token_is_retried_once_at_once() {
     let (_d, ledger) = ledger_with(1).await;
-    let expired = DeliveryFailure::new(leadsync_core::FailureClass::AuthExpired, "http_401", "token expired");
+    let expired = DeliveryFailure::new(
+        leadsync_core::FailureClass::AuthExpired,
+        "http_401",
+        "token expired",
+    );
     let conn = Scripted::new(vec![Answer::All(expired.clone())]);
     let t = target(conn.clone(), 10, 1);
     let r = push_round(&ledger, &t, "me", t0()).await.unwrap();
@@ -244,7 +311,10 @@ async fn expired_token_is_retried_once_at_once() {
 #[tokio::test]
 async fn a_lead_past_max_age_is_given_up() {
     let (_d, ledger) = ledger_with(1).await;
-    let conn = Scripted::new(vec![Answer::All(DeliveryFailure::transient("timeout", "timed out"))]);
+    let conn = Scripted::new(vec![Answer::All(DeliveryFailure::transient(
+        "timeout",
+        "timed out",
+    ))]);
     let mut t = target(conn.clone(), 10, 1);
     t.max_age = Duration::from_secs(3600);
     // Staged "now" (wall clock); fail it two hours later.
@@ -252,5 +322,12 @@ async fn a_lead_past_max_age_is_given_up() {
     let r = push_round(&ledger, &t, "me", later).await.unwrap();
     assert_eq!(r.dead, 1);
     let dead = ledger.dead_letters(None).await.unwrap();
-    assert!(dead[0].error.as_deref().unwrap().contains("older than max_age"), "{dead:?}");
+    assert!(
+        dead[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("older than max_age"),
+        "{dead:?}"
+    );
 }

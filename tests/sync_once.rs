@@ -28,7 +28,11 @@ fn delivers_each_lead_once_and_a_rerun_adds_nothing() {
     std::fs::write(d.spool().join("again.jsonl"), LEADS).unwrap();
     let out = d.run(&["sync", "--once"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0 new lead(s), 4 already known"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("0 new lead(s), 4 already known"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(d.csv_rows().len(), 3);
 
     let status = d.status_json();
@@ -46,11 +50,15 @@ fn keys_are_unique_and_trace_shows_the_row() {
     std::fs::write(d.spool().join("drop.jsonl"), LEADS).unwrap();
     assert_eq!(d.run(&["sync", "--once"]).status.code(), Some(0));
     let rows = d.csv_rows();
-    let keys: std::collections::HashSet<_> = rows.iter().map(|r| r["Leadsync Key"].clone()).collect();
+    let keys: std::collections::HashSet<_> =
+        rows.iter().map(|r| r["Leadsync Key"].clone()).collect();
     assert_eq!(keys.len(), rows.len());
     let lead = rows[0]["Lead ID"].clone();
     let out = d.run(&["trace", &lead]);
     assert!(out.status.success(), "{}", text(&out));
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("csv: delivered after 1 attempt(s), CRM record row 1"), "{s}");
+    assert!(
+        s.contains("csv: delivered after 1 attempt(s), CRM record row 1"),
+        "{s}"
+    );
 }

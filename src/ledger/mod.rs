@@ -234,7 +234,8 @@ pub trait Ledger: Send + Sync {
         reason: &str,
     ) -> Result<(), LedgerError>;
 
-    /// When the target's pause ends, if it is paused.
+    /// The end of the target's last pause, as stored (it may be in the past: the caller
+    /// compares it with its own `now`).
     async fn paused_until(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError>;
 
     async fn status(&self, now: DateTime<Utc>) -> Result<LedgerStatus, LedgerError>;

@@ -219,10 +219,7 @@ impl SpoolSource {
             for r in &f.rejects {
                 reason.push_str(&format!("{name}: {}: {}\n", r.place, r.reason));
             }
-            let reason_path = rejected_dir.join(format!(
-                "{}.reason",
-                Self::file_label(&target)
-            ));
+            let reason_path = rejected_dir.join(format!("{}.reason", Self::file_label(&target)));
             std::fs::write(&reason_path, reason).map_err(|e| self.io_err(&reason_path, e))?;
             if f.good == 0 {
                 // Nothing usable: the file itself is the quarantine.
@@ -562,12 +559,21 @@ mod tests {
     async fn reads_json_jsonl_moves_and_quarantines() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        std::fs::write(d.join("a.jsonl"), "{\"LeadSource\":\"SPZA\"}\r\n\n{oops\n{\"ActionCode\":\"INS\"}\n").unwrap();
+        std::fs::write(
+            d.join("a.jsonl"),
+            "{\"LeadSource\":\"SPZA\"}\r\n\n{oops\n{\"ActionCode\":\"INS\"}\n",
+        )
+        .unwrap();
         std::fs::write(d.join("b.json"), "\u{feff}[{\"OfferTitle\":\"x\"}, 3]").unwrap();
         std::fs::write(d.join("c.json"), "{\"UserDetails\": {").unwrap();
         std::fs::write(d.join(".hidden.jsonl"), "{\"LeadSource\":\"SPZA\"}\n").unwrap();
         std::fs::write(d.join("notes.txt"), "x").unwrap();
-        let mut src = SpoolSource::new("inbox".into(), d.to_path_buf(), AfterStaging::Move, Duration::ZERO);
+        let mut src = SpoolSource::new(
+            "inbox".into(),
+            d.to_path_buf(),
+            AfterStaging::Move,
+            Duration::ZERO,
+        );
         let (leads, q) = drain(&mut src, 2).await;
         assert_eq!(leads.len(), 3);
         let origins: Vec<_> = q.iter().map(|r| r.origin.as_str()).collect();
@@ -576,10 +582,19 @@ mod tests {
         assert!(origins.contains(&"inbox:c.json:element 1"), "{origins:?}");
         assert!(d.join("processed/a.jsonl").exists());
         assert!(d.join("processed/b.json").exists());
-        assert!(d.join("rejected/c.json").exists(), "wholly bad file moves to rejected/");
+        assert!(
+            d.join("rejected/c.json").exists(),
+            "wholly bad file moves to rejected/"
+        );
         let reason = std::fs::read_to_string(d.join("rejected/a.jsonl.reason")).unwrap();
-        assert!(reason.starts_with("a.jsonl: line 3: not valid JSON"), "{reason}");
-        assert_eq!(std::fs::read_to_string(d.join("rejected/a.jsonl")).unwrap(), "{oops\n");
+        assert!(
+            reason.starts_with("a.jsonl: line 3: not valid JSON"),
+            "{reason}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join("rejected/a.jsonl")).unwrap(),
+            "{oops\n"
+        );
         assert!(d.join(".hidden.jsonl").exists() && d.join("notes.txt").exists());
         // Nothing left: a new pull finds nothing.
         assert!(src.next_batch(None, 10).await.unwrap().is_none());
@@ -590,15 +605,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("w.jsonl"), "{\"LeadSource\":\"SPZA\"}\n{\"LeadSo").unwrap();
-        let mut src = SpoolSource::new("s".into(), d.to_path_buf(), AfterStaging::Keep, Duration::from_secs(60));
+        let mut src = SpoolSource::new(
+            "s".into(),
+            d.to_path_buf(),
+            AfterStaging::Keep,
+            Duration::from_secs(60),
+        );
         assert!(src.next_batch(None, 10).await.unwrap().is_none());
-        let mut src = SpoolSource::new("s".into(), d.to_path_buf(), AfterStaging::Keep, Duration::ZERO);
+        let mut src = SpoolSource::new(
+            "s".into(),
+            d.to_path_buf(),
+            AfterStaging::Keep,
+            Duration::ZERO,
+        );
         let (leads, q) = drain(&mut src, 10).await;
         assert_eq!((leads.len(), q.len()), (1, 1));
         let a = spool_lead_id(&serde_json::json!({"b": 1, "a": {"y": 2, "x": 1}}));
         let b = spool_lead_id(&serde_json::json!({"a": {"x": 1, "y": 2}, "b": 1}));
         assert_eq!(a, b);
-        assert_eq!(leads[0].id, spool_lead_id(&serde_json::json!({"LeadSource": "SPZA"})));
+        assert_eq!(
+            leads[0].id,
+            spool_lead_id(&serde_json::json!({"LeadSource": "SPZA"}))
+        );
         // Keep mode: unchanged files are not read again in the same process.
         assert!(src.next_batch(None, 10).await.unwrap().is_none());
         assert!(d.join("w.jsonl").exists());
@@ -612,10 +640,19 @@ mod tests {
         text.push_str(&"A".repeat(MAX_RECORD_BYTES + 10));
         text.push_str("\"}\n{\"ActionCode\":\"PLT\"}\n");
         std::fs::write(d.join("big.jsonl"), text).unwrap();
-        let mut src = SpoolSource::new("s".into(), d.to_path_buf(), AfterStaging::Move, Duration::ZERO);
+        let mut src = SpoolSource::new(
+            "s".into(),
+            d.to_path_buf(),
+            AfterStaging::Move,
+            Duration::ZERO,
+        );
         let (leads, q) = drain(&mut src, 100).await;
         assert_eq!(leads.len(), 2);
         assert_eq!(q.len(), 1);
-        assert!(q[0].reason.contains("over the 1048576-byte limit"), "{}", q[0].reason);
+        assert!(
+            q[0].reason.contains("over the 1048576-byte limit"),
+            "{}",
+            q[0].reason
+        );
     }
 }

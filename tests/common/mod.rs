@@ -17,7 +17,7 @@ impl Deployment {
 kind = "file"
 schedule = "*/1 * * * * *"
 [connection]
-path = "../out/leads.csv"
+path = "../../out/leads.csv"
 format = "csv"
 "#,
         )
@@ -85,14 +85,22 @@ schedule = "*/1 * * * * *"
         r.records()
             .map(|rec| {
                 let rec = rec.unwrap();
-                headers.iter().map(String::from).zip(rec.iter().map(String::from)).collect()
+                headers
+                    .iter()
+                    .map(String::from)
+                    .zip(rec.iter().map(String::from))
+                    .collect()
             })
             .collect()
     }
 
     pub fn status_json(&self) -> serde_json::Value {
         let out = self.run(&["status", "--json"]);
-        assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
     }
 }

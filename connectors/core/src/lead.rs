@@ -352,6 +352,14 @@ pub fn read_lead(id: String, record: &Value) -> Result<Lead, ReadError> {
         }
     }
 
+    for (name, value) in [
+        ("LeadSource", &lead_source_raw),
+        ("ActionCode", &action_code),
+    ] {
+        if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            warnings.push(format!("{name} is empty"));
+        }
+    }
     let source = lead_source_raw
         .as_deref()
         .filter(|s| !s.trim().is_empty())

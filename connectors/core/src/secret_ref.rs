@@ -24,32 +24,38 @@ impl SecretRef {
     /// file or credential are dropped (editors add them).
     pub fn resolve(&self, base_dir: &Path) -> Result<Secret, String> {
         let trim = |s: String| s.trim_end_matches(['\r', '\n']).to_string();
-        let value = match self {
-            SecretRef::Inline(s) => s.clone(),
-            SecretRef::Env { env } => std::env::var(env)
-                .map_err(|_| format!("environment variable {env} is not set"))?,
-            SecretRef::File { file } => {
-                let path = base_dir.join(file);
-                trim(std::fs::read_to_string(&path).map_err(|e| {
-                    format!("secret file {} cannot be read: {e}", path.display())
-                })?)
-            }
-            SecretRef::Credential { credential } => {
-                if credential.contains('/') || credential.is_empty() {
-                    return Err(format!("credential name {credential:?} is not a plain name"));
+        let value =
+            match self {
+                SecretRef::Inline(s) => s.clone(),
+                SecretRef::Env { env } => std::env::var(env)
+                    .map_err(|_| format!("environment variable {env} is not set"))?,
+                SecretRef::File { file } => {
+                    let path = base_dir.join(file);
+                    trim(std::fs::read_to_string(&path).map_err(|e| {
+                        format!("secret file {} cannot be read: {e}", path.display())
+                    })?)
                 }
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                    format!(
+                SecretRef::Credential { credential } => {
+                    if credential.contains('/') || credential.is_empty() {
+                        return Err(format!(
+                            "credential name {credential:?} is not a plain name"
+                        ));
+                    }
+                    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                        format!(
                         "credential {credential:?} requested but $CREDENTIALS_DIRECTORY is not set \
                          (use LoadCredential= in the systemd unit)"
                     )
-                })?;
-                let path = Path::new(&dir).join(credential);
-                trim(std::fs::read_to_string(&path).map_err(|e| {
-                    format!("credential {credential:?} cannot be read from {}: {e}", path.display())
-                })?)
-            }
-        };
+                    })?;
+                    let path = Path::new(&dir).join(credential);
+                    trim(std::fs::read_to_string(&path).map_err(|e| {
+                        format!(
+                            "credential {credential:?} cannot be read from {}: {e}",
+                            path.display()
+                        )
+                    })?)
+                }
+            };
         if value.is_empty() {
             return Err("the secret is empty".to_string());
         }
@@ -71,7 +77,10 @@ mod tests {
         let i: SecretRef = serde_json::from_str(r#""inline""#).unwrap();
         assert_eq!(i.resolve(&dir).unwrap().expose(), "inline");
         let e: SecretRef = serde_json::from_str(r#"{"env":"LEADSYNC_TEST_SURELY_UNSET"}"#).unwrap();
-        assert!(e.resolve(&dir).unwrap_err().contains("LEADSYNC_TEST_SURELY_UNSET"));
+        assert!(e
+            .resolve(&dir)
+            .unwrap_err()
+            .contains("LEADSYNC_TEST_SURELY_UNSET"));
         let m: SecretRef = serde_json::from_str(r#"{"file":"missing.txt"}"#).unwrap();
         assert!(m.resolve(&dir).unwrap_err().contains("missing.txt"));
         assert!(serde_json::from_str::<SecretRef>(r#"{"vault":"x"}"#).is_err());

@@ -196,31 +196,27 @@ fn open_state(path: &Path, format: FileFormat) -> std::io::Result<FileState> {
                 .from_reader(&bytes[..]);
             let mut record = csv::StringRecord::new();
             let mut key_idx = None;
-            loop {
-                match rdr.read_record(&mut record) {
-                    Ok(true) => {
-                        let end = rdr.position().byte() as usize;
-                        // A row counts only if its terminator made it to disk.
-                        if end == 0 || bytes.get(end - 1) != Some(&b'\n') {
-                            break;
-                        }
-                        match header {
-                            None => {
-                                let h: Vec<String> = record.iter().map(str::to_string).collect();
-                                key_idx = h.iter().position(|c| c == KEY_COLUMN);
-                                header = Some(h);
-                            }
-                            Some(_) => {
-                                if let Some(k) = key_idx.and_then(|i| record.get(i)) {
-                                    keys.insert(key_bits(k));
-                                }
-                                rows += 1;
-                            }
-                        }
-                        good_end = end;
-                    }
-                    Ok(false) | Err(_) => break,
+            // A read error (a torn quoted field) ends the good part of the file.
+            while let Ok(true) = rdr.read_record(&mut record) {
+                let end = rdr.position().byte() as usize;
+                // A row counts only if its terminator made it to disk.
+                if end == 0 || bytes.get(end - 1) != Some(&b'\n') {
+                    break;
                 }
+                match header {
+                    None => {
+                        let h: Vec<String> = record.iter().map(str::to_string).collect();
+                        key_idx = h.iter().position(|c| c == KEY_COLUMN);
+                        header = Some(h);
+                    }
+                    Some(_) => {
+                        if let Some(k) = key_idx.and_then(|i| record.get(i)) {
+                            keys.insert(key_bits(k));
+                        }
+                        rows += 1;
+                    }
+                }
+                good_end = end;
             }
         }
     }
@@ -248,7 +244,8 @@ fn csv_row(cells: Vec<String>) -> std::io::Result<Vec<u8>> {
         .terminator(csv::Terminator::Any(b'\n'))
         .from_writer(Vec::new());
     w.write_record(&cells).map_err(std::io::Error::other)?;
-    w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))
+    w.into_inner()
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 fn write_batch(
@@ -324,7 +321,11 @@ fn write_batch(
     }
     if !buf.is_empty() {
         let before = state.file.seek(SeekFrom::End(0))?;
-        if let Err(e) = state.file.write_all(&buf).and_then(|_| state.file.sync_data()) {
+        if let Err(e) = state
+            .file
+            .write_all(&buf)
+            .and_then(|_| state.file.sync_data())
+        {
             // Leave no half batch behind: cut back to where this batch began.
             let _ = state.file.set_len(before);
             return Err(e);
@@ -378,7 +379,9 @@ impl Connector for FileConnector {
         let owned: Vec<OutboundRecord> = batch.to_vec();
         let n = batch.len();
         let result = tokio::task::spawn_blocking(move || {
-            let mut guard = state.lock().map_err(|_| std::io::Error::other("poisoned"))?;
+            let mut guard = state
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?;
             let result = write_batch(&mut guard, &path, format, &columns, &owned);
             if result.is_err() {
                 // Re-read the file next time: the in-memory view may be stale.
@@ -439,7 +442,11 @@ mod tests {
                 format,
             },
             dir,
-            default_mapping().rules.iter().map(|r| r.crm_field.clone()).collect(),
+            default_mapping()
+                .rules
+                .iter()
+                .map(|r| r.crm_field.clone())
+                .collect(),
         )
         .unwrap()
     }
@@ -455,11 +462,23 @@ mod tests {
         let c = connector(dir.path(), FileFormat::Csv, "out/leads.csv");
         let batch: Vec<_> = (0..3).map(|i| record(i, "=cmd|' /C calc'!A0")).collect();
         let out = c.push(&batch).await;
-        assert!(out.iter().all(|o| matches!(o, DeliveryOutcome::Delivered { created: Some(true), .. })));
+        assert!(out.iter().all(|o| matches!(
+            o,
+            DeliveryOutcome::Delivered {
+                created: Some(true),
+                ..
+            }
+        )));
         // Same keys again, in a fresh connector (a re-run): nothing new.
         let c2 = connector(dir.path(), FileFormat::Csv, "out/leads.csv");
         let out = c2.push(&batch).await;
-        assert!(out.iter().all(|o| matches!(o, DeliveryOutcome::Delivered { created: Some(false), .. })));
+        assert!(out.iter().all(|o| matches!(
+            o,
+            DeliveryOutcome::Delivered {
+                created: Some(false),
+                ..
+            }
+        )));
         // A torn row (crash mid-write) is cut off and the lead written again.
         let path = dir.path().join("out/leads.csv");
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
@@ -467,14 +486,23 @@ mod tests {
         drop(f);
         let c3 = connector(dir.path(), FileFormat::Csv, "out/leads.csv");
         let out = c3.push(&[record(3, "Bo")]).await;
-        assert!(matches!(out[0], DeliveryOutcome::Delivered { created: Some(true), .. }));
+        assert!(matches!(
+            out[0],
+            DeliveryOutcome::Delivered {
+                created: Some(true),
+                ..
+            }
+        ));
         let mut rdr = csv::Reader::from_path(&path).unwrap();
         let headers = rdr.headers().unwrap().clone();
         assert_eq!(headers.get(0), Some("First Name"));
         assert_eq!(headers.get(headers.len() - 1), Some(KEY_COLUMN));
         let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
         assert_eq!(rows.len(), 4);
-        let keys: HashSet<_> = rows.iter().map(|r| r.get(headers.len() - 1).unwrap().to_string()).collect();
+        let keys: HashSet<_> = rows
+            .iter()
+            .map(|r| r.get(headers.len() - 1).unwrap().to_string())
+            .collect();
         assert_eq!(keys.len(), 4);
         // Formula cells and phone numbers starting with + are neutralised.
         assert!(rows[0].get(0).unwrap().starts_with("'="));
@@ -489,11 +517,20 @@ mod tests {
         let a = record(1, "Ann");
         let out = c.push(&[a.clone(), a.clone(), record(2, "Bo")]).await;
         assert_eq!(out.len(), 3);
-        assert!(matches!(out[1], DeliveryOutcome::Delivered { created: Some(false), .. }));
+        assert!(matches!(
+            out[1],
+            DeliveryOutcome::Delivered {
+                created: Some(false),
+                ..
+            }
+        ));
         let c2 = connector(dir.path(), FileFormat::Jsonl, "leads.jsonl");
-        c2.push(&[a.clone()]).await;
+        c2.push(std::slice::from_ref(&a)).await;
         let text = std::fs::read_to_string(dir.path().join("leads.jsonl")).unwrap();
-        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["First Name"], "Ann");
         assert_eq!(lines[0][KEY_PROPERTY], a.idempotency_key);

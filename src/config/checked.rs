@@ -1,0 +1,412 @@
+//! The validated configuration: the types the rest of leadsync reads.
+//!
+//! Everything here has passed validation: paths are absolute, durations parsed, cron
+//! expressions compiled, defaults applied, names checked. It owns these types and the
+//! target filter's decision ([`TargetFilter::admits`]); it must not read files or the
+//! environment (that is `mod.rs`) nor validate raw input (that is `validate.rs`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use leadsync_core::mapping::RawRule;
+use leadsync_core::{Action, KeyScope, Lead, Origin};
+
+/// The whole validated configuration: `leadsync.toml` and every `targets/*.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The main file, absolute.
+    pub config_path: PathBuf,
+    /// Its folder: relative paths in `leadsync.toml` resolve against it.
+    pub config_dir: PathBuf,
+    /// The folder the target files were read from, absolute.
+    pub targets_dir: PathBuf,
+    pub ledger: LedgerSettings,
+    pub telemetry: TelemetrySettings,
+    /// `None` when there is no `[admin]` section: no admin endpoint.
+    pub admin: Option<AdminSettings>,
+    /// In name order.
+    pub sources: Vec<SourceSettings>,
+    /// In file-name order. May be empty (`check` should warn).
+    pub targets: Vec<TargetSettings>,
+}
+
+impl Settings {
+    /// The target called `name`, if any.
+    pub fn target(&self, name: &str) -> Option<&TargetSettings> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerSettings {
+    /// The SQLite database file, absolute.
+    pub path: PathBuf,
+    /// How long a claimed delivery stays leased to this process (default 2m).
+    pub lease: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    /// One of `trace`, `debug`, `info`, `warn`, `error` (validated, lower-case).
+    pub log_level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// JSON under systemd (no terminal on stderr), text otherwise.
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub listen: SocketAddr,
+}
+
+/// A cron expression with seconds (6 or 7 fields), as written and compiled.
+///
+/// The daemon hands [`CronSchedule::as_str`] to its scheduler; [`CronSchedule::schedule`]
+/// is there to compute upcoming times (e.g. for `status`).
+#[derive(Debug, Clone)]
+pub struct CronSchedule {
+    expr: String,
+    schedule: cron::Schedule,
+}
+
+impl CronSchedule {
+    /// The default schedule of sources and targets: every ten seconds.
+    pub const DEFAULT: &'static str = "*/10 * * * * *";
+
+    /// Parse a cron expression with seconds; the error says what was expected.
+    pub fn parse(expr: &str) -> Result<CronSchedule, String> {
+        let trimmed = expr.trim();
+        let fields = trimmed.split_whitespace().count();
+        if !trimmed.starts_with('@') && !(6..=7).contains(&fields) {
+            return Err(format!(
+                "expected a cron expression with seconds, 6 or 7 fields \
+                 (sec min hour day-of-month month day-of-week [year]) such as {:?}, \
+                 found {expr:?} ({fields} field{})",
+                Self::DEFAULT,
+                if fields == 1 { "" } else { "s" }
+            ));
+        }
+        match cron::Schedule::from_str(trimmed) {
+            Ok(schedule) => Ok(CronSchedule {
+                expr: trimmed.to_string(),
+                schedule,
+            }),
+            Err(e) => Err(format!(
+                "expected a cron expression with seconds such as {:?}, found {expr:?} ({e})",
+                Self::DEFAULT
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.expr
+    }
+
+    pub fn schedule(&self) -> &cron::Schedule {
+        &self.schedule
+    }
+}
+
+impl PartialEq for CronSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.expr == other.expr
+    }
+}
+
+impl Eq for CronSchedule {}
+
+impl fmt::Display for CronSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.expr)
+    }
+}
+
+/// One `[sources.<name>]` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceSettings {
+    /// The table's key; also the name the ledger keeps this source's cursor under.
+    pub name: String,
+    /// When to pull (UTC).
+    pub schedule: CronSchedule,
+    pub kind: SourceKind,
+}
+
+/// The kind-specific settings of a source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceKind {
+    Spool(SpoolSettings),
+}
+
+impl SourceKind {
+    /// The `kind` value as written in TOML.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceKind::Spool(_) => "spool",
+        }
+    }
+}
+
+/// A spool directory of lead files (`*.json`, `*.jsonl`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolSettings {
+    /// Absolute.
+    pub dir: PathBuf,
+    pub after: AfterRead,
+    /// A file that looks unfinished and was modified less recently than this is left for
+    /// the next pull (it may still be being written).
+    pub settle: Duration,
+}
+
+/// What a spool source does with a file once its lead is staged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AfterRead {
+    /// Move it into the spool's `processed/` folder (unreadable records to `rejected/`).
+    #[default]
+    Move,
+    /// Leave it in place; it is read again after a restart or a change, and the ledger
+    /// ignores the leads it already has.
+    Keep,
+}
+
+/// One `targets/<name>.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetSettings {
+    /// Unique across targets; `[A-Za-z0-9_.-]+`; default: the file stem.
+    pub name: String,
+    /// A connector kind known to the registry (`file`, `dynamics`, ...).
+    pub kind: String,
+    /// The target file, absolute.
+    pub file: PathBuf,
+    /// The target file's folder: the connector resolves its relative paths against it.
+    pub base_dir: PathBuf,
+    pub enabled: bool,
+    pub schedule: CronSchedule,
+    /// The `[connection]` table, for the connector to validate (`{}` when absent).
+    pub connection: serde_json::Value,
+    pub filter: TargetFilter,
+    /// `true`: only `mapping_fields` are written, not the connector's default mapping.
+    pub mapping_replace_defaults: bool,
+    /// CRM field name (case kept) -> rule; each entry was checked with
+    /// `FieldRule::from_raw` (except `omit = true` ones).
+    pub mapping_fields: BTreeMap<String, RawRule>,
+    pub limits: Limits,
+    pub retry: RetryPolicy,
+    pub key_scope: KeyScope,
+    /// Default: the target name. Keep it when renaming a target to keep its keys.
+    pub key_namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `None`: the connector's maximum.
+    pub batch_size: Option<usize>,
+    pub concurrency: usize,
+    /// A lead older than this is given up (dead) instead of retried.
+    pub max_age: Duration,
+    /// Overrides `ledger.lease` for this target.
+    pub lease: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub min_delay: Duration,
+    /// At least `min_delay`.
+    pub max_delay: Duration,
+    /// The longest `Retry-After` honoured; longer ones are clamped to it.
+    pub max_retry_after: Duration,
+}
+
+/// What to do with marketplace test leads (`MSFT_TEST...`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TestLeads {
+    #[default]
+    Skip,
+    Include,
+}
+
+/// What to do with `DNC` (do not contact) leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DncPolicy {
+    /// Deliver them so the CRM record is marked do-not-contact.
+    #[default]
+    Mark,
+    /// Do not deliver them.
+    Skip,
+}
+
+/// Which leads a target receives.
+///
+/// `DNC` leads are governed by `dnc` alone, not by `actions`: with `dnc = "mark"` (the
+/// default) a do-not-contact notice reaches the target even when `actions` does not list
+/// `DNC`, so that a customer who asked not to be contacted is marked in the CRM. The
+/// `origins` and `offers` selections apply to every lead.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TargetFilter {
+    /// `None`: every action.
+    pub actions: Option<Vec<Action>>,
+    /// `None`: every origin.
+    pub origins: Option<Vec<Origin>>,
+    /// Lower-cased; matched against the offer id (`publisher.offer`) or its display title.
+    /// `None`: every offer.
+    pub offers: Option<Vec<String>>,
+    pub test_leads: TestLeads,
+    pub dnc: DncPolicy,
+}
+
+impl TargetFilter {
+    /// `Ok(())` when the target takes this lead, else why not.
+    pub fn admits(&self, lead: &Lead) -> Result<(), &'static str> {
+        if lead.is_test && self.test_leads == TestLeads::Skip {
+            return Err("test lead");
+        }
+        let dnc = lead.is_do_not_contact();
+        if dnc && self.dnc == DncPolicy::Skip {
+            return Err("do-not-contact lead (dnc = skip)");
+        }
+        if let Some(origins) = &self.origins {
+            let selected = lead
+                .origin()
+                .is_some_and(|o| origins.iter().any(|x| same_origin(x, o)));
+            if !selected {
+                return Err("origin not selected");
+            }
+        }
+        if let Some(offers) = &self.offers {
+            let matches = |v: &Option<String>| {
+                v.as_deref()
+                    .map(|s| s.trim().to_lowercase())
+                    .is_some_and(|s| offers.contains(&s))
+            };
+            if !(matches(&lead.offer.raw) || matches(&lead.offer.display_title)) {
+                return Err("offer not selected");
+            }
+        }
+        if let Some(actions) = &self.actions {
+            let selected = dnc
+                || lead
+                    .action
+                    .as_ref()
+                    .is_some_and(|a| actions.iter().any(|x| same_action(x, a)));
+            if !selected {
+                return Err("action not selected");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `DNC` leads are delivered marked do-not-contact (rather than skipped).
+    pub fn marks_dnc(&self) -> bool {
+        self.dnc == DncPolicy::Mark
+    }
+}
+
+fn same_action(a: &Action, b: &Action) -> bool {
+    a.code().eq_ignore_ascii_case(b.code())
+}
+
+fn same_origin(a: &Origin, b: &Origin) -> bool {
+    a.as_str().eq_ignore_ascii_case(b.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leadsync_core::read_lead;
+    use serde_json::json;
+
+    fn lead(source: &str, title: &str) -> Lead {
+        read_lead(
+            "id".into(),
+            &json!({"LeadSource": source, "OfferTitle": title,
+                    "UserDetails": {"Email": "a@b.example"}}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn filter_admits_and_explains() {
+        let f = TargetFilter {
+            actions: Some(vec![Action::parse("ins"), Action::parse("PLT")]),
+            origins: Some(vec![Origin::parse("AppSource")]),
+            offers: Some(vec!["pub.offer".into()]),
+            ..Default::default()
+        };
+        assert_eq!(f.admits(&lead("SPZA-INS|pub.offer", "Contoso")), Ok(()));
+        assert_eq!(f.admits(&lead("AppSource-plt|PUB.Offer", "x")), Ok(()));
+        assert_eq!(
+            f.admits(&lead("SPZA-Create|pub.offer", "x")),
+            Err("action not selected")
+        );
+        assert_eq!(
+            f.admits(&lead("AzureMarketplace-INS|pub.offer", "x")),
+            Err("origin not selected")
+        );
+        assert_eq!(
+            f.admits(&lead("SPZA-INS|pub.other", "x")),
+            Err("offer not selected")
+        );
+        // DNC is governed by `dnc`, not `actions`.
+        assert_eq!(f.admits(&lead("SPZA-DNC|pub.offer", "x")), Ok(()));
+        assert!(f.marks_dnc());
+        let skip_dnc = TargetFilter {
+            dnc: DncPolicy::Skip,
+            ..f.clone()
+        };
+        assert_eq!(
+            skip_dnc.admits(&lead("SPZA-DNC|pub.offer", "x")),
+            Err("do-not-contact lead (dnc = skip)")
+        );
+        assert!(!skip_dnc.marks_dnc());
+        // Offer display titles match too.
+        let by_title = TargetFilter {
+            offers: Some(vec!["contoso crm".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            by_title.admits(&lead("SPZA-INS|p.o", "Contoso CRM")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn test_leads_are_skipped_unless_included() {
+        let t = read_lead(
+            "t".into(),
+            &json!({"LeadSource": "SPZA-INS|p.o", "UserDetails": {"FirstName": "MSFT_TEST"}}),
+        )
+        .unwrap();
+        assert!(t.is_test);
+        assert_eq!(TargetFilter::default().admits(&t), Err("test lead"));
+        let include = TargetFilter {
+            test_leads: TestLeads::Include,
+            ..Default::default()
+        };
+        assert_eq!(include.admits(&t), Ok(()));
+    }
+
+    #[test]
+    fn cron_needs_seconds() {
+        assert_eq!(
+            CronSchedule::parse(" */10 * * * * * ").unwrap().as_str(),
+            "*/10 * * * * *"
+        );
+        assert!(CronSchedule::parse("0 0 * * * * 2030").is_ok());
+        let e = CronSchedule::parse("*/5 * * * *").unwrap_err();
+        assert!(e.contains("6 or 7 fields"), "{e}");
+        assert!(e.contains("5 fields"), "{e}");
+        assert!(CronSchedule::parse("61 * * * * *").is_err());
+    }
+}

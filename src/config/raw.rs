@@ -1,0 +1,146 @@
+//! The configuration files as written: serde structs that only know keys and TOML types.
+//!
+//! Every struct denies unknown keys, so a typo is an error naming the key. Values are kept
+//! as written (durations, cron expressions and enum-like words as strings, numbers as `i64`)
+//! so that `validate.rs` can check them all and report every mistake with its key; these
+//! structs must not carry defaults or meaning beyond "this key exists with this type".
+//!
+//! Sections that need their own path-aware handling (`sources.*`, `mapping.fields`) are
+//! declared here as [`IgnoredAny`] so they count as known keys, and are read from the
+//! merged value tree by `validate.rs`.
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+// ---------------------------------------------------------------------------------------
+// leadsync.toml
+// ---------------------------------------------------------------------------------------
+
+/// The top level of `leadsync.toml`; each section is read on its own (the `IgnoredAny`
+/// fields only make their keys known).
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MainTop {
+    pub targets_dir: Option<String>,
+    pub ledger: Option<IgnoredAny>,
+    pub telemetry: Option<IgnoredAny>,
+    pub admin: Option<IgnoredAny>,
+    pub sources: Option<IgnoredAny>,
+}
+
+/// The top-level keys of `leadsync.toml`: the only `LEADSYNC_<KEY>...` environment
+/// variables read as configuration (others, like `LEADSYNC_CONFIG`, belong to the CLI).
+pub(crate) const MAIN_SECTIONS: &[&str] =
+    &["targets_dir", "ledger", "telemetry", "admin", "sources"];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLedger {
+    pub path: Option<String>,
+    pub lease: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTelemetry {
+    pub log_format: Option<String>,
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+/// The source kinds, for the `kind` key of `[sources.<name>]`.
+pub(crate) const SOURCE_KINDS: &[&str] = &["spool"];
+
+/// `[sources.<name>]`, by its `kind`. The tag is read by hand (not `#[serde(tag)]`, whose
+/// buffering loses the key path of errors inside the table); each kind's struct repeats the
+/// keys common to all sources so that an unknown key lists everything allowed there.
+#[derive(Debug)]
+pub(crate) enum RawSourceKind {
+    Spool(RawSpool),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSpool {
+    // common to every source (`kind` was read before choosing this struct)
+    #[allow(dead_code)]
+    pub kind: Option<IgnoredAny>,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    // spool
+    pub dir: Option<String>,
+    pub after: Option<String>,
+    pub settle: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// targets/<name>.toml
+// ---------------------------------------------------------------------------------------
+
+/// The top level of a target file; each section is read on its own (the `IgnoredAny`
+/// fields only make their keys known).
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TargetTop {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub enabled: Option<bool>,
+    pub schedule: Option<String>,
+    /// Kind-specific: validated later by the connector, kept as JSON.
+    pub connection: Option<serde_json::Value>,
+    pub filter: Option<IgnoredAny>,
+    pub mapping: Option<IgnoredAny>,
+    pub limits: Option<IgnoredAny>,
+    pub retry: Option<IgnoredAny>,
+    pub idempotency: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFilter {
+    pub actions: Option<Vec<String>>,
+    pub origins: Option<Vec<String>>,
+    pub offers: Option<Vec<String>>,
+    pub test_leads: Option<String>,
+    pub dnc: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawMapping {
+    pub replace_defaults: Option<bool>,
+    /// Read entry by entry (CRM field name -> rule) by `validate.rs`.
+    #[allow(dead_code)]
+    pub fields: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub batch_size: Option<i64>,
+    pub concurrency: Option<i64>,
+    pub max_age: Option<String>,
+    pub lease: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub min_delay: Option<String>,
+    pub max_delay: Option<String>,
+    pub max_retry_after: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawIdempotency {
+    pub scope: Option<String>,
+    pub namespace: Option<String>,
+}

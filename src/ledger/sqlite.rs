@@ -1,0 +1,1459 @@
+//! The SQLite ledger: the embedded default behind the [`Ledger`] contract.
+//!
+//! It owns one SQLite database file (WAL, `synchronous=FULL`), its schema (the embedded
+//! migrations in `migrations/sqlite/`) and an exclusive advisory lock on `<db>.lock`, so that
+//! exactly one process holds the ledger; because of that, leases found at open belong to a
+//! process that died and are cleared. Writes are serialised in-process and start with
+//! `BEGIN IMMEDIATE`. Timestamps are stored as INTEGER unix milliseconds (UTC) and leads as
+//! JSON text.
+//!
+//! It must not decide when to retry (the pipeline passes `next_attempt_at` in), and its SQL
+//! stays close to what PostgreSQL accepts (`$n` parameters, `ON CONFLICT`, `CASE` instead of
+//! SQLite-only functions).
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use leadsync_core::Lead;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use tokio::sync::Mutex;
+
+use super::{
+    ClaimedDelivery, DeadLetter, DeadLetterFilter, DeliveryState, DeliveryTrace, Ledger,
+    LedgerError, LedgerStatus, PlannedDelivery, RecordedOutcome, SourceStatus, StageBatch,
+    StageReport, StagedLead, TargetStatus,
+};
+
+/// The schema, embedded in the binary.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Connections in the pool (reads run in parallel; writes are serialised).
+const MAX_CONNECTIONS: u32 = 4;
+/// How long SQLite waits on a locked database before giving up with `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Every write transaction takes the write lock up front, so that no reader ever has to
+/// upgrade (the source of `SQLITE_BUSY` deadlocks).
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+/// Rows per multi-row INSERT while staging (at most 7 parameters a row, far below SQLite's
+/// limit of 32,766 parameters a statement).
+const ROWS_PER_INSERT: usize = 500;
+
+/// The ledger in one SQLite file, held exclusively by this process.
+#[derive(Debug)]
+pub struct SqliteLedger {
+    pool: SqlitePool,
+    /// Serialises write transactions within this process (fair, and no busy-waiting).
+    write: Mutex<()>,
+    path: PathBuf,
+    /// The advisory lock on `<db>.lock`, released when the ledger is dropped; `None` for a
+    /// shared (operator command) handle.
+    _lock: Option<File>,
+}
+
+impl SqliteLedger {
+    /// Open (creating if missing) the ledger at `path`, take its lock, bring the schema up to
+    /// date and void the leases a previous process left behind.
+    pub async fn open(path: &Path) -> Result<SqliteLedger, LedgerError> {
+        Self::open_with(path, true).await
+    }
+
+    /// Open the ledger beside a running daemon, for operator commands (`status`, `trace`,
+    /// `dead-letters`): no lock is taken and leases are left alone. SQLite's own locking
+    /// keeps the two consistent.
+    pub async fn open_shared(path: &Path) -> Result<SqliteLedger, LedgerError> {
+        if !path.exists() {
+            return Err(LedgerError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no ledger yet: run `leadsync sync --once` or `leadsync run` first",
+                ),
+            });
+        }
+        Self::open_with(path, false).await
+    }
+
+    async fn open_with(path: &Path, exclusive: bool) -> Result<SqliteLedger, LedgerError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| LedgerError::Io {
+                path: parent.display().to_string(),
+                source,
+            })?;
+        }
+        let lock = if exclusive {
+            Some(take_lock(path)?)
+        } else {
+            None
+        };
+
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+
+        // Only one process can hold this ledger, so any lease still set was taken by a
+        // process that is gone: its deliveries are free to be claimed again.
+        if exclusive {
+            let cleared = sqlx::query(
+                "UPDATE deliveries SET lease_owner = NULL, lease_until = NULL \
+                 WHERE lease_owner IS NOT NULL OR lease_until IS NOT NULL",
+            )
+            .execute(&pool)
+            .await?
+            .rows_affected();
+            if cleared > 0 {
+                tracing::info!(
+                    ledger = %path.display(),
+                    leases = cleared,
+                    "cleared leases left by a previous process"
+                );
+            }
+        }
+
+        Ok(SqliteLedger {
+            pool,
+            write: Mutex::new(()),
+            path: path.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    /// The database file this ledger lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Close the connections (checkpointing the WAL), then release the lock.
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+}
+
+/// `<db path>.lock`, beside the database.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Take the exclusive advisory lock on `<db>.lock` and write our pid into it (for operators).
+/// The lock belongs to the open file, so a second open in the same process fails too.
+fn take_lock(path: &Path) -> Result<File, LedgerError> {
+    let lock = lock_path(path);
+    let io = |source| LedgerError::Io {
+        path: lock.display().to_string(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            return Err(LedgerError::Locked {
+                path: path.display().to_string(),
+                lock: lock.display().to_string(),
+            })
+        }
+        Err(TryLockError::Error(source)) => return Err(io(source)),
+    }
+    file.set_len(0).map_err(io)?;
+    writeln!(file, "{}", std::process::id()).map_err(io)?;
+    Ok(file)
+}
+
+fn to_ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// A stored timestamp; `what` names the row for the error (no personal data).
+fn from_ms(ms: i64, what: &str) -> Result<DateTime<Utc>, LedgerError> {
+    DateTime::from_timestamp_millis(ms).ok_or_else(|| LedgerError::Corrupt {
+        lead_id: what.to_owned(),
+        reason: format!("timestamp {ms} is out of range"),
+    })
+}
+
+fn opt_from_ms(ms: Option<i64>, what: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
+    ms.map(|ms| from_ms(ms, what)).transpose()
+}
+
+fn to_u32(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+fn to_u64(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn parse_state(s: &str, lead_id: &str) -> Result<DeliveryState, LedgerError> {
+    match s {
+        "pending" => Ok(DeliveryState::Pending),
+        "delivered" => Ok(DeliveryState::Delivered),
+        "dead" => Ok(DeliveryState::Dead),
+        other => Err(LedgerError::Corrupt {
+            lead_id: lead_id.to_owned(),
+            reason: format!("unknown delivery state {other:?}"),
+        }),
+    }
+}
+
+fn encode_lead(lead: &Lead) -> Result<String, LedgerError> {
+    serde_json::to_string(lead).map_err(|e| LedgerError::Corrupt {
+        lead_id: lead.id.clone(),
+        reason: format!("could not be encoded: {e}"),
+    })
+}
+
+fn decode_lead(lead_id: &str, body: &str) -> Result<Lead, LedgerError> {
+    let lead: Lead = serde_json::from_str(body).map_err(|e| LedgerError::Corrupt {
+        lead_id: lead_id.to_owned(),
+        // serde_json's message names the position and the expected type, not the content.
+        reason: e.to_string(),
+    })?;
+    if lead.id != lead_id {
+        return Err(LedgerError::Corrupt {
+            lead_id: lead_id.to_owned(),
+            reason: format!("stored body carries another lead id ({})", lead.id),
+        });
+    }
+    Ok(lead)
+}
+
+fn claimed_from_row(row: &SqliteRow) -> Result<ClaimedDelivery, LedgerError> {
+    let lead_id: String = row.try_get("lead_id")?;
+    let body: String = row.try_get("body")?;
+    Ok(ClaimedDelivery {
+        delivery_id: row.try_get("id")?,
+        target: row.try_get("target")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        attempts: to_u32(row.try_get("attempts")?),
+        age_from: from_ms(row.try_get("age_from")?, &lead_id)?,
+        staged_at: from_ms(row.try_get("staged_at")?, &lead_id)?,
+        lead: decode_lead(&lead_id, &body)?,
+    })
+}
+
+#[async_trait]
+impl Ledger for SqliteLedger {
+    async fn stage(&self, batch: StageBatch) -> Result<StageReport, LedgerError> {
+        // Encode outside the write lock: it is the CPU-heavy part of staging.
+        let bodies = batch
+            .leads
+            .iter()
+            .map(|staged| encode_lead(&staged.lead))
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = to_ms(Utc::now());
+        let mut report = StageReport::default();
+
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+
+        // Multi-row inserts: one statement per chunk rather than one per row, since each
+        // statement is a round trip to the connection's worker thread.
+        let mut inserted: HashSet<String> = HashSet::new();
+        let leads: Vec<(&StagedLead, &String)> = batch.leads.iter().zip(&bodies).collect();
+        for chunk in leads.chunks(ROWS_PER_INSERT) {
+            let mut insert =
+                QueryBuilder::<Sqlite>::new("INSERT INTO leads (id, source, staged_at, body) ");
+            insert.push_values(chunk, |mut row, (staged, body)| {
+                row.push_bind(staged.lead.id.as_str())
+                    .push_bind(batch.source.as_str())
+                    .push_bind(now)
+                    .push_bind(body.as_str());
+            });
+            insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
+            // Only the rows actually inserted come back.
+            let ids: Vec<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
+            inserted.extend(ids);
+        }
+        report.staged = inserted.len() as u64;
+        report.already_known = leads.len() as u64 - report.staged;
+
+        // The deliveries of each new lead, taken from its first occurrence in the batch only.
+        let deliveries: Vec<(&str, &PlannedDelivery)> = batch
+            .leads
+            .iter()
+            .filter(|staged| inserted.remove(staged.lead.id.as_str()))
+            .flat_map(|staged| {
+                staged
+                    .deliveries
+                    .iter()
+                    .map(move |d| (staged.lead.id.as_str(), d))
+            })
+            .collect();
+        for chunk in deliveries.chunks(ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO deliveries (lead_id, target, idempotency_key, state, attempts, \
+                 next_attempt_at, age_from, created_at, updated_at) ",
+            );
+            insert.push_values(chunk, |mut row, (lead_id, delivery)| {
+                row.push_bind(*lead_id)
+                    .push_bind(delivery.target.as_str())
+                    .push_bind(delivery.idempotency_key.as_str())
+                    .push("'pending'")
+                    .push("0")
+                    .push_bind(now)
+                    .push_bind(now)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            // A target planned twice for one lead is one delivery.
+            insert.push(" ON CONFLICT (lead_id, target) DO NOTHING");
+            report.deliveries += insert.build().execute(&mut *tx).await?.rows_affected();
+        }
+
+        for chunk in batch.quarantined.chunks(ROWS_PER_INSERT) {
+            let mut insert =
+                QueryBuilder::<Sqlite>::new("INSERT INTO quarantine (source, origin, reason, at) ");
+            insert.push_values(chunk, |mut row, record| {
+                row.push_bind(batch.source.as_str())
+                    .push_bind(record.origin.as_str())
+                    .push_bind(record.reason.as_str())
+                    .push_bind(now);
+            });
+            // The same record seen again (a re-read file) is one quarantine entry.
+            insert.push(" ON CONFLICT (source, origin, reason) DO NOTHING");
+            report.quarantined += insert.build().execute(&mut *tx).await?.rows_affected();
+        }
+        if let Some(cursor) = &batch.cursor {
+            sqlx::query(
+                "INSERT INTO source_cursors (source, cursor, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (source) DO UPDATE \
+                 SET cursor = excluded.cursor, updated_at = excluded.updated_at",
+            )
+            .bind(batch.source.as_str())
+            .bind(cursor.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+
+        tracing::debug!(
+            source = %batch.source,
+            staged = report.staged,
+            already_known = report.already_known,
+            deliveries = report.deliveries,
+            quarantined = report.quarantined,
+            "staged batch"
+        );
+        Ok(report)
+    }
+
+    async fn cursor(&self, source: &str) -> Result<Option<String>, LedgerError> {
+        let cursor: Option<Option<String>> =
+            sqlx::query_scalar("SELECT cursor FROM source_cursors WHERE source = $1")
+                .bind(source)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(cursor.flatten())
+    }
+
+    async fn claim(
+        &self,
+        target: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+        lease: Duration,
+        owner: &str,
+    ) -> Result<Vec<ClaimedDelivery>, LedgerError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now = to_ms(now);
+        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let rows = sqlx::query(
+            "SELECT d.id, d.target, d.idempotency_key, d.attempts, d.age_from, \
+                    l.id AS lead_id, l.staged_at, l.body \
+             FROM deliveries d JOIN leads l ON l.id = d.lead_id \
+             WHERE d.target = $1 AND d.state = 'pending' AND d.next_attempt_at <= $2 \
+               AND (d.lease_until IS NULL OR d.lease_until <= $2) \
+             ORDER BY d.next_attempt_at, d.id \
+             LIMIT $3",
+        )
+        .bind(target)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        // Decode everything before leasing anything: a corrupt row rolls the claim back.
+        let claimed = rows
+            .iter()
+            .map(claimed_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        for delivery in &claimed {
+            sqlx::query("UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE id = $3")
+                .bind(owner)
+                .bind(until)
+                .bind(delivery.delivery_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn record(&self, outcomes: &[RecordedOutcome]) -> Result<(), LedgerError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let now = to_ms(Utc::now());
+
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        for outcome in outcomes {
+            // Only a pending delivery takes an outcome: a late answer must never turn a
+            // delivered or dead row back into something else.
+            let (delivery_id, query) = match outcome {
+                RecordedOutcome::Delivered {
+                    delivery_id,
+                    crm_ref,
+                } => (
+                    *delivery_id,
+                    sqlx::query(
+                        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
+                         crm_ref = COALESCE($1, crm_ref), delivered_at = $2, \
+                         next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL, \
+                         updated_at = $2 \
+                         WHERE id = $3 AND state = 'pending'",
+                    )
+                    .bind(crm_ref.as_deref())
+                    .bind(now)
+                    .bind(*delivery_id),
+                ),
+                RecordedOutcome::Retry {
+                    delivery_id,
+                    next_attempt_at,
+                    error_code,
+                    error,
+                } => (
+                    *delivery_id,
+                    sqlx::query(
+                        "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $1, \
+                         error_code = $2, error = $3, lease_owner = NULL, lease_until = NULL, \
+                         updated_at = $4 \
+                         WHERE id = $5 AND state = 'pending'",
+                    )
+                    .bind(to_ms(*next_attempt_at))
+                    .bind(error_code.as_deref())
+                    .bind(error.as_str())
+                    .bind(now)
+                    .bind(*delivery_id),
+                ),
+                RecordedOutcome::Release {
+                    delivery_id,
+                    next_attempt_at,
+                } => (
+                    *delivery_id,
+                    sqlx::query(
+                        "UPDATE deliveries SET next_attempt_at = $1, \
+                         lease_owner = NULL, lease_until = NULL, updated_at = $2 \
+                         WHERE id = $3 AND state = 'pending'",
+                    )
+                    .bind(to_ms(*next_attempt_at))
+                    .bind(now)
+                    .bind(*delivery_id),
+                ),
+                RecordedOutcome::Dead {
+                    delivery_id,
+                    error_code,
+                    error,
+                } => (
+                    *delivery_id,
+                    sqlx::query(
+                        "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, \
+                         next_attempt_at = NULL, error_code = $1, error = $2, \
+                         lease_owner = NULL, lease_until = NULL, updated_at = $3 \
+                         WHERE id = $4 AND state = 'pending'",
+                    )
+                    .bind(error_code.as_deref())
+                    .bind(error.as_str())
+                    .bind(now)
+                    .bind(*delivery_id),
+                ),
+            };
+            if query.execute(&mut *tx).await?.rows_affected() == 0 {
+                tracing::warn!(
+                    delivery_id,
+                    "outcome for a delivery that is not pending (or does not exist); ignored"
+                );
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The earliest time a pending delivery of `target` can be claimed: its
+    /// `next_attempt_at`, or the end of its lease if it is leased beyond that (so a loop
+    /// waiting on this does not spin on deliveries already in flight).
+    async fn next_due(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at \
+                        THEN lease_until ELSE next_attempt_at END) \
+             FROM deliveries WHERE target = $1 AND state = 'pending'",
+        )
+        .bind(target)
+        .fetch_one(&self.pool)
+        .await?;
+        opt_from_ms(due, target)
+    }
+
+    async fn pause_target(
+        &self,
+        target: &str,
+        until: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<(), LedgerError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        sqlx::query(
+            "INSERT INTO target_pauses (target, paused_until, reason) VALUES ($1, $2, $3) \
+             ON CONFLICT (target) DO UPDATE \
+             SET paused_until = excluded.paused_until, reason = excluded.reason",
+        )
+        .bind(target)
+        .bind(to_ms(until))
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn paused_until(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        let until: Option<i64> =
+            sqlx::query_scalar("SELECT paused_until FROM target_pauses WHERE target = $1")
+                .bind(target)
+                .fetch_optional(&self.pool)
+                .await?;
+        opt_from_ms(until, target)
+    }
+
+    async fn status(&self, now: DateTime<Utc>) -> Result<LedgerStatus, LedgerError> {
+        let now = to_ms(now);
+        // One read transaction: every number comes from the same snapshot.
+        let mut tx = self.pool.begin().await?;
+
+        let rows = sqlx::query(
+            "SELECT target, \
+                    SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) AS pending, \
+                    SUM(CASE WHEN state = 'pending' AND next_attempt_at > $1 \
+                        THEN 1 ELSE 0 END) AS retrying, \
+                    SUM(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) AS delivered, \
+                    SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END) AS dead \
+             FROM deliveries GROUP BY target ORDER BY target",
+        )
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut targets = Vec::with_capacity(rows.len());
+        for row in &rows {
+            targets.push(TargetStatus {
+                target: row.try_get("target")?,
+                pending: to_u64(row.try_get("pending")?),
+                retrying: to_u64(row.try_get("retrying")?),
+                delivered: to_u64(row.try_get("delivered")?),
+                dead: to_u64(row.try_get("dead")?),
+                ..TargetStatus::default()
+            });
+        }
+
+        for status in &mut targets {
+            let oldest: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(l.staged_at) FROM deliveries d JOIN leads l ON l.id = d.lead_id \
+                 WHERE d.target = $1 AND d.state = 'pending'",
+            )
+            .bind(status.target.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            status.oldest_pending_staged_at = opt_from_ms(oldest, &status.target)?;
+
+            let paused: Option<i64> = sqlx::query_scalar(
+                "SELECT paused_until FROM target_pauses WHERE target = $1 AND paused_until > $2",
+            )
+            .bind(status.target.as_str())
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            status.paused_until = opt_from_ms(paused, &status.target)?;
+
+            let last_error: Option<Option<String>> = sqlx::query_scalar(
+                "SELECT error_code FROM deliveries \
+                 WHERE target = $1 AND state IN ('pending', 'dead') AND error IS NOT NULL \
+                 ORDER BY updated_at DESC, id DESC LIMIT 1",
+            )
+            .bind(status.target.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            status.last_error_code = last_error.flatten();
+        }
+
+        let leads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leads")
+            .fetch_one(&mut *tx)
+            .await?;
+        let quarantined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine")
+            .fetch_one(&mut *tx)
+            .await?;
+        let rows =
+            sqlx::query("SELECT source, cursor, updated_at FROM source_cursors ORDER BY source")
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut sources = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let source: String = row.try_get("source")?;
+            let updated_at = from_ms(row.try_get("updated_at")?, &source)?;
+            sources.push(SourceStatus {
+                cursor: row.try_get("cursor")?,
+                source,
+                updated_at,
+            });
+        }
+        tx.commit().await?;
+
+        Ok(LedgerStatus {
+            targets,
+            leads: to_u64(leads),
+            quarantined: to_u64(quarantined),
+            sources,
+        })
+    }
+
+    async fn dead_letters(&self, target: Option<&str>) -> Result<Vec<DeadLetter>, LedgerError> {
+        let mut sql = String::from(
+            "SELECT id, target, lead_id, idempotency_key, attempts, error_code, error, \
+             updated_at FROM deliveries WHERE state = 'dead'",
+        );
+        if target.is_some() {
+            sql.push_str(" AND target = $1");
+        }
+        sql.push_str(" ORDER BY updated_at, id");
+        let mut query = sqlx::query(&sql);
+        if let Some(target) = target {
+            query = query.bind(target);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                let lead_id: String = row.try_get("lead_id")?;
+                Ok(DeadLetter {
+                    delivery_id: row.try_get("id")?,
+                    target: row.try_get("target")?,
+                    idempotency_key: row.try_get("idempotency_key")?,
+                    attempts: to_u32(row.try_get("attempts")?),
+                    error_code: row.try_get("error_code")?,
+                    error: row.try_get("error")?,
+                    updated_at: from_ms(row.try_get("updated_at")?, &lead_id)?,
+                    lead_id,
+                })
+            })
+            .collect()
+    }
+
+    async fn retry_dead(
+        &self,
+        filter: &DeadLetterFilter,
+        now: DateTime<Utc>,
+    ) -> Result<u64, LedgerError> {
+        // The error fields stay: they say why it died before the operator brought it back.
+        let mut sql = String::from(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, \
+             age_from = $1, lease_owner = NULL, lease_until = NULL, updated_at = $1 \
+             WHERE state = 'dead'",
+        );
+        let mut n = 1;
+        if filter.target.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND target = ${n}"));
+        }
+        if filter.lead_id.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND lead_id = ${n}"));
+        }
+        let mut query = sqlx::query(&sql).bind(to_ms(now));
+        if let Some(target) = &filter.target {
+            query = query.bind(target.as_str());
+        }
+        if let Some(lead_id) = &filter.lead_id {
+            query = query.bind(lead_id.as_str());
+        }
+
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let count = query.execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    async fn trace(
+        &self,
+        lead_id: &str,
+    ) -> Result<Option<(Lead, DateTime<Utc>, Vec<DeliveryTrace>)>, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query("SELECT staged_at, body FROM leads WHERE id = $1")
+            .bind(lead_id)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let staged_at = from_ms(row.try_get("staged_at")?, lead_id)?;
+        let body: String = row.try_get("body")?;
+        let lead = decode_lead(lead_id, &body)?;
+
+        let rows = sqlx::query(
+            "SELECT target, state, idempotency_key, attempts, next_attempt_at, crm_ref, \
+                    error_code, error, updated_at \
+             FROM deliveries WHERE lead_id = $1 ORDER BY target, id",
+        )
+        .bind(lead_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+
+        let deliveries = rows
+            .iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(DeliveryTrace {
+                    target: row.try_get("target")?,
+                    state: parse_state(&state, lead_id)?,
+                    idempotency_key: row.try_get("idempotency_key")?,
+                    attempts: to_u32(row.try_get("attempts")?),
+                    next_attempt_at: opt_from_ms(row.try_get("next_attempt_at")?, lead_id)?,
+                    crm_ref: row.try_get("crm_ref")?,
+                    error_code: row.try_get("error_code")?,
+                    error: row.try_get("error")?,
+                    updated_at: from_ms(row.try_get("updated_at")?, lead_id)?,
+                })
+            })
+            .collect::<Result<Vec<_>, LedgerError>>()?;
+        Ok(Some((lead, staged_at, deliveries)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::QuarantinedRecord;
+    use chrono::TimeDelta;
+
+    const LEASE: Duration = Duration::from_secs(60);
+
+    fn lead(id: &str) -> Lead {
+        leadsync_core::read_lead(
+            id.to_owned(),
+            &serde_json::json!({
+                "UserDetails": {
+                    "FirstName": "Ada",
+                    "LastName": "Lovelace",
+                    "Email": "ada@example.com",
+                    "Company": "Contoso"
+                },
+                "LeadSource": "AzureMarketplace",
+                "ActionCode": "INS",
+                "OfferTitle": "Widget",
+                "Description": "call me"
+            }),
+        )
+        .expect("test lead reads")
+    }
+
+    fn staged(id: &str, targets: &[&str]) -> StagedLead {
+        StagedLead {
+            lead: lead(id),
+            deliveries: targets
+                .iter()
+                .map(|t| PlannedDelivery {
+                    target: (*t).to_owned(),
+                    idempotency_key: format!("{t}:{id}"),
+                })
+                .collect(),
+        }
+    }
+
+    fn batch(ids: &[&str], targets: &[&str], cursor: Option<&str>) -> StageBatch {
+        StageBatch {
+            source: "spool".to_owned(),
+            leads: ids.iter().map(|id| staged(id, targets)).collect(),
+            quarantined: Vec::new(),
+            cursor: cursor.map(str::to_owned),
+        }
+    }
+
+    async fn open(dir: &tempfile::TempDir) -> SqliteLedger {
+        SqliteLedger::open(&dir.path().join("state").join("ledger.db"))
+            .await
+            .expect("ledger opens")
+    }
+
+    async fn count(ledger: &SqliteLedger, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&ledger.pool)
+            .await
+            .expect("count query")
+    }
+
+    /// A moment safely after everything staged so far (stage uses the wall clock).
+    fn soon() -> DateTime<Utc> {
+        Utc::now() + TimeDelta::milliseconds(5)
+    }
+
+    #[tokio::test]
+    async fn staging_twice_ignores_known_leads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir).await;
+
+        let first = ledger
+            .stage(batch(&["a", "b"], &["crm1", "crm2"], Some("c1")))
+            .await
+            .expect("stage");
+        assert_eq!(
+            first,
+            StageReport {
+                staged: 2,
+                already_known: 0,
+                deliveries: 4,
+                quarantined: 0
+            }
+        );
+
+        let second = ledger
+            .stage(batch(&["a", "b", "c"], &["crm1", "crm2"], Some("c2")))
+            .await
+            .expect("stage again");
+        assert_eq!(
+            second,
+            StageReport {
+                staged: 1,
+                already_known: 2,
+                deliveries: 2,
+                quarantined: 0
+            }
+        );
+        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM leads").await, 3);
+        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM deliveries").await, 6);
+
+        // The same id twice in one batch is one lead.
+        let dup = ledger
+            .stage(batch(&["d", "d"], &["crm1"], None))
+            .await
+            .expect("stage dup");
+        assert_eq!((dup.staged, dup.already_known, dup.deliveries), (1, 1, 1));
+
+        // The stored lead is the lead that was staged.
+        let (stored, _, deliveries) = ledger.trace("a").await.expect("trace").expect("known");
+        assert_eq!(stored, lead("a"));
+        assert_eq!(deliveries.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn cursor_moves_only_with_its_leads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir).await;
+        assert_eq!(ledger.cursor("spool").await.expect("cursor"), None);
+
+        ledger
+            .stage(batch(&["a"], &["crm1"], Some("c1")))
+            .await
+            .expect("stage");
+        assert_eq!(
+            ledger.cursor("spool").await.expect("cursor").as_deref(),
+            Some("c1")
+        );
+        ledger
+            .stage(batch(&["b"], &["crm1"], None))
+            .await
+            .expect("stage without cursor");
+        assert_eq!(
+            ledger.cursor("spool").await.expect("cursor").as_deref(),
+            Some("c1")
+        );
+
+        // Make the second lead's delivery fail half way through the transaction.
+        sqlx::query(
+            "CREATE TRIGGER boom BEFORE INSERT ON deliveries WHEN NEW.target = 'boom' \
+             BEGIN SELECT RAISE(ABORT, 'boom'); END",
+        )
+        .execute(&ledger.pool)
+        .await
+        .expect("trigger");
+        let mut failing = batch(&["c"], &["crm1"], Some("c2"));
+        failing.leads.push(staged("d", &["boom"]));
+        failing.quarantined.push(QuarantinedRecord {
+            origin: "inbox/x.jsonl:1".to_owned(),
+            reason: "not JSON".to_owned(),
+        });
+        assert!(ledger.stage(failing).await.is_err());
+
+        assert_eq!(
+            ledger.cursor("spool").await.expect("cursor").as_deref(),
+            Some("c1")
+        );
+        assert!(ledger.trace("c").await.expect("trace").is_none());
+        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM leads").await, 2);
+        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM quarantine").await, 0);
+    }
+
+    #[tokio::test]
+    async fn claim_respects_due_time_lease_and_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir).await;
+        ledger
+            .stage(batch(&["a", "b", "c"], &["crm1", "crm2"], None))
+            .await
+            .expect("stage");
+
+        // Nothing is due before it was staged.
+        let before = Utc::now() - TimeDelta::hours(1);
+        assert!(ledger
+            .claim("crm1", before, 10, LEASE, "w1")
+            .await
+            .expect("claim")
+            .is_empty());
+
+        let now = soon();
+        let first = ledger
+            .claim("crm1", now, 2, LEASE, "w1")
+            .await
+            .expect("claim");
+        assert_eq!(first.len(), 2);
+        assert!(first.iter().all(|d| d.target == "crm1" && d.attempts == 0));
+        assert_eq!(first[0].lead.id, "a");
+        assert_eq!(first[0].idempotency_key, "crm1:a");
+        assert_eq!(first[1].lead.id, "b");
+
+        let second = ledger
+            .claim("crm1", now, 10, LEASE, "w2")
+            .await
+            .expect("claim");
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].lead.id, "c");
+
+        // All leased: nothing more, while the other target is untouched.
+        assert!(ledger
+            .claim("crm1", now, 10, LEASE, "w3")
+            .await
+            .expect("claim")
+            .is_empty());
+        assert_eq!(
+            ledger
+                .claim("crm2", now, 10, LEASE, "w3")
+                .await
+                .expect("claim")
+                .len(),
+            3
+        );
+        assert!(ledger
+            .claim("crm1", now, 0, LEASE, "w3")
+            .await
+            .expect("claim")
+            .is_empty());
+
+        // While leased, the next due time is the end of the lease.
+        let due = ledger.next_due("crm1").await.expect("next due");
+        assert_eq!(
+            due.map(|d| d.timestamp_millis()),
+            Some(to_ms(now + TimeDelta::seconds(60)))
+        );
+
+        // Leases run out: everything is claimable again, still oldest first.
+        let later = now + TimeDelta::seconds(61);
+        let again = ledger
+            .claim("crm1", later, 10, LEASE, "w4")
+            .await
+            .expect("claim");
+        let ids: Vec<_> = again.iter().map(|d| d.lead.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+
+        // A retry in the future is not due until then.
+        let retry_at = later + TimeDelta::hours(1);
+        ledger
+            .record(&[RecordedOutcome::Retry {
+                delivery_id: again[0].delivery_id,
+                next_attempt_at: retry_at,
+                error_code: Some("http_503".to_owned()),
+                error: "service unavailable".to_owned(),
+            }])
+            .await
+            .expect("record");
+        let even_later = later + TimeDelta::seconds(61);
+        let got = ledger
+            .claim("crm1", even_later, 10, Duration::from_secs(7200), "w5")
+            .await
+            .expect("claim");
+        let ids: Vec<_> = got.iter().map(|d| d.lead.id.as_str()).collect();
+        assert_eq!(ids, ["b", "c"]);
+        let got = ledger
+            .claim("crm1", retry_at, 10, LEASE, "w6")
+            .await
+            .expect("claim");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].lead.id, "a");
+        assert_eq!(got[0].attempts, 1);
+    }
+
+    #[tokio::test]
+    async fn record_stores_each_outcome() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir).await;
+        ledger
+            .stage(batch(&["a", "b", "c", "d"], &["crm"], None))
+            .await
+            .expect("stage");
+        let now = soon();
+        let claimed = ledger
+            .claim("crm", now, 10, LEASE, "w1")
+            .await
+            .expect("claim");
+        let id = |lead: &str| {
+            claimed
+                .iter()
+                .find(|d| d.lead.id == lead)
+                .map(|d| d.delivery_id)
+                .expect("claimed")
+        };
+        let retry_at = now + TimeDelta::minutes(5);
+        let release_at = now + TimeDelta::minutes(1);
+        ledger
+            .record(&[
+                RecordedOutcome::Delivered {
+                    delivery_id: id("a"),
+                    crm_ref: Some("crm-001".to_owned()),
+                },
+                RecordedOutcome::Retry {
+                    delivery_id: id("b"),
+                    next_attempt_at: retry_at,
+                    error_code: Some("http_503".to_owned()),
+                    error: "service unavailable".to_owned(),
+                },
+                RecordedOutcome::Release {
+                    delivery_id: id("c"),
+                    next_attempt_at: release_at,
+                },
+                RecordedOutcome::Dead {
+                    delivery_id: id("d"),
+                    error_code: Some("REQUIRED_FIELD_MISSING".to_owned()),
+                    error: "LastName is required".to_owned(),
+                },
+            ])
+            .await
+            .expect("record");
+
+        let trace = |lead: &'static str| {
+            let ledger = &ledger;
+            async move {
+                let (_, _, mut d) = ledger.trace(lead).await.expect("trace").expect("known");
+                assert_eq!(d.len(), 1);
+                d.remove(0)
+            }
+        };
+        let a = trace("a").await;
+        assert_eq!(a.state, DeliveryState::Delivered);
+        assert_eq!(a.attempts, 1);
+        assert_eq!(a.crm_ref.as_deref(), Some("crm-001"));
+        assert_eq!(a.next_attempt_at, None);
+
+        let b = trace("b").await;
+        assert_eq!(b.state, DeliveryState::Pending);
+        assert_eq!(b.attempts, 1);
+        assert_eq!(b.error_code.as_deref(), Some("http_503"));
+        assert_eq!(b.error.as_deref(), Some("service unavailable"));
+        assert_eq!(
+            b.next_attempt_at.map(|t| t.timestamp_millis()),
+            Some(to_ms(retry_at))
+        );
+
+        let c = trace("c").await;
+        assert_eq!(c.state, DeliveryState::Pending);
+        assert_eq!(c.attempts, 0);
+        assert_eq!(c.error, None);
+
+        let d = trace("d").await;
+        assert_eq!(d.state, DeliveryState::Dead);
+        assert_eq!(d.attempts, 1);
+        assert_eq!(d.error_code.as_deref(), Some("REQUIRED_FIELD_MISSING"));
+
+        // Every lease is cleared.
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT COUNT(*) FROM deliveries WHERE lease_owner IS NOT NULL OR lease_until IS NOT NULL"
+            )
+            .await,
+            0
+        );
+        // The released one is due again at its new time, with no attempt counted.
+        let got = ledger
+            .claim("crm", release_at, 10, LEASE, "w2")
+            .await
+            .expect("claim");
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].lead.id.as_str(), got[0].attempts), ("c", 0));
+
+        // A late outcome cannot undo a delivered or dead row.
+        ledger
+            .record(&[RecordedOutcome::Retry {
+                delivery_id: id("a"),
+                next_attempt_at: now,
+                error_code: None,
+                error: "late".to_owned(),
+            }])
+            .await
+            .expect("record late");
+        assert_eq!(trace("a").await.state, DeliveryState::Delivered);
+
+        let dead = ledger.dead_letters(None).await.expect("dead letters");
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].lead_id, "d");
+        assert_eq!(dead[0].target, "crm");
+        assert_eq!(dead[0].idempotency_key, "crm:d");
+        assert_eq!(dead[0].error.as_deref(), Some("LastName is required"));
+        assert!(ledger
+            .dead_letters(Some("other"))
+            .await
+            .expect("dead letters")
+            .is_empty());
+        assert_eq!(
+            ledger
+                .dead_letters(Some("crm"))
+                .await
+                .expect("dead letters")
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_dead_brings_dead_letters_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir).await;
+        ledger
+            .stage(batch(&["a", "b"], &["crm1", "crm2"], None))
+            .await
+            .expect("stage");
+        let now = soon();
+        let mut outcomes = Vec::new();
+        for target in ["crm1", "crm2"] {
+            for d in ledger
+                .claim(target, now, 10, LEASE, "w")
+                .await
+                .expect("claim")
+            {
+                outcomes.push(RecordedOutcome::Dead {
+                    delivery_id: d.delivery_id,
+                    error_code: Some("INVALID".to_owned()),
+                    error: "rejected".to_owned(),
+                });
+            }
+        }
+        ledger.record(&outcomes).await.expect("record");
+        assert_eq!(ledger.dead_letters(None).await.expect("dead").len(), 4);
+
+        let retry_at = now + TimeDelta::minutes(10);
+        let none = DeadLetterFilter {
+            target: Some("crm1".to_owned()),
+            lead_id: Some("zzz".to_owned()),
+        };
+        assert_eq!(ledger.retry_dead(&none, retry_at).await.expect("retry"), 0);
+
+        let one = DeadLetterFilter {
+            target: Some("crm1".to_owned()),
+            lead_id: Some("a".to_owned()),
+        };
+        assert_eq!(ledger.retry_dead(&one, retry_at).await.expect("retry"), 1);
+        let by_target = DeadLetterFilter {
+            target: Some("crm2".to_owned()),
+            lead_id: None,
+        };
+        assert_eq!(
+            ledger
+                .retry_dead(&by_target, retry_at)
+                .await
+                .expect("retry"),
+            2
+        );
+        assert_eq!(ledger.dead_letters(None).await.expect("dead").len(), 1);
+
+        let got = ledger
+            .claim("crm1", retry_at, 10, LEASE, "w")
+            .await
+            .expect("claim");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].lead.id, "a");
+        assert_eq!(got[0].attempts, 0);
+        assert_eq!(got[0].age_from.timestamp_millis(), to_ms(retry_at));
+        // Why it died is kept.
+        let (_, _, deliveries) = ledger.trace("a").await.expect("trace").expect("known");
+        assert!(deliveries
+            .iter()
+            .all(|d| d.error_code.as_deref() == Some("INVALID")));
+
+        let all = DeadLetterFilter::default();
+        assert_eq!(ledger.retry_dead(&all, retry_at).await.expect("retry"), 1);
+        assert!(ledger.dead_letters(None).await.expect("dead").is_empty());
+    }
+
+    #[tokio::test]
+    async fn reopening_clears_leases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = {
+            let ledger = open(&dir).await;
+            ledger
+                .stage(batch(&["a"], &["crm"], Some("c1")))
+                .await
+                .expect("stage");
+            let now = soon();
+            let got = ledger
+                .claim("crm", now, 10, Duration::from_secs(3600), "w1")
+                .await
+                .expect("claim");
+            assert_eq!(got.len(), 1);
+            now
+        };
+        let ledger = open(&dir).await;
+        let got = ledger
+            .claim("crm", now, 10, LEASE, "w2")
+            .await
+            .expect("claim");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].lead.id, "a");
+        assert_eq!(
+            ledger.cursor("spool").await.expect("cursor").as_deref(),
+            Some("c1")
+        );
+        ledger.close().await;
+
+        // Closing explicitly releases the lock as well.
+        let ledger = open(&dir).await;
+        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM leads").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_open_is_refused_while_the_first_lives() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ledger.db");
+        let first = SqliteLedger::open(&path).await.expect("first open");
+        match SqliteLedger::open(&path).await {
+            Err(LedgerError::Locked { path: p, lock }) => {
+                assert_eq!(p, path.display().to_string());
+                assert!(lock.ends_with("ledger.db.lock"), "{lock}");
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        drop(first);
+        SqliteLedger::open(&path)
+            .await
+            .expect("open after the first is gone");
+    }
+
+    #[tokio::test]
+    async fn status_counts_per_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir).await;
+        let mut first = batch(&["a", "b", "c", "d"], &["crm1"], Some("c1"));
+        first.leads.push(staged("e", &["crm1", "crm2"]));
+        first.quarantined.push(QuarantinedRecord {
+            origin: "inbox/x.jsonl:7".to_owned(),
+            reason: "not JSON".to_owned(),
+        });
+        let report = ledger.stage(first).await.expect("stage");
+        assert_eq!(report.quarantined, 1);
+
+        let now = soon();
+        let claimed = ledger
+            .claim("crm1", now, 10, LEASE, "w")
+            .await
+            .expect("claim");
+        let id = |lead: &str| {
+            claimed
+                .iter()
+                .find(|d| d.lead.id == lead)
+                .map(|d| d.delivery_id)
+                .expect("claimed")
+        };
+        ledger
+            .record(&[
+                RecordedOutcome::Delivered {
+                    delivery_id: id("a"),
+                    crm_ref: None,
+                },
+                RecordedOutcome::Dead {
+                    delivery_id: id("b"),
+                    error_code: Some("STRING_TOO_LONG".to_owned()),
+                    error: "too long".to_owned(),
+                },
+            ])
+            .await
+            .expect("record");
+        // Recorded later, so it is the latest error.
+        ledger
+            .record(&[RecordedOutcome::Retry {
+                delivery_id: id("c"),
+                next_attempt_at: now + TimeDelta::hours(1),
+                error_code: Some("http_503".to_owned()),
+                error: "unavailable".to_owned(),
+            }])
+            .await
+            .expect("record");
+        ledger
+            .pause_target("crm1", now + TimeDelta::hours(2), "429")
+            .await
+            .expect("pause");
+        ledger
+            .pause_target("crm2", now - TimeDelta::hours(2), "old")
+            .await
+            .expect("pause");
+
+        let status = ledger.status(now).await.expect("status");
+        assert_eq!(status.leads, 5);
+        assert_eq!(status.quarantined, 1);
+        assert_eq!(status.sources.len(), 1);
+        assert_eq!(status.sources[0].source, "spool");
+        assert_eq!(status.sources[0].cursor.as_deref(), Some("c1"));
+        assert_eq!(status.targets.len(), 2);
+
+        let crm1 = &status.targets[0];
+        assert_eq!(crm1.target, "crm1");
+        assert_eq!(
+            (crm1.pending, crm1.retrying, crm1.delivered, crm1.dead),
+            (3, 1, 1, 1)
+        );
+        assert!(crm1.oldest_pending_staged_at.is_some_and(|t| t <= now));
+        assert_eq!(
+            crm1.paused_until.map(|t| t.timestamp_millis()),
+            Some(to_ms(now + TimeDelta::hours(2)))
+        );
+        assert_eq!(crm1.last_error_code.as_deref(), Some("http_503"));
+
+        let crm2 = &status.targets[1];
+        assert_eq!(crm2.target, "crm2");
+        assert_eq!(
+            (crm2.pending, crm2.retrying, crm2.delivered, crm2.dead),
+            (1, 0, 0, 0)
+        );
+        assert_eq!(crm2.paused_until, None);
+        assert_eq!(crm2.last_error_code, None);
+    }
+
+    #[tokio::test]
+    async fn pauses_and_next_due() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir).await;
+        assert_eq!(ledger.paused_until("crm").await.expect("paused"), None);
+        assert_eq!(ledger.next_due("crm").await.expect("due"), None);
+
+        let until = Utc::now() + TimeDelta::minutes(5);
+        ledger
+            .pause_target("crm", until, "throttled")
+            .await
+            .expect("pause");
+        assert_eq!(
+            ledger
+                .paused_until("crm")
+                .await
+                .expect("paused")
+                .map(|t| t.timestamp_millis()),
+            Some(to_ms(until))
+        );
+        // A past pause is returned as stored; the pipeline compares it with its own clock.
+        let past = Utc::now() - TimeDelta::seconds(1);
+        ledger
+            .pause_target("crm", past, "over")
+            .await
+            .expect("pause");
+        assert_eq!(
+            ledger
+                .paused_until("crm")
+                .await
+                .expect("paused")
+                .map(|t| t.timestamp_millis()),
+            Some(to_ms(past))
+        );
+
+        let before = Utc::now();
+        ledger
+            .stage(batch(&["a"], &["crm"], None))
+            .await
+            .expect("stage");
+        let due = ledger
+            .next_due("crm")
+            .await
+            .expect("due")
+            .expect("something is due");
+        assert!(due.timestamp_millis() >= to_ms(before) && due <= Utc::now());
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_body_fails_the_claim_and_leases_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir).await;
+        ledger
+            .stage(batch(&["a", "b"], &["crm"], None))
+            .await
+            .expect("stage");
+        sqlx::query("UPDATE leads SET body = 'not json' WHERE id = 'b'")
+            .execute(&ledger.pool)
+            .await
+            .expect("corrupt");
+        match ledger.claim("crm", soon(), 10, LEASE, "w").await {
+            Err(LedgerError::Corrupt { lead_id, .. }) => assert_eq!(lead_id, "b"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT COUNT(*) FROM deliveries WHERE lease_owner IS NOT NULL"
+            )
+            .await,
+            0
+        );
+        assert!(matches!(
+            ledger.trace("b").await,
+            Err(LedgerError::Corrupt { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn stages_a_large_batch_in_one_transaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir).await;
+        let ids: Vec<String> = (0..10_000).map(|i| format!("lead-{i:05}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let report = ledger
+            .stage(batch(&refs, &["crm1", "crm2"], Some("end")))
+            .await
+            .expect("stage");
+        assert_eq!((report.staged, report.deliveries), (10_000, 20_000));
+        let got = ledger
+            .claim("crm2", soon(), 500, LEASE, "w")
+            .await
+            .expect("claim");
+        assert_eq!(got.len(), 500);
+        assert_eq!(got[0].lead.id, "lead-00000");
+    }
+}

@@ -1,0 +1,12 @@
+//! The leadsync library: the modules the `leadsync` binary is built from, exposed so that
+//! tests and benches can reach them. `main.rs` only parses the command line and calls
+//! [`app::main`].
+
+pub mod app;
+pub mod config;
+pub mod daemon;
+pub mod ledger;
+pub mod pipeline;
+pub mod registry;
+pub mod sources;
+pub mod telemetry;
