@@ -2,13 +2,16 @@
 //!
 //! The lead model and its readers ([`lead`]), the connector contract and failure classes
 //! ([`connector`]), the field-mapping engine ([`mapping`]), idempotency keys ([`key`]),
-//! redaction of personal data and secrets ([`pii`]) and `Retry-After` parsing
-//! ([`retry_after`]). It holds no I/O of its own: connectors and the binary bring that.
+//! redaction of personal data and secrets ([`pii`]), secret references ([`secret_ref`]),
+//! `Retry-After` parsing ([`retry_after`]), and the HTTP pieces every HTTP connector shares:
+//! client setup and status classification ([`http`]) and the OAuth token cache ([`oauth`]).
 
 pub mod connector;
+pub mod http;
 pub mod key;
 pub mod lead;
 pub mod mapping;
+pub mod oauth;
 pub mod pii;
 pub mod retry_after;
 pub mod secret_ref;
