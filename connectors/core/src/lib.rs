@@ -8,6 +8,7 @@
 
 pub mod connector;
 pub mod http;
+pub mod jwt;
 pub mod key;
 pub mod lead;
 pub mod mapping;
