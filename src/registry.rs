@@ -15,6 +15,10 @@ use crate::pipeline::Target;
 pub const KNOWN_KINDS: &[&str] = &[
     #[cfg(feature = "file")]
     "file",
+    // KNOWN_KINDS: https
+    // KNOWN_KINDS: dynamics
+    // KNOWN_KINDS: salesforce
+    // KNOWN_KINDS: azure_table
 ];
 
 /// A target that could not be built, naming its file and key.
@@ -68,6 +72,10 @@ fn connector(t: &TargetSettings) -> Result<(Arc<dyn Connector>, Mapping), Target
                 .map_err(|e| error(t, "connection.path", e.to_string()))?;
             Ok((Arc::new(c), mapping))
         }
+        // REGISTRY ARM: https
+        // REGISTRY ARM: dynamics
+        // REGISTRY ARM: salesforce
+        // REGISTRY ARM: azure_table
         other => Err(error(
             t,
             "kind",
