@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use leadsync_core::mapping::RawRule;
@@ -79,7 +78,7 @@ pub struct AdminSettings {
 #[derive(Debug, Clone)]
 pub struct CronSchedule {
     expr: String,
-    schedule: cron::Schedule,
+    schedule: croner::Cron,
 }
 
 impl CronSchedule {
@@ -99,7 +98,14 @@ impl CronSchedule {
                 if fields == 1 { "" } else { "s" }
             ));
         }
-        match cron::Schedule::from_str(trimmed) {
+        // The same parser, with the same options, as tokio-cron-scheduler uses to run it: an
+        // expression accepted here is one the daemon can schedule.
+        let parsed = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(trimmed);
+        match parsed {
             Ok(schedule) => Ok(CronSchedule {
                 expr: trimmed.to_string(),
                 schedule,
@@ -115,7 +121,7 @@ impl CronSchedule {
         &self.expr
     }
 
-    pub fn schedule(&self) -> &cron::Schedule {
+    pub fn schedule(&self) -> &croner::Cron {
         &self.schedule
     }
 }
