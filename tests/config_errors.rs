@@ -1,0 +1,97 @@
+//! `leadsync check` on broken configurations: exit 78 (EX_CONFIG) with the file and the key
+//! named; the shipped example configuration passes.
+
+mod common;
+use common::{text, Deployment};
+
+fn broken_target(toml: &str) -> (Deployment, std::process::Output) {
+    let d = Deployment::with_target(toml);
+    let out = d.run(&["check"]);
+    (d, out)
+}
+
+fn assert_config_error(out: &std::process::Output, file: &str, key: &str) {
+    let all = text(out);
+    assert_eq!(out.status.code(), Some(78), "{all}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains(file) && l.contains(&format!("`{key}`")))
+        .unwrap_or_else(|| panic!("no error line naming {file} and `{key}`:\n{all}"));
+    assert!(!line.trim().is_empty());
+}
+
+#[test]
+fn shipped_example_configuration_passes_check() {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/leadsync.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadsync"))
+        .args(["--config"])
+        .arg(&config)
+        .arg("check")
+        .env_remove("LEADSYNC_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("target csv-export (file): ok"));
+}
+
+#[test]
+fn unknown_key_in_a_target() {
+    let (_d, out) = broken_target("kind = \"file\"\n[connection]\npath = \"x.csv\"\n[limits]\nbatchsize = 5\n");
+    assert_config_error(&out, "csv.toml", "limits.batchsize");
+}
+
+#[test]
+fn unknown_key_in_a_connection() {
+    let (_d, out) = broken_target("kind = \"file\"\n[connection]\npath = \"x.csv\"\nformt = \"csv\"\n");
+    assert_config_error(&out, "csv.toml", "connection.formt");
+}
+
+#[test]
+fn wrong_type() {
+    let (_d, out) = broken_target("kind = \"file\"\n[connection]\npath = \"x.csv\"\n[limits]\nconcurrency = \"two\"\n");
+    assert_config_error(&out, "csv.toml", "limits.concurrency");
+}
+
+#[test]
+fn bad_cron() {
+    let (_d, out) = broken_target("kind = \"file\"\nschedule = \"every minute\"\n[connection]\npath = \"x.csv\"\n");
+    assert_config_error(&out, "csv.toml", "schedule");
+}
+
+#[test]
+fn unknown_target_kind() {
+    let (_d, out) = broken_target("kind = \"pigeon\"\n[connection]\n");
+    assert_config_error(&out, "csv.toml", "kind");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("file"), "lists the known kinds");
+}
+
+#[test]
+fn bad_mapping_field() {
+    let (_d, out) = broken_target("kind = \"file\"\n[connection]\npath = \"x.csv\"\n[mapping.fields]\nEmail = \"e_mail\"\n");
+    assert_config_error(&out, "csv.toml", "mapping.fields.Email");
+}
+
+#[test]
+fn broken_main_file() {
+    let d = Deployment::new();
+    std::fs::write(d.config(), "[ledger]\npath = 5\n").unwrap();
+    let out = d.run(&["check"]);
+    assert_config_error(&out, "leadsync.toml", "ledger.path");
+    // Every command refuses a broken configuration the same way.
+    let out = d.run(&["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+}
+
+#[test]
+fn missing_config_file() {
+    let d = Deployment::new();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadsync"))
+        .arg("--config")
+        .arg(d.root().join("nope.toml"))
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"), "{}", text(&out));
+}
