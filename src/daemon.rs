@@ -60,7 +60,7 @@ impl Shared {
                     Ok(r) if r.attempted > 0 && !self.stop.is_cancelled() => continue,
                     Ok(_) => break,
                     Err(e) => {
-                        tracing::error!(target_name = %job.target.name, error = %e, "push failed");
+                        tracing::error!(target = %job.target.name, error = %e, "push failed");
                         break;
                     }
                 }

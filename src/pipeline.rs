@@ -54,7 +54,7 @@ impl Target {
                 idempotency_key: idempotency_key(&self.key_namespace, self.key_scope, lead),
             }),
             Err(why) => {
-                tracing::debug!(target_name = %self.name, lead = %lead.id, reason = why, "lead not for this target");
+                tracing::debug!(target = %self.name, lead = %lead.id, reason = why, "lead not for this target");
                 None
             }
         }
@@ -226,7 +226,7 @@ fn outbound(target: &Target, d: &ClaimedDelivery) -> OutboundRecord {
             .apply(&d.lead, &d.idempotency_key, &target.field_limits);
     for t in truncations {
         tracing::warn!(
-            target_name = %target.name,
+            target = %target.name,
             lead = %d.lead.id,
             field = %t.field,
             original_chars = t.original_chars,
@@ -248,7 +248,7 @@ async fn push_batch(target: &Target, records: Vec<OutboundRecord>) -> Vec<Delive
     let mut outcomes = target.connector.push(&records).await;
     if outcomes.len() != records.len() {
         // A connector bug must not lose or mis-attribute leads: treat the batch as failed.
-        tracing::error!(target_name = %target.name, sent = records.len(), answered = outcomes.len(), "connector returned the wrong number of outcomes");
+        tracing::error!(target = %target.name, sent = records.len(), answered = outcomes.len(), "connector returned the wrong number of outcomes");
         return vec![
             DeliveryOutcome::Failed(DeliveryFailure::transient(
                 "connector_outcome_mismatch",
@@ -264,7 +264,7 @@ async fn push_batch(target: &Target, records: Vec<OutboundRecord>) -> Vec<Delive
         .map(|(i, _)| i)
         .collect();
     if !expired.is_empty() {
-        tracing::info!(target_name = %target.name, records = expired.len(), "credentials expired; retrying once at once");
+        tracing::info!(target = %target.name, records = expired.len(), "credentials expired; retrying once at once");
         let again: Vec<OutboundRecord> = expired.iter().map(|i| records[*i].clone()).collect();
         let second = target.connector.push(&again).await;
         for (slot, outcome) in expired.iter().zip(second) {
@@ -324,7 +324,7 @@ pub async fn push_round(
                 DeliveryOutcome::Delivered { crm_ref, created } => {
                     report.delivered += 1;
                     tracing::info!(
-                        target_name = %target.name,
+                        target = %target.name,
                         lead = %d.lead.id,
                         attempt,
                         outcome = "delivered",
@@ -343,7 +343,7 @@ pub async fn push_round(
                         RecordedOutcome::Dead { .. } => {
                             report.dead += 1;
                             tracing::error!(
-                                target_name = %target.name,
+                                target = %target.name,
                                 lead = %d.lead.id,
                                 attempt,
                                 outcome = "dead",
@@ -357,7 +357,7 @@ pub async fn push_round(
                         } => {
                             report.retrying += 1;
                             tracing::warn!(
-                                target_name = %target.name,
+                                target = %target.name,
                                 lead = %d.lead.id,
                                 attempt,
                                 outcome = "retry",
@@ -375,7 +375,7 @@ pub async fn push_round(
         }
     }
     if let Some(until) = pause {
-        tracing::warn!(target_name = %target.name, paused_until = %until.to_rfc3339(), "target throttled; paused as a whole");
+        tracing::warn!(target = %target.name, paused_until = %until.to_rfc3339(), "target throttled; paused as a whole");
         ledger
             .pause_target(&target.name, until, "throttled by the CRM")
             .await?;
