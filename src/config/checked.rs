@@ -46,6 +46,9 @@ pub struct LedgerSettings {
     pub path: PathBuf,
     /// How long a claimed delivery stays leased to this process (default 2m).
     pub lease: Duration,
+    /// Personal data is erased from the ledger this long after every target has the lead
+    /// (default 30 days).
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +56,10 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
     /// One of `trace`, `debug`, `info`, `warn`, `error` (validated, lower-case).
     pub log_level: String,
+    /// A lead still undelivered this long after staging is reported (warning log and the
+    /// `leadsync_followup_overdue` gauge); the marketplace advises following up within 24 h.
+    /// Default 1 h.
+    pub followup_sla: Duration,
 }
 
 /// How log lines are written.

@@ -39,6 +39,7 @@ pub(crate) const MAIN_SECTIONS: &[&str] =
 pub(crate) struct RawLedger {
     pub path: Option<String>,
     pub lease: Option<String>,
+    pub retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -46,6 +47,7 @@ pub(crate) struct RawLedger {
 pub(crate) struct RawTelemetry {
     pub log_format: Option<String>,
     pub log_level: Option<String>,
+    pub followup_sla: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -303,9 +303,16 @@ fn check_ledger(fc: &mut FileCheck<'_>, config_dir: &Path) -> Option<LedgerSetti
         Duration::from_secs(120),
         false,
     );
+    let retention = fc.duration(
+        &["ledger", "retention"],
+        raw.retention.as_deref(),
+        Duration::from_secs(30 * 86400),
+        false,
+    );
     Some(LedgerSettings {
         path: path?,
         lease: lease?,
+        retention: retention?,
     })
 }
 
@@ -333,9 +340,16 @@ fn check_telemetry(fc: &mut FileCheck<'_>) -> Option<TelemetrySettings> {
         ],
         "info",
     );
+    let followup_sla = fc.duration(
+        &["telemetry", "followup_sla"],
+        raw.followup_sla.as_deref(),
+        Duration::from_secs(3600),
+        false,
+    );
     Some(TelemetrySettings {
         log_format: log_format?,
         log_level: log_level?.to_string(),
+        followup_sla: followup_sla?,
     })
 }
 

@@ -250,6 +250,25 @@ pub trait Ledger: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<u64, LedgerError>;
 
+    /// Put `target`'s delivered deliveries of leads staged at or after `since` back to
+    /// pending, due at `now` (the operator's `replay`). Returns how many.
+    async fn replay(
+        &self,
+        target: &str,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, LedgerError>;
+
+    /// Erase the personal data of every lead whose e-mail is `email` (case-insensitive):
+    /// the lead body is redacted and its deliveries' error texts (CRMs echo values) cleared,
+    /// and the freed database pages are overwritten. Returns the lead ids erased.
+    async fn forget_email(&self, email: &str) -> Result<Vec<String>, LedgerError>;
+
+    /// Erase the personal data of leads every delivery of which was delivered before
+    /// `before` (the retention setting). Leads with no delivery count once staged before
+    /// `before`. Returns how many leads were redacted.
+    async fn purge_personal_data(&self, before: DateTime<Utc>) -> Result<u64, LedgerError>;
+
     /// Every delivery of one lead (for `trace`), and the lead if known.
     async fn trace(
         &self,

@@ -101,7 +101,10 @@ impl SqliteLedger {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Deleted and overwritten content is zeroed on disk, so erased personal data
+            // (`forget`, retention) does not linger in free pages.
+            .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .connect_with(options)
@@ -707,6 +710,114 @@ impl Ledger for SqliteLedger {
         let count = query.execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
         Ok(count)
+    }
+
+    async fn replay(
+        &self,
+        target: &str,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, LedgerError> {
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let n = sqlx::query(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, \
+                    age_from = $1, updated_at = $1, lease_owner = NULL, lease_until = NULL \
+             WHERE target = $2 AND state = 'delivered' \
+               AND lead_id IN (SELECT id FROM leads WHERE staged_at >= $3)",
+        )
+        .bind(to_ms(now))
+        .bind(target)
+        .bind(to_ms(since))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    async fn forget_email(&self, email: &str) -> Result<Vec<String>, LedgerError> {
+        let wanted = email.trim().to_lowercase();
+        let _write = self.write.lock().await;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        // The e-mail lives inside the JSON body; a LIKE on the lower-cased body narrows the
+        // scan, and decoding confirms the match exactly.
+        let rows = sqlx::query("SELECT id, body FROM leads WHERE lower(body) LIKE $1")
+            .bind(format!("%{}%", wanted.replace('%', "").replace('_', "")))
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut erased = Vec::new();
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let body: String = row.try_get("body")?;
+            let mut lead = decode_lead(&id, &body)?;
+            if lead.email_normalised().as_deref() != Some(wanted.as_str()) {
+                continue;
+            }
+            lead.redact();
+            let body = encode_lead(&lead)?;
+            sqlx::query("UPDATE leads SET body = $1 WHERE id = $2")
+                .bind(body)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE deliveries SET error = NULL WHERE lead_id = $1")
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            erased.push(id);
+        }
+        tx.commit().await?;
+        // Old page images of the erased rows live on in the WAL until it is checkpointed.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
+        Ok(erased)
+    }
+
+    async fn purge_personal_data(&self, before: DateTime<Utc>) -> Result<u64, LedgerError> {
+        let before = to_ms(before);
+        let mut purged = 0u64;
+        loop {
+            let _write = self.write.lock().await;
+            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+            let rows = sqlx::query(
+                "SELECT l.id, l.body FROM leads l \
+                 WHERE l.staged_at < $1 AND l.body NOT LIKE '%\"redacted\":true}' \
+                   AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.lead_id = l.id \
+                        AND (d.state <> 'delivered' OR d.delivered_at IS NULL OR d.delivered_at >= $1)) \
+                 LIMIT 500",
+            )
+            .bind(before)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let id: String = row.try_get("id")?;
+                let body: String = row.try_get("body")?;
+                let mut lead = decode_lead(&id, &body)?;
+                lead.redact();
+                sqlx::query("UPDATE leads SET body = $1 WHERE id = $2")
+                    .bind(encode_lead(&lead)?)
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("UPDATE deliveries SET error = NULL WHERE lead_id = $1")
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            purged += rows.len() as u64;
+        }
+        if purged > 0 {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(purged)
     }
 
     async fn trace(

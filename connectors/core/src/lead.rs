@@ -209,6 +209,9 @@ pub struct Lead {
     pub extra: BTreeMap<String, Value>,
     /// What the reader had to tolerate (no personal data): shown in logs as warnings.
     pub warnings: Vec<String>,
+    /// Personal data was erased (retention or `forget`); only the lead's shape is left.
+    #[serde(default)]
+    pub redacted: bool,
 }
 
 impl fmt::Debug for Lead {
@@ -232,6 +235,26 @@ impl Lead {
     pub fn origin(&self) -> Option<&Origin> {
         self.source.as_ref().map(|s| &s.origin)
     }
+    /// The lead without its personal data: the customer, the description and the unknown
+    /// columns (which may hold anything) are dropped; ids, source, action, offer and times
+    /// stay, so `status` and `trace` still make sense.
+    pub fn redact(&mut self) {
+        self.customer = Customer::default();
+        self.description = None;
+        self.description_raw = None;
+        self.extra.clear();
+        self.redacted = true;
+    }
+
+    /// The customer's e-mail, lower-cased and trimmed, when there is one.
+    pub fn email_normalised(&self) -> Option<String> {
+        self.customer
+            .email
+            .as_ref()
+            .map(|e| e.expose().trim().to_lowercase())
+            .filter(|e| !e.is_empty())
+    }
+
     /// A `DNC` lead: the customer must not be contacted.
     pub fn is_do_not_contact(&self) -> bool {
         matches!(self.action, Some(Action::DoNotContact))
@@ -442,6 +465,7 @@ pub fn read_lead(id: String, record: &Value) -> Result<Lead, ReadError> {
         row_key,
         extra,
         warnings,
+        redacted: false,
     };
     lead.is_test = detect_test_lead(&lead);
     Ok(lead)
