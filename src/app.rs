@@ -30,6 +30,9 @@ pub enum Command {
     Status { json: bool },
     Trace { lead: String, json: bool },
     DeadLetters(DeadLetterCommand),
+    Replay { target: String, since: String },
+    SendTest { target: String, wait: Duration },
+    Forget { email: String },
 }
 
 pub enum DeadLetterCommand {
@@ -110,6 +113,15 @@ async fn open_ledger(settings: &Settings) -> anyhow::Result<Arc<dyn Ledger>> {
         .await
         .with_context(|| format!("opening the ledger {}", settings.ledger.path.display()))?;
     Ok(Arc::new(ledger))
+}
+
+/// Open the ledger beside a running daemon, creating it when there is none yet.
+async fn open_ledger_shared_or_create(settings: &Settings) -> anyhow::Result<Arc<dyn Ledger>> {
+    if settings.ledger.path.exists() {
+        open_ledger_shared(settings).await
+    } else {
+        open_ledger(settings).await
+    }
 }
 
 /// Open the ledger for a read-mostly operator command, alongside a running daemon.
@@ -194,7 +206,169 @@ async fn dispatch(loaded: Loaded, command: Command) -> Result<u8, AppError> {
             println!("{n} dead deliveries put back in the queue");
             Ok(EXIT_OK)
         }
+        Command::Replay { target, since } => replay(&loaded, &target, &since).await,
+        Command::SendTest { target, wait } => send_test(&loaded, &target, wait).await,
+        Command::Forget { email } => forget(&loaded, &email).await,
     }
+}
+
+fn target_named<'a>(loaded: &'a Loaded, name: &str) -> Result<&'a Arc<Target>, AppError> {
+    loaded.targets.iter().find(|t| t.name == name).ok_or_else(|| {
+        let known: Vec<&str> = loaded.targets.iter().map(|t| t.name.as_str()).collect();
+        AppError::Config(format!(
+            "no enabled target named {name:?}; enabled targets: {}",
+            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        ))
+    })
+}
+
+/// `2026-11-01` (UTC midnight) or an RFC 3339 time.
+fn parse_since(since: &str) -> Result<chrono::DateTime<Utc>, AppError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(since.trim()) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(since.trim(), "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            AppError::Runtime(anyhow::anyhow!(
+                "--since {since:?}: expected a date (2026-11-01) or an RFC 3339 time"
+            ))
+        })
+}
+
+async fn replay(loaded: &Loaded, target: &str, since: &str) -> Result<u8, AppError> {
+    let t = target_named(loaded, target)?;
+    let since = parse_since(since)?;
+    let ledger = open_ledger_shared(&loaded.settings).await?;
+    let n = ledger
+        .replay(&t.name, since, Utc::now())
+        .await
+        .context("replaying deliveries")?;
+    println!(
+        "{n} delivered lead(s) of {} staged since {} queued again; the CRM writes are \
+         idempotent, so existing records are updated, not duplicated",
+        t.name,
+        since.to_rfc3339()
+    );
+    Ok(EXIT_OK)
+}
+
+/// The lead `send-test` sends: flagged as a marketplace test lead, no real person.
+fn send_test_lead() -> anyhow::Result<leadsync_core::Lead> {
+    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let record = serde_json::json!({
+        "UserDetails": {
+            "FirstName": "MSFT_TEST_leadsync",
+            "LastName": format!("send-test {stamp}"),
+            "Email": "msft_test_leadsync@example.invalid",
+            "Company": "MSFT_TEST leadsync",
+            "Country": "US",
+        },
+        "LeadSource": "AzureMarketplace",
+        "ActionCode": "INS",
+        "OfferTitle": "leadsync send-test",
+        "Description": format!("MSFT_TEST lead sent by `leadsync send-test` at {stamp}"),
+    });
+    leadsync_core::read_lead(format!("send-test:{stamp}"), &record)
+        .map_err(|e| anyhow::anyhow!("building the test lead: {e}"))
+}
+
+async fn send_test(loaded: &Loaded, target: &str, wait: Duration) -> Result<u8, AppError> {
+    use crate::ledger::{DeliveryState, PlannedDelivery, StageBatch, StagedLead};
+    let t = target_named(loaded, target)?;
+    let lead = send_test_lead()?;
+    let lead_id = lead.id.clone();
+    // Works beside a running daemon: claims are transactional, so either process may
+    // deliver it, never both.
+    let ledger = open_ledger_shared_or_create(&loaded.settings).await?;
+    let key = leadsync_core::idempotency_key(&t.key_namespace, t.key_scope, &lead);
+    ledger
+        .stage(StageBatch {
+            source: "send-test".into(),
+            leads: vec![StagedLead {
+                lead,
+                deliveries: vec![PlannedDelivery {
+                    target: t.name.clone(),
+                    idempotency_key: key,
+                }],
+            }],
+            ..Default::default()
+        })
+        .await
+        .context("staging the test lead")?;
+    println!("test lead {lead_id} staged for {}", t.name);
+    let deadline = tokio::time::Instant::now() + wait;
+    let owner = instance_id();
+    loop {
+        pipeline::push_round(ledger.as_ref(), t, &owner, Utc::now())
+            .await
+            .context("pushing")?;
+        let (_, _, deliveries) = ledger
+            .trace(&lead_id)
+            .await
+            .context("reading the ledger")?
+            .ok_or_else(|| anyhow::anyhow!("the test lead vanished from the ledger"))?;
+        let Some(d) = deliveries.into_iter().next() else {
+            return Err(AppError::Runtime(anyhow::anyhow!("the test lead has no delivery")));
+        };
+        match d.state {
+            DeliveryState::Delivered => {
+                println!(
+                    "delivered to {} after {} attempt(s){}",
+                    t.name,
+                    d.attempts,
+                    d.crm_ref.map(|r| format!(": CRM record {r}")).unwrap_or_default()
+                );
+                return Ok(EXIT_OK);
+            }
+            DeliveryState::Dead => {
+                println!(
+                    "FAILED: {} refused the test lead: {} {}",
+                    t.name,
+                    d.error_code.as_deref().unwrap_or("-"),
+                    d.error.as_deref().unwrap_or("")
+                );
+                return Ok(EXIT_DEAD);
+            }
+            DeliveryState::Pending if tokio::time::Instant::now() >= deadline => {
+                println!(
+                    "FAILED: not delivered within {}; last error {}: {}",
+                    humantime::format_duration(wait),
+                    d.error_code.as_deref().unwrap_or("-"),
+                    d.error.as_deref().unwrap_or("-")
+                );
+                return Ok(EXIT_TEMPFAIL);
+            }
+            DeliveryState::Pending => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+async fn forget(loaded: &Loaded, email: &str) -> Result<u8, AppError> {
+    let ledger = open_ledger_shared(&loaded.settings).await?;
+    let erased = ledger
+        .forget_email(email)
+        .await
+        .context("erasing personal data")?;
+    if erased.is_empty() {
+        println!("no lead in the ledger carries that e-mail address");
+    } else {
+        println!(
+            "erased the personal data (names, e-mail, phone, company, title, description, \
+             unknown columns, CRM error texts) of {} lead(s):",
+            erased.len()
+        );
+        for id in &erased {
+            println!("  {id}");
+        }
+        println!(
+            "the CRMs keep their own copies: erase the person there too (e.g. by the ids \
+             `leadsync trace <lead>` shows)"
+        );
+    }
+    Ok(EXIT_OK)
 }
 
 async fn check(loaded: &Loaded, connect: bool) -> Result<u8, AppError> {

@@ -1,7 +1,16 @@
 //! The daemon (`leadsync run`): pulls each source and pushes each target on its cron
-//! schedule (tokio-cron-scheduler, UTC), never lets a job overlap itself, starts a push right
-//! after a pull staged new leads, and on SIGTERM/SIGINT stops scheduling, lets in-flight
-//! pushes finish and record their outcomes, then exits 0.
+//! schedule (tokio-cron-scheduler, UTC), never lets a job overlap itself, and starts a push
+//! right after a pull staged new leads so a lead never waits for the target's next tick.
+//!
+//! Signals: SIGTERM/SIGINT stop scheduling, let in-flight pushes finish and record their
+//! outcomes within a grace period, then exit 0. SIGHUP re-reads and validates the
+//! configuration and applies it if it is valid; otherwise the old one keeps running and the
+//! log says why.
+//!
+//! systemd (`Type=notify`): `READY=1` once the configuration and ledger are open;
+//! `WATCHDOG=1` at half of `WATCHDOG_USEC`, sent only while the scheduler's own one-second
+//! tick job keeps running (a stuck loop starves the watchdog and systemd restarts us);
+//! `STATUS=` with a one-line summary; `STOPPING=1` on the way out.
 //!
 //! Missed ticks are not replayed (tokio-cron-scheduler never does); the ledger and the source
 //! cursors make that harmless: the next run picks everything up.
@@ -14,14 +23,20 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio_cron_scheduler::{Job, JobScheduler};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, Health};
 use crate::app::{build_sources, instance_id, Loaded, EXIT_OK};
 use crate::ledger::{sqlite::SqliteLedger, Ledger};
 use crate::pipeline::{self, Target};
 use crate::sources::Source;
 
-/// How long in-flight work may take to finish after SIGTERM.
+/// How long in-flight work may take to finish after SIGTERM or a reload.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How often the housekeeping job runs (status line, SLA check, retention, re-checks).
+const HOUSEKEEPING: &str = "*/10 * * * * *";
+/// Retention purges run at most this often.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// One target's push job: the mutex keeps the job from overlapping itself, `dirty` records
 /// that new work arrived while a push was running so the push loops once more.
@@ -31,12 +46,14 @@ struct PushJob {
     dirty: AtomicBool,
 }
 
+/// What the jobs of one configuration generation share.
 struct Shared {
     ledger: Arc<dyn Ledger>,
     owner: String,
     targets: Vec<Arc<Target>>,
     pushes: Vec<Arc<PushJob>>,
     stop: CancellationToken,
+    health: Arc<Health>,
 }
 
 impl Shared {
@@ -49,14 +66,10 @@ impl Shared {
         };
         while job.dirty.swap(false, Ordering::SeqCst) && !self.stop.is_cancelled() {
             loop {
-                match pipeline::push_round(
-                    self.ledger.as_ref(),
-                    &job.target,
-                    &self.owner,
-                    Utc::now(),
-                )
-                .await
-                {
+                let round =
+                    pipeline::push_round(self.ledger.as_ref(), &job.target, &self.owner, Utc::now())
+                        .await;
+                match round {
                     Ok(r) if r.attempted > 0 && !self.stop.is_cancelled() => continue,
                     Ok(_) => break,
                     Err(e) => {
@@ -81,117 +94,343 @@ impl Shared {
             Err(e) => tracing::error!(source = %source.name(), error = %e, "pull failed"),
         }
     }
+
+    /// Verify each target (credentials, reachability) for `/readyz`.
+    async fn check_targets(&self, only_failing: bool) {
+        let failing: Vec<String> = self
+            .health
+            .failing_checks()
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        for t in &self.targets {
+            if only_failing && !failing.contains(&t.name) {
+                continue;
+            }
+            let result = match t.connector.check(true).await {
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(target = %t.name, error = %e, "target check failed");
+                    Some(e.to_string())
+                }
+            };
+            self.health.set_check(&t.name, result);
+        }
+    }
 }
 
-pub async fn run(loaded: Loaded) -> anyhow::Result<u8> {
-    let settings = &loaded.settings;
-    let ledger: Arc<dyn Ledger> = Arc::new(
-        SqliteLedger::open(&settings.ledger.path)
-            .await
-            .with_context(|| format!("opening the ledger {}", settings.ledger.path.display()))?,
-    );
-    let stop = CancellationToken::new();
-    let shared = Arc::new(Shared {
-        ledger,
-        owner: instance_id(),
-        targets: loaded.targets.clone(),
-        pushes: loaded
-            .targets
-            .iter()
-            .map(|t| {
-                Arc::new(PushJob {
-                    target: Arc::clone(t),
-                    running: Mutex::new(()),
-                    dirty: AtomicBool::new(false),
-                })
-            })
-            .collect(),
-        stop: stop.clone(),
-    });
+/// The scheduler and jobs of one configuration; replaced on SIGHUP.
+struct Generation {
+    scheduler: JobScheduler,
+    shared: Arc<Shared>,
+    in_flight: TaskTracker,
+}
 
-    let mut scheduler = JobScheduler::new()
-        .await
-        .context("starting the scheduler")?;
-    let in_flight = tokio_util::task::TaskTracker::new();
-    let sources = build_sources(settings);
-    for (src, source) in settings.sources.iter().zip(sources) {
-        let source = Arc::new(Mutex::new(source));
+/// Add a cron job that runs `work` unless the generation is stopping.
+async fn add_job<F, Fut>(
+    scheduler: &JobScheduler,
+    schedule: &str,
+    what: &str,
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    work: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(Arc<Shared>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let shared = Arc::clone(shared);
+    let tracker = tracker.clone();
+    let work = Arc::new(work);
+    let job = Job::new_async(schedule, move |_, _| {
         let shared = Arc::clone(&shared);
-        let tracker = in_flight.clone();
-        let job = Job::new_async(src.schedule.as_str(), move |_, _| {
-            let shared = Arc::clone(&shared);
-            let source = Arc::clone(&source);
-            let tracker = tracker.clone();
-            Box::pin(async move {
-                if shared.stop.is_cancelled() {
-                    return;
-                }
-                let _ = tracker
-                    .spawn(async move { shared.pull(&source).await })
-                    .await;
-            })
+        let tracker = tracker.clone();
+        let work = Arc::clone(&work);
+        Box::pin(async move {
+            if shared.stop.is_cancelled() {
+                return;
+            }
+            let _ = tracker.spawn(work(shared)).await;
         })
-        .with_context(|| format!("scheduling source {}", src.name))?;
-        scheduler.add(job).await.context("adding a job")?;
-    }
-    for (t, job) in settings
-        .targets
-        .iter()
-        .filter(|t| t.enabled)
-        .zip(shared.pushes.iter())
-    {
-        let shared2 = Arc::clone(&shared);
-        let job = Arc::clone(job);
-        let tracker = in_flight.clone();
-        let cron = Job::new_async(t.schedule.as_str(), move |_, _| {
-            let shared = Arc::clone(&shared2);
-            let job = Arc::clone(&job);
-            let tracker = tracker.clone();
-            Box::pin(async move {
-                if shared.stop.is_cancelled() {
-                    return;
-                }
-                let _ = tracker.spawn(async move { shared.push(&job).await }).await;
-            })
-        })
-        .with_context(|| format!("scheduling target {}", t.name))?;
-        scheduler.add(cron).await.context("adding a job")?;
-    }
-    scheduler.start().await.context("starting the scheduler")?;
-    tracing::info!(
-        sources = settings.sources.len(),
-        targets = loaded.targets.len(),
-        "leadsync running"
-    );
-
-    wait_for_shutdown().await;
-    tracing::info!("stopping: no new work; waiting for in-flight pushes");
-    stop.cancel();
-    let _ = scheduler.shutdown().await;
-    in_flight.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, in_flight.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("in-flight work did not finish within the grace period; leases will expire and it will be retried");
-    }
-    tracing::info!("stopped");
-    Ok(EXIT_OK)
+    })
+    .with_context(|| format!("scheduling {what} on {schedule:?}"))?;
+    scheduler.add(job).await.with_context(|| format!("adding {what}"))?;
+    Ok(())
 }
 
-async fn wait_for_shutdown() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
+struct Housekeeping {
+    followup_sla: Duration,
+    retention: Duration,
+    last_purge: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl Generation {
+    async fn start(
+        loaded: &Loaded,
+        ledger: Arc<dyn Ledger>,
+        health: Arc<Health>,
+    ) -> anyhow::Result<Generation> {
+        let settings = &loaded.settings;
+        let shared = Arc::new(Shared {
+            ledger,
+            owner: instance_id(),
+            targets: loaded.targets.clone(),
+            pushes: loaded
+                .targets
+                .iter()
+                .map(|t| {
+                    Arc::new(PushJob {
+                        target: Arc::clone(t),
+                        running: Mutex::new(()),
+                        dirty: AtomicBool::new(false),
+                    })
+                })
+                .collect(),
+            stop: CancellationToken::new(),
+            health: Arc::clone(&health),
+        });
+        if let Ok(mut c) = health.checks.lock() {
+            c.clear();
+            for t in &loaded.targets {
+                c.insert(t.name.clone(), Some("not checked yet".into()));
             }
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+
+        let scheduler = JobScheduler::new().await.context("starting the scheduler")?;
+        let tracker = TaskTracker::new();
+        for (src, source) in settings.sources.iter().zip(build_sources(settings)) {
+            let source = Arc::new(Mutex::new(source));
+            add_job(&scheduler, src.schedule.as_str(), &format!("source {}", src.name), &shared, &tracker, move |s| {
+                let source = Arc::clone(&source);
+                async move { s.pull(&source).await }
+            })
+            .await?;
+        }
+        for (t, job) in settings
+            .targets
+            .iter()
+            .filter(|t| t.enabled)
+            .zip(shared.pushes.iter())
+        {
+            let job = Arc::clone(job);
+            add_job(&scheduler, t.schedule.as_str(), &format!("target {}", t.name), &shared, &tracker, move |s| {
+                let job = Arc::clone(&job);
+                async move { s.push(&job).await }
+            })
+            .await?;
+        }
+        // The heartbeat the watchdog and /healthz watch: it runs on the scheduler itself.
+        add_job(&scheduler, "* * * * * *", "heartbeat", &shared, &tracker, |s| async move {
+            s.health.tick();
+        })
+        .await?;
+        let hk = Arc::new(Housekeeping {
+            followup_sla: settings.telemetry.followup_sla,
+            retention: settings.ledger.retention,
+            last_purge: std::sync::Mutex::new(None),
+        });
+        add_job(&scheduler, HOUSEKEEPING, "housekeeping", &shared, &tracker, move |s| {
+            let hk = Arc::clone(&hk);
+            async move { housekeeping(&s, &hk).await }
+        })
+        .await?;
+        health.tick();
+        scheduler.start().await.context("starting the scheduler")?;
+        // Checks talk to the CRMs: run them beside the jobs, not before them.
+        let s = Arc::clone(&shared);
+        tracker.spawn(async move { s.check_targets(false).await });
+        tracing::info!(
+            sources = settings.sources.len(),
+            targets = loaded.targets.len(),
+            "leadsync running"
+        );
+        Ok(Generation {
+            scheduler,
+            shared,
+            in_flight: tracker,
+        })
+    }
+
+    /// Stop scheduling, let in-flight work finish (bounded), and return.
+    async fn stop(mut self) {
+        self.shared.stop.cancel();
+        if let Err(e) = self.scheduler.shutdown().await {
+            tracing::warn!(error = %e, "scheduler shutdown");
+        }
+        self.in_flight.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.in_flight.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "in-flight work did not finish within the grace period; its leases will \
+                 expire and it will be retried"
+            );
         }
     }
+}
+
+/// Every ten seconds: the systemd status line, the follow-up SLA warning, failed target
+/// checks retried, and (hourly) the retention purge.
+async fn housekeeping(s: &Shared, hk: &Housekeeping) {
+    let now = Utc::now();
+    match s.ledger.status(now).await {
+        Ok(status) => {
+            let pending: u64 = status.targets.iter().map(|t| t.pending).sum();
+            let delivered: u64 = status.targets.iter().map(|t| t.delivered).sum();
+            let dead: u64 = status.targets.iter().map(|t| t.dead).sum();
+            let paused = status
+                .targets
+                .iter()
+                .filter(|t| t.paused_until.is_some_and(|p| p > now))
+                .count();
+            let line = format!(
+                "{} target(s): {pending} pending, {delivered} delivered, {dead} dead, {paused} throttled",
+                status.targets.len()
+            );
+            notify(&[sd_notify::NotifyState::Status(&line)]);
+        }
+        Err(e) => tracing::error!(error = %e, "reading status failed"),
+    }
+    let sla = chrono::Duration::from_std(hk.followup_sla).unwrap_or(chrono::Duration::hours(1));
+    match s.ledger.overdue(now - sla).await {
+        Ok(overdue) => {
+            for (target, n) in overdue {
+                tracing::warn!(
+                    target = %target,
+                    leads = n,
+                    followup_sla = %humantime::format_duration(hk.followup_sla),
+                    "leads waiting longer than the follow-up SLA; see `leadsync status`"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "reading overdue leads failed"),
+    }
+    s.check_targets(true).await;
+    let due = hk
+        .last_purge
+        .lock()
+        .map(|l| l.is_none_or(|t| t.elapsed() >= PURGE_EVERY))
+        .unwrap_or(false);
+    if due {
+        if let Ok(mut l) = hk.last_purge.lock() {
+            *l = Some(std::time::Instant::now());
+        }
+        let before = now - chrono::Duration::from_std(hk.retention).unwrap_or(chrono::Duration::days(30));
+        match s.ledger.purge_personal_data(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(leads = n, "personal data past retention erased from the ledger"),
+            Err(e) => tracing::error!(error = %e, "retention purge failed"),
+        }
+    }
+}
+
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "systemd notification failed");
+    }
+}
+
+/// The watchdog interval systemd asked for, if any: `WATCHDOG_USEC`, for this process
+/// (`WATCHDOG_PID` absent or ours).
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
+}
+
+pub async fn run(mut loaded: Loaded) -> anyhow::Result<u8> {
+    let ledger_path = loaded.settings.ledger.path.clone();
+    let ledger: Arc<dyn Ledger> = Arc::new(
+        SqliteLedger::open(&ledger_path)
+            .await
+            .with_context(|| format!("opening the ledger {}", ledger_path.display()))?,
+    );
+    let health = Arc::new(Health::default());
+    let process_stop = CancellationToken::new();
+
+    if let Some(admin) = &loaded.settings.admin {
+        let handle = crate::metrics::install();
+        admin::serve(
+            admin.listen,
+            Arc::clone(&ledger),
+            Arc::clone(&health),
+            handle,
+            loaded.settings.telemetry.followup_sla,
+            process_stop.clone(),
+        )
+        .await
+        .with_context(|| format!("binding the admin endpoint on {}", admin.listen))?;
+    }
+
+    let mut generation = Generation::start(&loaded, Arc::clone(&ledger), Arc::clone(&health)).await?;
+    notify(&[sd_notify::NotifyState::Ready]);
+
+    if let Some(interval) = watchdog_interval() {
+        let health = Arc::clone(&health);
+        let stop = process_stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(interval / 2);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => {}
+                }
+                // Only a loop that ticked recently earns a WATCHDOG=1.
+                if health.is_live(interval) {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                } else {
+                    tracing::error!("scheduler loop stalled; withholding the watchdog ping");
+                }
+            }
+        });
+    }
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading, sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Status("reloading"))]);
+                let config_path = loaded.settings.config_path.clone();
+                match crate::app::load(&config_path) {
+                    Ok(new) if new.settings.ledger.path != ledger_path => {
+                        tracing::error!(
+                            "configuration reload refused: ledger.path changed (restart to move the ledger); still running on the old configuration"
+                        );
+                    }
+                    Ok(new) => {
+                        tracing::info!("configuration reloaded; restarting jobs");
+                        generation.stop().await;
+                        loaded = new;
+                        generation = match Generation::start(&loaded, Arc::clone(&ledger), Arc::clone(&health)).await {
+                            Ok(g) => g,
+                            Err(e) => {
+                                notify(&[sd_notify::NotifyState::Stopping]);
+                                return Err(e.context("starting the reloaded configuration"));
+                            }
+                        };
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "configuration reload refused; still running on the old configuration");
+                    }
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
+    tracing::info!("stopping: no new work; waiting for in-flight pushes");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    generation.stop().await;
+    process_stop.cancel();
+    tracing::info!("stopped");
+    Ok(EXIT_OK)
 }

@@ -2,10 +2,12 @@
 //! tests and benches can reach them. `main.rs` only parses the command line and calls
 //! [`app::main`].
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod daemon;
 pub mod ledger;
+pub mod metrics;
 pub mod pipeline;
 pub mod registry;
 pub mod sources;

@@ -62,6 +62,27 @@ enum Cmd {
     /// Deliveries that failed for good.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetters),
+    /// Deliver again what a target already has, for leads staged since a date.
+    Replay {
+        #[arg(long)]
+        target: String,
+        /// RFC 3339 time or a date (YYYY-MM-DD, UTC midnight).
+        #[arg(long)]
+        since: String,
+    },
+    /// Send a marked test lead to one target end to end; exits non-zero unless it arrives.
+    SendTest {
+        #[arg(long)]
+        target: String,
+        /// How long to wait for it to arrive.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
+    /// Erase a person's data from the ledger (the CRMs keep their own copies).
+    Forget {
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,6 +117,9 @@ fn main() -> ExitCode {
         Cmd::DeadLetters(DeadLetters::Retry { target, lead }) => {
             Command::DeadLetters(DeadLetterCommand::Retry { target, lead })
         }
+        Cmd::Replay { target, since } => Command::Replay { target, since },
+        Cmd::SendTest { target, wait } => Command::SendTest { target, wait },
+        Cmd::Forget { email } => Command::Forget { email },
     };
     ExitCode::from(app::main(&cli.config, cli.log_level.as_deref(), command))
 }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{RetryPolicy, TargetFilter};
+use crate::metrics as m;
 use crate::ledger::{
     ClaimedDelivery, Ledger, LedgerError, PlannedDelivery, RecordedOutcome, StageBatch,
     StageReport, StagedLead,
@@ -99,6 +100,9 @@ pub async fn pull_source(
             })
             .await?;
         source.committed(&batch).await?;
+        metrics::counter!(m::LEADS_STAGED, "source" => name.clone()).increment(report.staged);
+        metrics::counter!(m::RECORDS_QUARANTINED, "source" => name.clone())
+            .increment(report.quarantined);
         total.staged += report.staged;
         total.already_known += report.already_known;
         total.deliveries += report.deliveries;
@@ -323,6 +327,9 @@ pub async fn push_round(
             match outcome {
                 DeliveryOutcome::Delivered { crm_ref, created } => {
                     report.delivered += 1;
+                    metrics::counter!(m::DELIVERIES, "target" => target.name.clone(), "outcome" => "delivered").increment(1);
+                    let latency = (now - d.staged_at).num_milliseconds().max(0) as f64 / 1000.0;
+                    metrics::histogram!(m::DELIVERY_LATENCY, "target" => target.name.clone()).record(latency);
                     tracing::info!(
                         target = %target.name,
                         lead = %d.lead.id,
@@ -342,6 +349,7 @@ pub async fn push_round(
                     match &rec {
                         RecordedOutcome::Dead { .. } => {
                             report.dead += 1;
+                            metrics::counter!(m::DELIVERIES, "target" => target.name.clone(), "outcome" => "dead").increment(1);
                             tracing::error!(
                                 target = %target.name,
                                 lead = %d.lead.id,
@@ -356,6 +364,8 @@ pub async fn push_round(
                             next_attempt_at, ..
                         } => {
                             report.retrying += 1;
+                            metrics::counter!(m::DELIVERIES, "target" => target.name.clone(), "outcome" => "retry").increment(1);
+                            metrics::counter!(m::RETRIES, "target" => target.name.clone(), "class" => f.class.as_str()).increment(1);
                             tracing::warn!(
                                 target = %target.name,
                                 lead = %d.lead.id,

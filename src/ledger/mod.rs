@@ -269,6 +269,11 @@ pub trait Ledger: Send + Sync {
     /// `before`. Returns how many leads were redacted.
     async fn purge_personal_data(&self, before: DateTime<Utc>) -> Result<u64, LedgerError>;
 
+    /// Per target, how many pending deliveries belong to leads staged before `staged_before`
+    /// (the follow-up SLA). Targets with none are left out.
+    async fn overdue(&self, staged_before: DateTime<Utc>)
+        -> Result<Vec<(String, u64)>, LedgerError>;
+
     /// Every delivery of one lead (for `trace`), and the lead if known.
     async fn trace(
         &self,

@@ -820,6 +820,22 @@ impl Ledger for SqliteLedger {
         Ok(purged)
     }
 
+    async fn overdue(
+        &self,
+        staged_before: DateTime<Utc>,
+    ) -> Result<Vec<(String, u64)>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT d.target, COUNT(*) AS n FROM deliveries d JOIN leads l ON l.id = d.lead_id \
+             WHERE d.state = 'pending' AND l.staged_at < $1 GROUP BY d.target ORDER BY d.target",
+        )
+        .bind(to_ms(staged_before))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("target")?, to_u64(r.try_get("n")?))))
+            .collect()
+    }
+
     async fn trace(
         &self,
         lead_id: &str,
