@@ -15,10 +15,14 @@ use crate::pipeline::Target;
 pub const KNOWN_KINDS: &[&str] = &[
     #[cfg(feature = "file")]
     "file",
-    // KNOWN_KINDS: https
-    // KNOWN_KINDS: dynamics
-    // KNOWN_KINDS: salesforce
-    // KNOWN_KINDS: azure_table
+    #[cfg(feature = "https")]
+    "https",
+    #[cfg(feature = "dynamics")]
+    "dynamics",
+    #[cfg(feature = "salesforce")]
+    "salesforce",
+    #[cfg(feature = "azure-table")]
+    "azure_table",
 ];
 
 /// A target that could not be built, naming its file and key.
@@ -72,10 +76,54 @@ fn connector(t: &TargetSettings) -> Result<(Arc<dyn Connector>, Mapping), Target
                 .map_err(|e| error(t, "connection.path", e.to_string()))?;
             Ok((Arc::new(c), mapping))
         }
-        // REGISTRY ARM: https
-        // REGISTRY ARM: dynamics
-        // REGISTRY ARM: salesforce
-        // REGISTRY ARM: azure_table
+        #[cfg(feature = "https")]
+        "https" => {
+            let settings: leadsync_https::HttpsSettings = connection(t)?;
+            if !settings.uses_mapping() && !t.mapping_fields.is_empty() {
+                return Err(error(
+                    t,
+                    "mapping.fields",
+                    "the marketplace body is fixed and uses no mapping; set connection.body = \"mapped\" to send mapped fields",
+                ));
+            }
+            let mapping = mapping(t, leadsync_https::default_mapping(&settings))?;
+            let c = leadsync_https::HttpsConnector::try_new(settings, &t.base_dir)
+                .map_err(|e| error(t, e.key(), e.to_string()))?;
+            Ok((Arc::new(c), mapping))
+        }
+        #[cfg(feature = "dynamics")]
+        "dynamics" => {
+            let settings: leadsync_dynamics::DynamicsSettings = connection(t)?;
+            let mapping = mapping(t, leadsync_dynamics::default_mapping(&settings))?;
+            let fields = mapping.rules.iter().map(|r| r.crm_field.clone()).collect();
+            let c = leadsync_dynamics::DynamicsConnector::try_new(settings, &t.base_dir)
+                .map_err(|e| error(t, format!("connection.{}", e.key()), e.to_string()))?
+                .with_batch_size(t.limits.batch_size)
+                .with_mapped_fields(fields);
+            Ok((Arc::new(c), mapping))
+        }
+        #[cfg(feature = "salesforce")]
+        "salesforce" => {
+            let settings: leadsync_salesforce::SalesforceSettings = connection(t)?;
+            let mapping = mapping(t, leadsync_salesforce::default_mapping(&settings))?;
+            let c = leadsync_salesforce::SalesforceConnector::try_new(settings, &t.base_dir)
+                .map_err(|e| error(t, e.key.clone(), e.message))?
+                .with_mapping(mapping.clone());
+            Ok((Arc::new(c), mapping))
+        }
+        #[cfg(feature = "azure-table")]
+        "azure_table" => {
+            let settings: leadsync_azure_table::AzureTableSettings = connection(t)?;
+            let mapping = mapping(t, leadsync_azure_table::default_mapping(&settings))?;
+            for r in &mapping.rules {
+                leadsync_azure_table::check_property_name(&r.crm_field)
+                    .map_err(|m| error(t, format!("mapping.fields.{}", r.crm_field), m))?;
+            }
+            let c = leadsync_azure_table::AzureTableConnector::try_new(settings, &t.base_dir)
+                .map_err(|e| error(t, format!("connection.{}", e.key), e.message))?
+                .with_target_name(&t.name);
+            Ok((Arc::new(c), mapping))
+        }
         other => Err(error(
             t,
             "kind",
