@@ -1,0 +1,113 @@
+//! Microsoft Entra ID client-credentials tokens for Dataverse (spec §1.1): with a client
+//! secret ([`leadsync_core::oauth::FormTokenSource`]) or with a certificate, as a freshly
+//! signed RS256 `client_assertion` per request ([`AssertionTokenSource`]).
+//!
+//! Secrets and assertions stay inside [`Secret`]s and request bodies; nothing here logs.
+
+use async_trait::async_trait;
+use leadsync_core::http::{failure_from_transport, redact_url};
+use leadsync_core::jwt::RsaSigner;
+use leadsync_core::oauth::{parse_token_response, AccessToken, TokenError, TokenSource};
+use leadsync_core::{FailureClass, Secret};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// How long a signed assertion is valid: Entra ID only needs it for the one request.
+const ASSERTION_LIFETIME_SECS: u64 = 600;
+
+/// The certificate flow: every fetch signs a new assertion
+/// (`aud` = the token endpoint, `iss` = `sub` = the client id, a fresh `jti`).
+pub struct AssertionTokenSource {
+    pub client: reqwest::Client,
+    pub url: reqwest::Url,
+    pub client_id: String,
+    pub scope: String,
+    pub signer: RsaSigner,
+    pub default_lifetime: Duration,
+}
+
+impl AssertionTokenSource {
+    /// The claims of a new assertion.
+    pub fn claims(&self, now_secs: u64) -> serde_json::Value {
+        serde_json::json!({
+            "aud": self.url.as_str(),
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "jti": crate::batch::random_id(),
+            "nbf": now_secs,
+            "iat": now_secs,
+            "exp": now_secs + ASSERTION_LIFETIME_SECS,
+        })
+    }
+}
+
+fn token_error(class: FailureClass, code: &str, message: String) -> TokenError {
+    TokenError {
+        class,
+        code: code.to_string(),
+        message,
+        retry_after: None,
+    }
+}
+
+#[async_trait]
+impl TokenSource for AssertionTokenSource {
+    async fn fetch(&self) -> Result<AccessToken, TokenError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let assertion = Secret::new(
+            self.signer
+                .sign(&self.claims(now))
+                .map_err(|e| token_error(FailureClass::Rejected, "token_assertion_sign", e))?,
+        );
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", self.client_id.as_str()),
+            ("scope", self.scope.as_str()),
+            ("client_assertion_type", JWT_BEARER),
+            ("client_assertion", assertion.expose()),
+        ];
+        let resp = self
+            .client
+            .post(self.url.clone())
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| {
+                let f = failure_from_transport(&e);
+                token_error(
+                    f.class,
+                    &format!("token_{}", f.code),
+                    format!("token endpoint {}: {}", redact_url(&self.url), f.message),
+                )
+            })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(|e| {
+            token_error(
+                FailureClass::Transient,
+                "token_body_error",
+                format!("reading the token response: {e}"),
+            )
+        })?;
+        parse_token_response(status, &headers, &body, self.default_lifetime)
+    }
+}
+
+/// The first PEM block of `kind` (e.g. `PRIVATE KEY`, `RSA PRIVATE KEY`) in `pem`, so that a
+/// key and certificate may share one file.
+pub fn pem_block(pem: &str, kind: &str) -> Option<String> {
+    let begin = format!("-----BEGIN {kind}-----");
+    let end = format!("-----END {kind}-----");
+    let s = pem.find(&begin)?;
+    let e = s + pem[s..].find(&end)? + end.len();
+    Some(pem[s..e].to_string())
+}
+
+/// The private key block of a PEM text (PKCS#8 or PKCS#1).
+pub fn private_key_block(pem: &str) -> Option<String> {
+    pem_block(pem, "PRIVATE KEY").or_else(|| pem_block(pem, "RSA PRIVATE KEY"))
+}
