@@ -316,7 +316,15 @@ pub async fn push_round(
         let outcomes = push_batch(target, records).await;
         (batch, outcomes)
     });
+    let started = std::time::Instant::now();
     let results = futures::future::join_all(pushes).await;
+    // Retry and pause times count from when the answers came back, not from when the claim
+    // was made: a Retry-After runs from the response that carried it. (`now` may be a
+    // simulated clock ahead of the wall clock in tests; the later of the two wins.)
+    let now = now.max(Utc::now());
+    // A CRM's Retry-After counts from its answer, not from before our request: move `now` on
+    // by the time the push took (a test-driven `now` stays consistent).
+    let answered = chrono_after(now, started.elapsed());
 
     let mut recorded = Vec::with_capacity(claimed.len());
     let mut pause: Option<DateTime<Utc>> = None;
@@ -344,7 +352,7 @@ pub async fn push_round(
                     });
                 }
                 DeliveryOutcome::Failed(f) => {
-                    let (rec, p) = decide_failure(target, d, &f, now);
+                    let (rec, p) = decide_failure(target, d, &f, answered);
                     pause = pause.max(p);
                     match &rec {
                         RecordedOutcome::Dead { .. } => {
