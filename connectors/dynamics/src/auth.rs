@@ -5,9 +5,8 @@
 //! Secrets and assertions stay inside [`Secret`]s and request bodies; nothing here logs.
 
 use async_trait::async_trait;
-use leadsync_core::http::{failure_from_transport, redact_url};
 use leadsync_core::jwt::RsaSigner;
-use leadsync_core::oauth::{parse_token_response, AccessToken, TokenError, TokenSource};
+use leadsync_core::oauth::{AccessToken, FormTokenSource, TokenError, TokenSource};
 use leadsync_core::{FailureClass, Secret};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -63,37 +62,21 @@ impl TokenSource for AssertionTokenSource {
                 .sign(&self.claims(now))
                 .map_err(|e| token_error(FailureClass::Rejected, "token_assertion_sign", e))?,
         );
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-            ("scope", self.scope.as_str()),
-            ("client_assertion_type", JWT_BEARER),
-            ("client_assertion", assertion.expose()),
-        ];
-        let resp = self
-            .client
-            .post(self.url.clone())
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| {
-                let f = failure_from_transport(&e);
-                token_error(
-                    f.class,
-                    &format!("token_{}", f.code),
-                    format!("token endpoint {}: {}", redact_url(&self.url), f.message),
-                )
-            })?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|e| {
-            token_error(
-                FailureClass::Transient,
-                "token_body_error",
-                format!("reading the token response: {e}"),
-            )
-        })?;
-        parse_token_response(status, &headers, &body, self.default_lifetime)
+        // The same form POST as the client-secret grant, with the assertion for a secret.
+        FormTokenSource {
+            client: self.client.clone(),
+            url: self.url.clone(),
+            form: vec![
+                ("grant_type".into(), Secret::new("client_credentials")),
+                ("client_id".into(), Secret::new(self.client_id.as_str())),
+                ("scope".into(), Secret::new(self.scope.as_str())),
+                ("client_assertion_type".into(), Secret::new(JWT_BEARER)),
+                ("client_assertion".into(), assertion),
+            ],
+            default_lifetime: self.default_lifetime,
+        }
+        .fetch()
+        .await
     }
 }
 
