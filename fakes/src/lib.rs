@@ -4,6 +4,7 @@
 //! token expiry, server errors, latency) so tests and benchmarks see the real failure
 //! shapes. Each listens on 127.0.0.1 on a free port.
 
+pub mod azure_table_faults;
 pub mod dataverse;
 pub mod https_receiver;
 pub mod salesforce;

@@ -6,6 +6,8 @@
 //! (files, cursors) only once the ledger holds the leads. Batches are bounded, so a large
 //! backlog never sits in memory at once.
 
+#[cfg(feature = "azure-table")]
+pub mod azure_table;
 pub mod spool;
 
 use async_trait::async_trait;
@@ -53,4 +55,10 @@ pub trait Source: Send {
 
     /// The ledger committed `batch`: move markers past it.
     async fn committed(&mut self, batch: &SourceBatch) -> Result<(), SourceError>;
+
+    /// `check --connect`: verify the source can be reached and read; returns what was
+    /// verified, one line each, safe to print.
+    async fn check_connect(&mut self) -> Result<Vec<String>, SourceError> {
+        Ok(Vec::new())
+    }
 }
