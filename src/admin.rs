@@ -121,11 +121,7 @@ pub async fn refresh_gauges(ledger: &dyn Ledger, followup_sla: Duration) -> Resu
         metrics::gauge!(m::FOLLOWUP_OVERDUE, &labels).set(0.0);
     }
     let sla = chrono::Duration::from_std(followup_sla).unwrap_or(chrono::Duration::hours(1));
-    for (target, n) in ledger
-        .overdue(now - sla)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    for (target, n) in ledger.overdue(now - sla).await.map_err(|e| e.to_string())? {
         metrics::gauge!(m::FOLLOWUP_OVERDUE, "target" => target).set(n as f64);
     }
     Ok(())
@@ -133,7 +129,10 @@ pub async fn refresh_gauges(ledger: &dyn Ledger, followup_sla: Duration) -> Resu
 
 async fn metrics_page(State(s): State<AdminState>) -> impl IntoResponse {
     let Some(handle) = &s.prometheus else {
-        return (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder not installed\n".to_string());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed\n".to_string(),
+        );
     };
     if let Err(e) = refresh_gauges(s.ledger.as_ref(), s.followup_sla).await {
         tracing::warn!(error = %e, "reading the ledger for /metrics failed");
@@ -146,7 +145,10 @@ async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
     if s.health.is_live(Duration::from_secs(30)) {
         (StatusCode::OK, "ok\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "scheduler loop not making progress\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "scheduler loop not making progress\n",
+        )
     }
 }
 
@@ -162,6 +164,9 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
             .iter()
             .map(|(t, r)| format!("target {t}: {r}"))
             .collect();
-        (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", lines.join("\n")))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", lines.join("\n")),
+        )
     }
 }

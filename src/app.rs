@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{self, Settings, SourceKind};
-use crate::ledger::{sqlite::SqliteLedger, DeadLetterFilter, Ledger};
+use crate::ledger::{DeadLetterFilter, Ledger, OpenMode};
 use crate::pipeline::{self, PushReport, Target};
 use crate::registry;
 use crate::sources::spool::{AfterStaging, SpoolSource};
@@ -77,15 +77,18 @@ pub fn load(config_path: &Path) -> Result<Loaded, AppError> {
     if !errors.is_empty() {
         return Err(AppError::Config(errors.join("\n")));
     }
+    // Sources are built for real when a command runs; building them here reports a bad
+    // connection string or missing secret as a configuration error (exit 78).
+    build_sources(&settings)?;
     Ok(Loaded { settings, targets })
 }
 
-pub fn build_sources(settings: &Settings) -> Vec<Box<dyn Source>> {
+pub fn build_sources(settings: &Settings) -> Result<Vec<Box<dyn Source>>, AppError> {
     settings
         .sources
         .iter()
-        .map(|s| -> Box<dyn Source> {
-            match &s.kind {
+        .map(|s| -> Result<Box<dyn Source>, AppError> {
+            Ok(match &s.kind {
                 SourceKind::Spool(spool) => Box::new(SpoolSource::new(
                     s.name.clone(),
                     spool.dir.clone(),
@@ -95,9 +98,57 @@ pub fn build_sources(settings: &Settings) -> Vec<Box<dyn Source>> {
                     },
                     spool.settle,
                 )),
-            }
+                SourceKind::AzureTable(a) => build_azure_table_source(settings, &s.name, a)?,
+            })
         })
         .collect()
+}
+
+#[cfg(feature = "azure-table")]
+fn build_azure_table_source(
+    settings: &Settings,
+    name: &str,
+    a: &config::AzureTableSourceSettings,
+) -> Result<Box<dyn Source>, AppError> {
+    let err = |key: &str, message: String| {
+        AppError::Config(format!(
+            "{}: key `sources.{name}.{key}`: {message}",
+            settings.config_path.display()
+        ))
+    };
+    let secret = a
+        .connection
+        .resolve(&settings.config_dir)
+        .map_err(|m| err("connection", m))?;
+    let client = leadsync_azure_table::client_from_connection_string(
+        secret.expose(),
+        leadsync_azure_table::SharedKeyScheme::SharedKey,
+        &leadsync_core::http::HttpSettings::default(),
+        &settings.config_dir,
+    )
+    .map_err(|e| err("connection", e.message))?;
+    Ok(Box::new(
+        crate::sources::azure_table::AzureTableSource::new(
+            name.to_string(),
+            client,
+            a.table.clone(),
+            a.overlap,
+            a.page_size,
+        ),
+    ))
+}
+
+#[cfg(not(feature = "azure-table"))]
+fn build_azure_table_source(
+    settings: &Settings,
+    name: &str,
+    _a: &config::AzureTableSourceSettings,
+) -> Result<Box<dyn Source>, AppError> {
+    Err(AppError::Config(format!(
+        "{}: key `sources.{name}.kind`: this build has no Azure Table support \
+         (build with the `azure-table` feature)",
+        settings.config_path.display()
+    )))
 }
 
 /// This process's lease owner name.
@@ -108,28 +159,43 @@ pub fn instance_id() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-async fn open_ledger(settings: &Settings) -> anyhow::Result<Arc<dyn Ledger>> {
-    let ledger = SqliteLedger::open(&settings.ledger.path)
+/// The process's heartbeat identity: its lease owner name, host and pid.
+pub fn instance_info(started_at: chrono::DateTime<Utc>) -> crate::ledger::InstanceInfo {
+    let id = instance_id();
+    let host = id
+        .rsplit_once(':')
+        .map_or(id.as_str(), |(h, _)| h)
+        .to_string();
+    crate::ledger::InstanceInfo {
+        id,
+        host,
+        pid: std::process::id(),
+        started_at,
+    }
+}
+
+/// Open the ledger the settings name (SQLite file or PostgreSQL) in `mode`.
+pub async fn open_ledger_in(
+    settings: &Settings,
+    mode: OpenMode,
+) -> anyhow::Result<Arc<dyn Ledger>> {
+    crate::ledger::open(&settings.ledger, &settings.config_dir, mode)
         .await
-        .with_context(|| format!("opening the ledger {}", settings.ledger.path.display()))?;
-    Ok(Arc::new(ledger))
+        .with_context(|| format!("opening the ledger {}", settings.ledger.location.describe()))
+}
+
+async fn open_ledger(settings: &Settings) -> anyhow::Result<Arc<dyn Ledger>> {
+    open_ledger_in(settings, OpenMode::Exclusive).await
 }
 
 /// Open the ledger beside a running daemon, creating it when there is none yet.
 async fn open_ledger_shared_or_create(settings: &Settings) -> anyhow::Result<Arc<dyn Ledger>> {
-    if settings.ledger.path.exists() {
-        open_ledger_shared(settings).await
-    } else {
-        open_ledger(settings).await
-    }
+    open_ledger_in(settings, OpenMode::SharedOrCreate).await
 }
 
 /// Open the ledger for a read-mostly operator command, alongside a running daemon.
 async fn open_ledger_shared(settings: &Settings) -> anyhow::Result<Arc<dyn Ledger>> {
-    let ledger = SqliteLedger::open_shared(&settings.ledger.path)
-        .await
-        .with_context(|| format!("opening the ledger {}", settings.ledger.path.display()))?;
-    Ok(Arc::new(ledger))
+    open_ledger_in(settings, OpenMode::Shared).await
 }
 
 /// Run one command; returns the process exit code.
@@ -213,13 +279,21 @@ async fn dispatch(loaded: Loaded, command: Command) -> Result<u8, AppError> {
 }
 
 fn target_named<'a>(loaded: &'a Loaded, name: &str) -> Result<&'a Arc<Target>, AppError> {
-    loaded.targets.iter().find(|t| t.name == name).ok_or_else(|| {
-        let known: Vec<&str> = loaded.targets.iter().map(|t| t.name.as_str()).collect();
-        AppError::Config(format!(
-            "no enabled target named {name:?}; enabled targets: {}",
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
-        ))
-    })
+    loaded
+        .targets
+        .iter()
+        .find(|t| t.name == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = loaded.targets.iter().map(|t| t.name.as_str()).collect();
+            AppError::Config(format!(
+                "no enabled target named {name:?}; enabled targets: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })
 }
 
 /// `2026-11-01` (UTC midnight) or an RFC 3339 time.
@@ -311,7 +385,9 @@ async fn send_test(loaded: &Loaded, target: &str, wait: Duration) -> Result<u8, 
             .context("reading the ledger")?
             .ok_or_else(|| anyhow::anyhow!("the test lead vanished from the ledger"))?;
         let Some(d) = deliveries.into_iter().next() else {
-            return Err(AppError::Runtime(anyhow::anyhow!("the test lead has no delivery")));
+            return Err(AppError::Runtime(anyhow::anyhow!(
+                "the test lead has no delivery"
+            )));
         };
         match d.state {
             DeliveryState::Delivered => {
@@ -319,7 +395,9 @@ async fn send_test(loaded: &Loaded, target: &str, wait: Duration) -> Result<u8, 
                     "delivered to {} after {} attempt(s){}",
                     t.name,
                     d.attempts,
-                    d.crm_ref.map(|r| format!(": CRM record {r}")).unwrap_or_default()
+                    d.crm_ref
+                        .map(|r| format!(": CRM record {r}"))
+                        .unwrap_or_default()
                 );
                 return Ok(EXIT_OK);
             }
@@ -374,7 +452,7 @@ async fn forget(loaded: &Loaded, email: &str) -> Result<u8, AppError> {
 async fn check(loaded: &Loaded, connect: bool) -> Result<u8, AppError> {
     let s = &loaded.settings;
     println!("configuration {} is valid", s.config_path.display());
-    println!("  ledger: {}", s.ledger.path.display());
+    println!("  ledger: {}", s.ledger.location.describe());
     for src in &s.sources {
         println!("  source {}: schedule {}", src.name, src.schedule);
     }
@@ -382,6 +460,22 @@ async fn check(loaded: &Loaded, connect: bool) -> Result<u8, AppError> {
         println!("  warning: no enabled target: leads will be staged but go nowhere");
     }
     let mut failed = false;
+    if connect {
+        for source in build_sources(s)?.iter_mut() {
+            match source.check_connect().await {
+                Ok(lines) => {
+                    println!("  source {}: ok", source.name());
+                    for v in lines {
+                        println!("    - {v}");
+                    }
+                }
+                Err(e) => {
+                    failed = true;
+                    println!("  source {}: FAILED: {e}", source.name());
+                }
+            }
+        }
+    }
     for t in &loaded.targets {
         match t.connector.check(connect).await {
             Ok(r) => {
@@ -401,12 +495,25 @@ async fn check(loaded: &Loaded, connect: bool) -> Result<u8, AppError> {
 
 async fn sync_once(loaded: &Loaded, wait: Duration) -> Result<u8, AppError> {
     let ledger = open_ledger(&loaded.settings).await?;
-    let mut sources = build_sources(&loaded.settings);
+    let mut sources = build_sources(&loaded.settings)?;
     let mut staged = crate::ledger::StageReport::default();
+    let owner = instance_id();
     for source in sources.iter_mut() {
-        let r = pipeline::pull_source(ledger.as_ref(), source.as_mut(), &loaded.targets)
+        // On a shared (PostgreSQL) ledger one instance pulls a source at a time.
+        let name = source.name().to_string();
+        let held = ledger
+            .acquire_source(&name, &owner, loaded.settings.ledger.lease, Utc::now())
             .await
-            .with_context(|| format!("pulling source {}", source.name()))?;
+            .with_context(|| format!("taking the lease of source {name}"))?;
+        if !held {
+            println!("source {name}: skipped, another instance is pulling it");
+            continue;
+        }
+        let r = pipeline::pull_source(ledger.as_ref(), source.as_mut(), &loaded.targets).await;
+        if let Err(e) = ledger.release_source(&name, &owner).await {
+            tracing::warn!(source = %name, error = %e, "releasing the source lease failed");
+        }
+        let r = r.with_context(|| format!("pulling source {name}"))?;
         staged.staged += r.staged;
         staged.already_known += r.already_known;
         staged.quarantined += r.quarantined;
@@ -415,7 +522,6 @@ async fn sync_once(loaded: &Loaded, wait: Duration) -> Result<u8, AppError> {
         "staged {} new lead(s), {} already known, {} quarantined",
         staged.staged, staged.already_known, staged.quarantined
     );
-    let owner = instance_id();
     let wait_until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
     let pushes = loaded.targets.iter().map(|t| {
         let ledger = Arc::clone(&ledger);
@@ -490,6 +596,32 @@ async fn status(loaded: &Loaded, json: bool) -> Result<u8, AppError> {
         "{} lead(s) in the ledger, {} quarantined record(s)",
         status.leads, status.quarantined
     );
+    if !status.instances.is_empty() {
+        println!();
+        println!(
+            "{:<32} {:>6} {:>14} {:>9}  sources pulled",
+            "INSTANCE", "STATE", "LAST SEEN", "LEASED"
+        );
+        for i in &status.instances {
+            let state = match (i.alive, i.seen_at) {
+                (true, _) => "up",
+                (false, Some(_)) => "gone",
+                (false, None) => "-",
+            };
+            println!(
+                "{:<32} {:>6} {:>14} {:>9}  {}",
+                i.id,
+                state,
+                age(i.seen_at),
+                i.delivery_leases,
+                if i.sources.is_empty() {
+                    "-".to_string()
+                } else {
+                    i.sources.join(", ")
+                }
+            );
+        }
+    }
     Ok(EXIT_OK)
 }
 

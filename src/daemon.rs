@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Health};
 use crate::app::{build_sources, instance_id, Loaded, EXIT_OK};
-use crate::ledger::{sqlite::SqliteLedger, Ledger};
+use crate::ledger::{InstanceInfo, Ledger, OpenMode};
 use crate::pipeline::{self, Target};
 use crate::sources::Source;
 
@@ -37,6 +37,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const HOUSEKEEPING: &str = "*/10 * * * * *";
 /// Retention purges run at most this often.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the instance's heartbeat is written to the ledger (for `status`).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// When this process started (its heartbeat's `started_at`, kept across reloads).
+fn process_started() -> chrono::DateTime<Utc> {
+    static STARTED: std::sync::OnceLock<chrono::DateTime<Utc>> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(Utc::now)
+}
 
 /// One target's push job: the mutex keeps the job from overlapping itself, `dirty` records
 /// that new work arrived while a push was running so the push loops once more.
@@ -50,6 +58,15 @@ struct PushJob {
 struct Shared {
     ledger: Arc<dyn Ledger>,
     owner: String,
+    /// This process as its heartbeat describes it.
+    instance: InstanceInfo,
+    /// How long a source lease lasts without renewal (`ledger.lease`); renewed at a third.
+    source_ttl: Duration,
+    /// The sources this generation pulls, for releasing their leases on the way out.
+    source_names: Vec<String>,
+    /// When the heartbeat was last written, and whether a write is in flight.
+    last_beat: std::sync::Mutex<Option<std::time::Instant>>,
+    beating: AtomicBool,
     targets: Vec<Arc<Target>>,
     pushes: Vec<Arc<PushJob>>,
     stop: CancellationToken,
@@ -66,9 +83,13 @@ impl Shared {
         };
         while job.dirty.swap(false, Ordering::SeqCst) && !self.stop.is_cancelled() {
             loop {
-                let round =
-                    pipeline::push_round(self.ledger.as_ref(), &job.target, &self.owner, Utc::now())
-                        .await;
+                let round = pipeline::push_round(
+                    self.ledger.as_ref(),
+                    &job.target,
+                    &self.owner,
+                    Utc::now(),
+                )
+                .await;
                 match round {
                     Ok(r) if r.attempted > 0 && !self.stop.is_cancelled() => continue,
                     Ok(_) => break,
@@ -81,18 +102,81 @@ impl Shared {
         }
     }
 
+    /// Take or renew this instance's lease on `source`; false when another instance holds
+    /// it (a shared PostgreSQL ledger) or the ledger could not say.
+    async fn hold_source(&self, source: &str) -> bool {
+        match self
+            .ledger
+            .acquire_source(source, &self.owner, self.source_ttl, Utc::now())
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::error!(source = %source, error = %e, "taking the source lease failed");
+                false
+            }
+        }
+    }
+
     async fn pull(&self, source: &Mutex<Box<dyn Source>>) {
         let Ok(mut source) = source.try_lock() else {
             return;
         };
-        match pipeline::pull_source(self.ledger.as_ref(), source.as_mut(), &self.targets).await {
+        let name = source.name().to_string();
+        if !self.hold_source(&name).await {
+            tracing::debug!(source = %name, "another instance is pulling this source");
+            return;
+        }
+        // Renew the lease while pulling; if it was lost anyway (this process stalled past
+        // it), stop: the ledger ignores leads it already has, so the new holder may redo it.
+        let result = {
+            let pull = pipeline::pull_source(self.ledger.as_ref(), source.as_mut(), &self.targets);
+            tokio::pin!(pull);
+            let mut renew = tokio::time::interval(self.source_ttl / 3);
+            renew.tick().await;
+            loop {
+                tokio::select! {
+                    r = &mut pull => break Some(r),
+                    _ = renew.tick() => {
+                        if !self.hold_source(&name).await {
+                            tracing::warn!(source = %name, "source lease lost while pulling; stopping this pull");
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        let Some(result) = result else {
+            return;
+        };
+        match result {
             Ok(r) if r.deliveries > 0 => {
                 // Push at once rather than wait for each target's next tick.
                 futures::future::join_all(self.pushes.iter().map(|job| self.push(job))).await;
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(source = %source.name(), error = %e, "pull failed"),
+            Err(e) => tracing::error!(source = %name, error = %e, "pull failed"),
         }
+    }
+
+    /// Write the heartbeat to the ledger, at most every [`HEARTBEAT_EVERY`] and never two
+    /// at once (a slow database must not pile them up).
+    async fn beat(&self) {
+        let due = self
+            .last_beat
+            .lock()
+            .map(|l| l.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY))
+            .unwrap_or(false);
+        if !due || self.beating.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Ok(mut l) = self.last_beat.lock() {
+            *l = Some(std::time::Instant::now());
+        }
+        if let Err(e) = self.ledger.heartbeat(&self.instance, Utc::now()).await {
+            tracing::warn!(error = %e, "writing the instance heartbeat failed");
+        }
+        self.beating.store(false, Ordering::SeqCst);
     }
 
     /// Verify each target (credentials, reachability) for `/readyz`.
@@ -154,7 +238,10 @@ where
         })
     })
     .with_context(|| format!("scheduling {what} on {schedule:?}"))?;
-    scheduler.add(job).await.with_context(|| format!("adding {what}"))?;
+    scheduler
+        .add(job)
+        .await
+        .with_context(|| format!("adding {what}"))?;
     Ok(())
 }
 
@@ -174,6 +261,11 @@ impl Generation {
         let shared = Arc::new(Shared {
             ledger,
             owner: instance_id(),
+            instance: crate::app::instance_info(process_started()),
+            source_ttl: settings.ledger.lease.max(Duration::from_secs(1)),
+            source_names: settings.sources.iter().map(|s| s.name.clone()).collect(),
+            last_beat: std::sync::Mutex::new(None),
+            beating: AtomicBool::new(false),
             targets: loaded.targets.clone(),
             pushes: loaded
                 .targets
@@ -196,14 +288,24 @@ impl Generation {
             }
         }
 
-        let scheduler = JobScheduler::new().await.context("starting the scheduler")?;
+        let scheduler = JobScheduler::new()
+            .await
+            .context("starting the scheduler")?;
         let tracker = TaskTracker::new();
-        for (src, source) in settings.sources.iter().zip(build_sources(settings)) {
+        let sources = build_sources(settings).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (src, source) in settings.sources.iter().zip(sources) {
             let source = Arc::new(Mutex::new(source));
-            add_job(&scheduler, src.schedule.as_str(), &format!("source {}", src.name), &shared, &tracker, move |s| {
-                let source = Arc::clone(&source);
-                async move { s.pull(&source).await }
-            })
+            add_job(
+                &scheduler,
+                src.schedule.as_str(),
+                &format!("source {}", src.name),
+                &shared,
+                &tracker,
+                move |s| {
+                    let source = Arc::clone(&source);
+                    async move { s.pull(&source).await }
+                },
+            )
             .await?;
         }
         for (t, job) in settings
@@ -213,26 +315,48 @@ impl Generation {
             .zip(shared.pushes.iter())
         {
             let job = Arc::clone(job);
-            add_job(&scheduler, t.schedule.as_str(), &format!("target {}", t.name), &shared, &tracker, move |s| {
-                let job = Arc::clone(&job);
-                async move { s.push(&job).await }
-            })
+            add_job(
+                &scheduler,
+                t.schedule.as_str(),
+                &format!("target {}", t.name),
+                &shared,
+                &tracker,
+                move |s| {
+                    let job = Arc::clone(&job);
+                    async move { s.push(&job).await }
+                },
+            )
             .await?;
         }
         // The heartbeat the watchdog and /healthz watch: it runs on the scheduler itself.
-        add_job(&scheduler, "* * * * * *", "heartbeat", &shared, &tracker, |s| async move {
-            s.health.tick();
-        })
+        add_job(
+            &scheduler,
+            "* * * * * *",
+            "heartbeat",
+            &shared,
+            &tracker,
+            |s| async move {
+                s.health.tick();
+                s.beat().await;
+            },
+        )
         .await?;
         let hk = Arc::new(Housekeeping {
             followup_sla: settings.telemetry.followup_sla,
             retention: settings.ledger.retention,
             last_purge: std::sync::Mutex::new(None),
         });
-        add_job(&scheduler, HOUSEKEEPING, "housekeeping", &shared, &tracker, move |s| {
-            let hk = Arc::clone(&hk);
-            async move { housekeeping(&s, &hk).await }
-        })
+        add_job(
+            &scheduler,
+            HOUSEKEEPING,
+            "housekeeping",
+            &shared,
+            &tracker,
+            move |s| {
+                let hk = Arc::clone(&hk);
+                async move { housekeeping(&s, &hk).await }
+            },
+        )
         .await?;
         health.tick();
         scheduler.start().await.context("starting the scheduler")?;
@@ -266,6 +390,17 @@ impl Generation {
                 "in-flight work did not finish within the grace period; its leases will \
                  expire and it will be retried"
             );
+        }
+        // Hand the sources to the other instances at once rather than when the leases end.
+        for source in &self.shared.source_names {
+            if let Err(e) = self
+                .shared
+                .ledger
+                .release_source(source, &self.shared.owner)
+                .await
+            {
+                tracing::warn!(source = %source, error = %e, "releasing the source lease failed");
+            }
         }
     }
 }
@@ -316,10 +451,14 @@ async fn housekeeping(s: &Shared, hk: &Housekeeping) {
         if let Ok(mut l) = hk.last_purge.lock() {
             *l = Some(std::time::Instant::now());
         }
-        let before = now - chrono::Duration::from_std(hk.retention).unwrap_or(chrono::Duration::days(30));
+        let before =
+            now - chrono::Duration::from_std(hk.retention).unwrap_or(chrono::Duration::days(30));
         match s.ledger.purge_personal_data(before).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(leads = n, "personal data past retention erased from the ledger"),
+            Ok(n) => tracing::info!(
+                leads = n,
+                "personal data past retention erased from the ledger"
+            ),
             Err(e) => tracing::error!(error = %e, "retention purge failed"),
         }
     }
@@ -344,12 +483,8 @@ fn watchdog_interval() -> Option<Duration> {
 }
 
 pub async fn run(mut loaded: Loaded) -> anyhow::Result<u8> {
-    let ledger_path = loaded.settings.ledger.path.clone();
-    let ledger: Arc<dyn Ledger> = Arc::new(
-        SqliteLedger::open(&ledger_path)
-            .await
-            .with_context(|| format!("opening the ledger {}", ledger_path.display()))?,
-    );
+    let ledger_location = loaded.settings.ledger.location.clone();
+    let ledger = crate::app::open_ledger_in(&loaded.settings, OpenMode::Exclusive).await?;
     let health = Arc::new(Health::default());
     let process_stop = CancellationToken::new();
 
@@ -367,7 +502,8 @@ pub async fn run(mut loaded: Loaded) -> anyhow::Result<u8> {
         .with_context(|| format!("binding the admin endpoint on {}", admin.listen))?;
     }
 
-    let mut generation = Generation::start(&loaded, Arc::clone(&ledger), Arc::clone(&health)).await?;
+    let mut generation =
+        Generation::start(&loaded, Arc::clone(&ledger), Arc::clone(&health)).await?;
     notify(&[sd_notify::NotifyState::Ready]);
 
     if let Some(interval) = watchdog_interval() {
@@ -402,9 +538,9 @@ pub async fn run(mut loaded: Loaded) -> anyhow::Result<u8> {
                 notify(&[sd_notify::NotifyState::Reloading, sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Status("reloading"))]);
                 let config_path = loaded.settings.config_path.clone();
                 match crate::app::load(&config_path) {
-                    Ok(new) if new.settings.ledger.path != ledger_path => {
+                    Ok(new) if new.settings.ledger.location != ledger_location => {
                         tracing::error!(
-                            "configuration reload refused: ledger.path changed (restart to move the ledger); still running on the old configuration"
+                            "configuration reload refused: ledger.path/ledger.url changed (restart to move the ledger); still running on the old configuration"
                         );
                     }
                     Ok(new) => {

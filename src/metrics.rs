@@ -54,7 +54,13 @@ pub fn install() -> Option<PrometheusHandle> {
     metrics::describe_gauge!(THROTTLED, "1 while the target is paused by throttling");
     metrics::describe_gauge!(PENDING, "Deliveries not yet delivered");
     metrics::describe_gauge!(DEAD, "Deliveries that failed for good");
-    metrics::describe_gauge!(OLDEST_PENDING_AGE, "Age of the oldest pending lead, seconds");
-    metrics::describe_gauge!(FOLLOWUP_OVERDUE, "Pending deliveries older than the follow-up SLA");
+    metrics::describe_gauge!(
+        OLDEST_PENDING_AGE,
+        "Age of the oldest pending lead, seconds"
+    );
+    metrics::describe_gauge!(
+        FOLLOWUP_OVERDUE,
+        "Pending deliveries older than the follow-up SLA"
+    );
     Some(handle)
 }

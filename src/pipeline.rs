@@ -20,11 +20,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{RetryPolicy, TargetFilter};
-use crate::metrics as m;
 use crate::ledger::{
     ClaimedDelivery, Ledger, LedgerError, PlannedDelivery, RecordedOutcome, StageBatch,
     StageReport, StagedLead,
 };
+use crate::metrics as m;
 use crate::sources::{Source, SourceError};
 
 /// Records read from a source per ledger transaction.
@@ -167,6 +167,37 @@ fn chrono_after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or(t)
 }
 
+/// `message` with the lead's personal values replaced by `[redacted]`: CRMs echo what they
+/// refuse (Salesforce: "invalid email address: <the address>"), and the message is stored
+/// in the ledger and shown by `dead-letters list` and `trace`.
+pub fn scrub_personal(message: &str, lead: &leadsync_core::Lead) -> String {
+    let c = &lead.customer;
+    let mut out = message.to_string();
+    for v in [
+        &c.email,
+        &c.first_name,
+        &c.last_name,
+        &c.phone,
+        &c.company,
+        &c.title,
+        &c.unparsed,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let v = v.expose().trim();
+        if v.chars().count() < 3 {
+            continue;
+        }
+        for form in [v.to_string(), v.to_lowercase()] {
+            if out.contains(&form) {
+                out = out.replace(&form, "[redacted]");
+            }
+        }
+    }
+    out
+}
+
 /// Decide what becomes of one failed delivery.
 fn decide_failure(
     target: &Target,
@@ -176,6 +207,10 @@ fn decide_failure(
 ) -> (RecordedOutcome, Option<DateTime<Utc>>) {
     let attempts = d.attempts + 1;
     let code = Some(failure.code.clone());
+    let failure = &DeliveryFailure {
+        message: scrub_personal(&failure.message, &d.lead),
+        ..failure.clone()
+    };
     if failure.class == FailureClass::Rejected {
         return (
             RecordedOutcome::Dead {
@@ -293,6 +328,9 @@ pub async fn push_round(
     owner: &str,
     now: DateTime<Utc>,
 ) -> Result<PushReport, PipelineError> {
+    // Measured from the start: `now` + elapsed must not fall short of the CRM's answer time,
+    // or a pause for its Retry-After would end early by the time the claim took.
+    let started = std::time::Instant::now();
     let mut report = PushReport::default();
     if let Some(until) = ledger.paused_until(&target.name).await? {
         if until > now {
@@ -307,26 +345,24 @@ pub async fn push_round(
     if claimed.is_empty() {
         return Ok(report);
     }
-    let batches: Vec<Vec<ClaimedDelivery>> = claimed
-        .chunks(target.batch_size.max(1))
-        .map(|c| c.to_vec())
-        .collect();
+    let claimed_count = claimed.len();
+    // Move the claimed deliveries into their batches (no copy of each lead).
+    let mut batches: Vec<Vec<ClaimedDelivery>> = Vec::new();
+    let mut rest = claimed.into_iter().peekable();
+    while rest.peek().is_some() {
+        batches.push(rest.by_ref().take(target.batch_size.max(1)).collect());
+    }
     let pushes = batches.into_iter().map(|batch| async move {
         let records: Vec<OutboundRecord> = batch.iter().map(|d| outbound(target, d)).collect();
         let outcomes = push_batch(target, records).await;
         (batch, outcomes)
     });
-    let started = std::time::Instant::now();
     let results = futures::future::join_all(pushes).await;
-    // Retry and pause times count from when the answers came back, not from when the claim
-    // was made: a Retry-After runs from the response that carried it. (`now` may be a
-    // simulated clock ahead of the wall clock in tests; the later of the two wins.)
-    let now = now.max(Utc::now());
     // A CRM's Retry-After counts from its answer, not from before our request: move `now` on
     // by the time the push took (a test-driven `now` stays consistent).
     let answered = chrono_after(now, started.elapsed());
 
-    let mut recorded = Vec::with_capacity(claimed.len());
+    let mut recorded = Vec::with_capacity(claimed_count);
     let mut pause: Option<DateTime<Utc>> = None;
     for (batch, outcomes) in results {
         for (d, outcome) in batch.iter().zip(outcomes) {
@@ -336,8 +372,10 @@ pub async fn push_round(
                 DeliveryOutcome::Delivered { crm_ref, created } => {
                     report.delivered += 1;
                     metrics::counter!(m::DELIVERIES, "target" => target.name.clone(), "outcome" => "delivered").increment(1);
-                    let latency = (now - d.staged_at).num_milliseconds().max(0) as f64 / 1000.0;
-                    metrics::histogram!(m::DELIVERY_LATENCY, "target" => target.name.clone()).record(latency);
+                    let latency =
+                        (answered - d.staged_at).num_milliseconds().max(0) as f64 / 1000.0;
+                    metrics::histogram!(m::DELIVERY_LATENCY, "target" => target.name.clone())
+                        .record(latency);
                     tracing::info!(
                         target = %target.name,
                         lead = %d.lead.id,

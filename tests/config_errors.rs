@@ -37,25 +37,31 @@ fn shipped_example_configuration_passes_check() {
 
 #[test]
 fn unknown_key_in_a_target() {
-    let (_d, out) = broken_target("kind = \"file\"\n[connection]\npath = \"x.csv\"\n[limits]\nbatchsize = 5\n");
+    let (_d, out) =
+        broken_target("kind = \"file\"\n[connection]\npath = \"x.csv\"\n[limits]\nbatchsize = 5\n");
     assert_config_error(&out, "csv.toml", "limits.batchsize");
 }
 
 #[test]
 fn unknown_key_in_a_connection() {
-    let (_d, out) = broken_target("kind = \"file\"\n[connection]\npath = \"x.csv\"\nformt = \"csv\"\n");
+    let (_d, out) =
+        broken_target("kind = \"file\"\n[connection]\npath = \"x.csv\"\nformt = \"csv\"\n");
     assert_config_error(&out, "csv.toml", "connection.formt");
 }
 
 #[test]
 fn wrong_type() {
-    let (_d, out) = broken_target("kind = \"file\"\n[connection]\npath = \"x.csv\"\n[limits]\nconcurrency = \"two\"\n");
+    let (_d, out) = broken_target(
+        "kind = \"file\"\n[connection]\npath = \"x.csv\"\n[limits]\nconcurrency = \"two\"\n",
+    );
     assert_config_error(&out, "csv.toml", "limits.concurrency");
 }
 
 #[test]
 fn bad_cron() {
-    let (_d, out) = broken_target("kind = \"file\"\nschedule = \"every minute\"\n[connection]\npath = \"x.csv\"\n");
+    let (_d, out) = broken_target(
+        "kind = \"file\"\nschedule = \"every minute\"\n[connection]\npath = \"x.csv\"\n",
+    );
     assert_config_error(&out, "csv.toml", "schedule");
 }
 
@@ -63,12 +69,17 @@ fn bad_cron() {
 fn unknown_target_kind() {
     let (_d, out) = broken_target("kind = \"pigeon\"\n[connection]\n");
     assert_config_error(&out, "csv.toml", "kind");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("file"), "lists the known kinds");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("file"),
+        "lists the known kinds"
+    );
 }
 
 #[test]
 fn bad_mapping_field() {
-    let (_d, out) = broken_target("kind = \"file\"\n[connection]\npath = \"x.csv\"\n[mapping.fields]\nEmail = \"e_mail\"\n");
+    let (_d, out) = broken_target(
+        "kind = \"file\"\n[connection]\npath = \"x.csv\"\n[mapping.fields]\nEmail = \"e_mail\"\n",
+    );
     assert_config_error(&out, "csv.toml", "mapping.fields.Email");
 }
 
@@ -93,5 +104,9 @@ fn missing_config_file() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nope.toml"),
+        "{}",
+        text(&out)
+    );
 }

@@ -12,8 +12,14 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn sigterm_during_a_slow_push_exits_0_and_loses_nothing() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let receiver = rt.block_on(HttpsReceiver::start(ReceiverOptions::http())).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = rt
+        .block_on(HttpsReceiver::start(ReceiverOptions::http()))
+        .unwrap();
     receiver.set_latency(Duration::from_secs(2));
     let url = receiver.url("/leads");
 
@@ -31,26 +37,49 @@ fn sigterm_during_a_slow_push_exits_0_and_loses_nothing() {
     }
     drop(f);
 
-    let child = d.command().arg("run").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = d
+        .command()
+        .arg("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::fs::rename(d.spool().join(".drop.jsonl"), d.spool().join("drop.jsonl")).unwrap();
     let start = Instant::now();
     while receiver.request_count() == 0 {
-        assert!(start.elapsed() < Duration::from_secs(30), "no request reached the receiver");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no request reached the receiver"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // A request is in flight (the receiver holds it for 2 s): stop the daemon now.
-    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(term.success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let sent_before_stop = receiver.posts().len();
-    assert!(sent_before_stop >= 1 && sent_before_stop < 6, "sent {sent_before_stop} before stopping");
+    assert!(
+        sent_before_stop >= 1 && sent_before_stop < 6,
+        "sent {sent_before_stop} before stopping"
+    );
 
     // What the stopped daemon recorded: the in-flight leads delivered, the rest pending.
     let status = d.status_json();
     let t = &status["targets"][0];
-    assert_eq!(t["delivered"].as_u64().unwrap() as usize, sent_before_stop, "{status}");
-    assert_eq!(t["pending"].as_u64().unwrap() as usize, 6 - sent_before_stop, "{status}");
+    assert_eq!(
+        t["delivered"].as_u64().unwrap() as usize,
+        sent_before_stop,
+        "{status}"
+    );
+    assert_eq!(
+        t["pending"].as_u64().unwrap() as usize,
+        6 - sent_before_stop,
+        "{status}"
+    );
 
     // A rerun sends the rest, and only the rest.
     receiver.set_latency(Duration::ZERO);
@@ -58,9 +87,14 @@ fn sigterm_during_a_slow_push_exits_0_and_loses_nothing() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let mut per_key: HashMap<String, usize> = HashMap::new();
     for p in receiver.posts() {
-        *per_key.entry(p.header("idempotency-key").unwrap_or_default().to_string()).or_default() += 1;
+        *per_key
+            .entry(p.header("idempotency-key").unwrap_or_default().to_string())
+            .or_default() += 1;
     }
     assert_eq!(per_key.len(), 6, "every lead arrived");
-    assert!(per_key.values().all(|n| *n == 1), "a lead was sent twice: {per_key:?}");
+    assert!(
+        per_key.values().all(|n| *n == 1),
+        "a lead was sent twice: {per_key:?}"
+    );
     assert_eq!(d.status_json()["targets"][0]["delivered"], 6);
 }

@@ -19,7 +19,8 @@ fn ledger_bytes(d: &Deployment) -> Vec<u8> {
 }
 
 fn contains(hay: &[u8], needle: &str) -> bool {
-    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 #[test]
@@ -27,19 +28,31 @@ fn forget_leaves_no_trace_of_the_email_in_the_ledger_file() {
     let d = Deployment::new();
     std::fs::write(d.spool().join("a.jsonl"), LEADS).unwrap();
     assert_eq!(d.run(&["sync", "--once"]).status.code(), Some(0));
-    assert!(contains(&ledger_bytes(&d), "forget.me@example.com"), "the ledger held it before");
+    assert!(
+        contains(&ledger_bytes(&d), "forget.me@example.com"),
+        "the ledger held it before"
+    );
 
     let out = d.run(&["forget", "--email", "FORGET.me@example.com"]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("of 1 lead(s)"), "{stdout}");
-    assert!(!stdout.contains("Forgettable"), "forget prints ids, not the person: {stdout}");
+    assert!(
+        !stdout.contains("Forgettable"),
+        "forget prints ids, not the person: {stdout}"
+    );
 
     let bytes = ledger_bytes(&d);
     for trace in ["forget.me@example.com", "Forgettable", "+1 555 0199"] {
-        assert!(!contains(&bytes, trace), "{trace:?} still in the ledger file");
+        assert!(
+            !contains(&bytes, trace),
+            "{trace:?} still in the ledger file"
+        );
     }
-    assert!(contains(&bytes, "kept@example.com"), "other people are untouched");
+    assert!(
+        contains(&bytes, "kept@example.com"),
+        "other people are untouched"
+    );
     // The lead itself (its id, its delivery) is still there for the record.
     let status = d.status_json();
     assert_eq!(status["leads"], 2);
@@ -68,11 +81,19 @@ fn replay_queues_delivered_leads_again_without_duplicates() {
     assert_eq!(d.run(&["sync", "--once"]).status.code(), Some(0));
     let out = d.run(&["replay", "--target", "csv", "--since", "2000-01-01"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("2 delivered lead(s)"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("2 delivered lead(s)"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(d.status_json()["targets"][0]["pending"], 2);
     let out = d.run(&["sync", "--once"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 delivered"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 delivered"),
+        "{}",
+        text(&out)
+    );
     // The file target's idempotency: still one row per lead.
     let lines = std::fs::read_to_string(d.root().join("out/leads.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 2);

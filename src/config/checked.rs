@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use leadsync_core::mapping::RawRule;
-use leadsync_core::{Action, KeyScope, Lead, Origin};
+use leadsync_core::{Action, KeyScope, Lead, Origin, SecretRef};
 
 /// The whole validated configuration: `leadsync.toml` and every `targets/*.toml`.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,13 +42,43 @@ impl Settings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LedgerSettings {
-    /// The SQLite database file, absolute.
-    pub path: PathBuf,
+    /// Where the ledger lives: `path` (SQLite) or `url` (PostgreSQL).
+    pub location: LedgerLocation,
     /// How long a claimed delivery stays leased to this process (default 2m).
     pub lease: Duration,
     /// Personal data is erased from the ledger this long after every target has the lead
     /// (default 30 days).
     pub retention: Duration,
+}
+
+/// `[ledger] path` or `[ledger] url`: exactly one of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerLocation {
+    /// The SQLite database file, absolute: one process at a time.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by several instances.
+    Postgres(PostgresLedgerSettings),
+}
+
+impl LedgerLocation {
+    /// The SQLite file, when the ledger is one.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match self {
+            LedgerLocation::Sqlite(p) => Some(p),
+            LedgerLocation::Postgres(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresLedgerSettings {
+    /// `postgres://user:password@host:5432/db`; a secret, since it may carry a password.
+    pub url: SecretRef,
+    /// The schema the ledger's tables live in (created if missing); `None`: the server's
+    /// `search_path` (normally `public`).
+    pub schema: Option<String>,
+    /// Pool size per instance (default 8).
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,6 +191,7 @@ pub struct SourceSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceKind {
     Spool(SpoolSettings),
+    AzureTable(AzureTableSourceSettings),
 }
 
 impl SourceKind {
@@ -168,6 +199,7 @@ impl SourceKind {
     pub fn name(&self) -> &'static str {
         match self {
             SourceKind::Spool(_) => "spool",
+            SourceKind::AzureTable(_) => "azure_table",
         }
     }
 }
@@ -181,6 +213,20 @@ pub struct SpoolSettings {
     /// A file that looks unfinished and was modified less recently than this is left for
     /// the next pull (it may still be being written).
     pub settle: Duration,
+}
+
+/// The marketplace's staging table in an Azure Storage account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureTableSourceSettings {
+    /// The storage account connection string (a secret; a `file` path is absolute).
+    pub connection: SecretRef,
+    /// The table to read (default `MarketplaceLeads`); matched case-insensitively.
+    pub table: String,
+    /// How far before the stored cursor each pull starts again (default 5m): timestamps are
+    /// assigned at commit and writers can commit out of order.
+    pub overlap: Duration,
+    /// Entities per page requested from the service (1 to 1000, default 1000).
+    pub page_size: u32,
 }
 
 /// What a spool source does with a file once its lead is staged.

@@ -34,9 +34,9 @@ use std::path::{Path, PathBuf};
 use config::{Config, Environment, File, FileFormat, Map, Source, Value};
 
 pub use checked::{
-    AdminSettings, AfterRead, CronSchedule, DncPolicy, LedgerSettings, Limits, LogFormat,
-    RetryPolicy, Settings, SourceKind, SourceSettings, SpoolSettings, TargetFilter, TargetSettings,
-    TelemetrySettings, TestLeads,
+    AdminSettings, AfterRead, AzureTableSourceSettings, CronSchedule, DncPolicy, LedgerLocation,
+    LedgerSettings, Limits, LogFormat, PostgresLedgerSettings, RetryPolicy, Settings, SourceKind,
+    SourceSettings, SpoolSettings, TargetFilter, TargetSettings, TelemetrySettings, TestLeads,
 };
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 

@@ -38,6 +38,12 @@ pub(crate) const MAIN_SECTIONS: &[&str] =
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLedger {
     pub path: Option<String>,
+    /// A secret reference (the URL may carry a password), read from the tree by
+    /// `validate.rs`.
+    #[allow(dead_code)]
+    pub url: Option<IgnoredAny>,
+    pub schema: Option<String>,
+    pub max_connections: Option<i64>,
     pub lease: Option<String>,
     pub retention: Option<String>,
 }
@@ -57,7 +63,7 @@ pub(crate) struct RawAdmin {
 }
 
 /// The source kinds, for the `kind` key of `[sources.<name>]`.
-pub(crate) const SOURCE_KINDS: &[&str] = &["spool"];
+pub(crate) const SOURCE_KINDS: &[&str] = &["spool", "azure_table"];
 
 /// `[sources.<name>]`, by its `kind`. The tag is read by hand (not `#[serde(tag)]`, whose
 /// buffering loses the key path of errors inside the table); each kind's struct repeats the
@@ -65,6 +71,7 @@ pub(crate) const SOURCE_KINDS: &[&str] = &["spool"];
 #[derive(Debug)]
 pub(crate) enum RawSourceKind {
     Spool(RawSpool),
+    AzureTable(RawAzureTable),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +86,22 @@ pub(crate) struct RawSpool {
     pub dir: Option<String>,
     pub after: Option<String>,
     pub settle: Option<String>,
+}
+
+/// `[sources.<name>]` with `kind = "azure_table"`: the marketplace's staging table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAzureTable {
+    #[allow(dead_code)]
+    pub kind: Option<IgnoredAny>,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    /// A secret reference, read from the tree by `validate.rs`.
+    #[allow(dead_code)]
+    pub connection: Option<IgnoredAny>,
+    pub table: Option<String>,
+    pub overlap: Option<String>,
+    pub page_size: Option<i64>,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -104,7 +104,10 @@ fn shipped_example_loads() {
     let s = load_with_env(&dir.join("leadsync.toml"), KINDS, Vec::new())
         .unwrap_or_else(|e| panic!("{e}"));
     let root = normalize(&dir.join(".."));
-    assert_eq!(normalize(&s.ledger.path), root.join("var/leadsync.db"));
+    assert_eq!(
+        normalize(s.ledger.location.sqlite_path().expect("a SQLite ledger")),
+        root.join("var/leadsync.db")
+    );
     assert_eq!(s.ledger.lease, Duration::from_secs(120));
     assert_eq!(s.telemetry.log_format, LogFormat::Auto);
     assert_eq!(s.telemetry.log_level, "info");
@@ -113,7 +116,9 @@ fn shipped_example_loads() {
     let src = &s.sources[0];
     assert_eq!(src.name, "examples");
     assert_eq!(src.schedule.as_str(), "*/10 * * * * *");
-    let SourceKind::Spool(spool) = &src.kind;
+    let SourceKind::Spool(spool) = &src.kind else {
+        panic!("expected a spool source")
+    };
     assert_eq!(spool.after, AfterRead::Keep);
     assert_eq!(spool.settle, Duration::from_secs(2));
     assert_eq!(normalize(&spool.dir), root.join("examples/leads"));
@@ -270,13 +275,18 @@ fn relative_paths_resolve_against_their_files_folder() {
     f.write("conf.d/targets/b.toml", TARGET);
     f.write("conf.d/targets/a.toml", TARGET);
     let s = f.load().unwrap();
-    assert_eq!(s.ledger.path, f.path("data/ledger.db"));
+    assert_eq!(
+        s.ledger.location,
+        LedgerLocation::Sqlite(f.path("data/ledger.db"))
+    );
     assert_eq!(s.targets_dir, f.path("conf.d/targets"));
     let dirs: Vec<(&str, &Path)> = s
         .sources
         .iter()
         .map(|s| {
-            let SourceKind::Spool(sp) = &s.kind;
+            let SourceKind::Spool(sp) = &s.kind else {
+                panic!("expected a spool source")
+            };
             (s.name.as_str(), sp.dir.as_path())
         })
         .collect();
@@ -305,7 +315,11 @@ fn relative_config_path_becomes_absolute() {
             .unwrap()
             .join("config/leadsync.toml")
     );
-    assert!(s.ledger.path.is_absolute());
+    assert!(s
+        .ledger
+        .location
+        .sqlite_path()
+        .is_some_and(Path::is_absolute));
     assert!(s.targets[0].base_dir.is_absolute());
 }
 
@@ -659,7 +673,10 @@ fn other_source_mistakes() {
     let e = f.error("leadsync.toml", "sources.inbox.timezone");
     assert!(e.message.contains("\"UTC\""), "{e}");
     let e = f.error("leadsync.toml", "sources.table.kind");
-    assert_eq!(e.message, "expected one of spool, found \"azure_tabel\"");
+    assert_eq!(
+        e.message,
+        "expected one of spool, azure_table, found \"azure_tabel\""
+    );
     f.error("leadsync.toml", "sources.\"bad name\"");
     let e = f.error("leadsync.toml", "sources.nodir.dir");
     assert!(e.message.starts_with("missing"), "{e}");
@@ -760,10 +777,15 @@ fn env_overrides_main_keys_and_ignores_cli_variables() {
             ("UNRELATED", "1"),
         ])
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(s.ledger.path, PathBuf::from("/x/ledger.db"));
+    assert_eq!(
+        s.ledger.location,
+        LedgerLocation::Sqlite(PathBuf::from("/x/ledger.db"))
+    );
     assert_eq!(s.telemetry.log_level, "debug");
     assert_eq!(s.admin, None, "empty variables are unset");
-    let SourceKind::Spool(sp) = &s.sources[0].kind;
+    let SourceKind::Spool(sp) = &s.sources[0].kind else {
+        panic!("expected a spool source")
+    };
     assert_eq!(sp.settle, Duration::from_secs(5));
     let t = &s.targets[0];
     assert_eq!(t.limits.batch_size, Some(50));
@@ -820,7 +842,10 @@ fn load_reads_the_process_environment() {
     std::env::remove_var(path_var);
     std::env::remove_var("LEADSYNC_CONFIG");
     let s = s.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(s.ledger.path, PathBuf::from("/from/env.db"));
+    assert_eq!(
+        s.ledger.location,
+        LedgerLocation::Sqlite(PathBuf::from("/from/env.db"))
+    );
 }
 
 #[test]
@@ -830,4 +855,181 @@ fn target_env_prefix_follows_the_file_stem() {
         target_env_prefix("csv.export"),
         "LEADSYNC_TARGET_CSV_EXPORT"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The Azure Table source
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn azure_table_source_defaults_and_secret_forms() {
+    let f = Fixture::new(&format!(
+        "{MAIN}[sources.marketplace]\nkind = \"azure_table\"\n\
+         connection = {{ env = \"LEADS_STORAGE\" }}\n\
+         [sources.second]\nkind = \"azure_table\"\nconnection = {{ file = \"conn.txt\" }}\n\
+         table = \"marketplaceleads\"\noverlap = \"0s\"\npage_size = 100\n\
+         schedule = \"0 */5 * * * *\"\n\
+         [sources.third]\nkind = \"azure_table\"\nconnection = {{ credential = \"leads\" }}\n\
+         [sources.inline]\nkind = \"azure_table\"\nconnection = \"UseDevelopmentStorage=true\"\n"
+    ));
+    let s = f.load().unwrap_or_else(|e| panic!("{e}"));
+    let get = |name: &str| {
+        let src = s.sources.iter().find(|x| x.name == name).unwrap();
+        match &src.kind {
+            SourceKind::AzureTable(a) => (src.clone(), a.clone()),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (src, a) = get("marketplace");
+    assert_eq!(src.kind.name(), "azure_table");
+    assert_eq!(src.schedule.as_str(), CronSchedule::DEFAULT);
+    assert_eq!(a.table, "MarketplaceLeads");
+    assert_eq!(a.overlap, Duration::from_secs(300));
+    assert_eq!(a.page_size, 1000);
+    assert_eq!(
+        a.connection,
+        leadsync_core::SecretRef::Env {
+            env: "LEADS_STORAGE".into()
+        }
+    );
+    let (src, a) = get("second");
+    assert_eq!(src.schedule.as_str(), "0 */5 * * * *");
+    assert_eq!(a.table, "marketplaceleads");
+    assert_eq!(a.overlap, Duration::ZERO);
+    assert_eq!(a.page_size, 100);
+    assert_eq!(
+        a.connection,
+        leadsync_core::SecretRef::File {
+            file: f.path("conn.txt")
+        }
+    );
+    assert_eq!(
+        get("third").1.connection,
+        leadsync_core::SecretRef::Credential {
+            credential: "leads".into()
+        }
+    );
+    assert_eq!(
+        get("inline").1.connection,
+        leadsync_core::SecretRef::Inline("UseDevelopmentStorage=true".into())
+    );
+}
+
+#[test]
+fn azure_table_source_mistakes_name_file_and_key() {
+    let f = Fixture::new(&format!(
+        "{MAIN}[sources.noconn]\nkind = \"azure_table\"\n\
+         [sources.bad]\nkind = \"azure_table\"\nconnection = {{ vault = \"x\" }}\n\
+         table = \"my-table\"\npage_size = 5000\noverlap = \"soon\"\n\
+         [sources.typo]\nkind = \"azure_table\"\nconnection = \"x\"\ntabel = \"T\"\n\
+         [sources.wrongtype]\nkind = \"azure_table\"\nconnection = 5\n"
+    ));
+    let e = f.error("leadsync.toml", "sources.noconn.connection");
+    assert!(e.message.starts_with("missing; expected a secret"), "{e}");
+    let e = f.error("leadsync.toml", "sources.bad.connection");
+    assert!(e.message.contains("`vault`"), "{e}");
+    let e = f.error("leadsync.toml", "sources.bad.table");
+    assert!(e.message.contains("\"my-table\""), "{e}");
+    let e = f.error("leadsync.toml", "sources.bad.page_size");
+    assert!(e.message.contains("1 to 1000"), "{e}");
+    f.error("leadsync.toml", "sources.bad.overlap");
+    let e = f.error("leadsync.toml", "sources.typo.tabel");
+    assert!(e.message.contains("table"), "{e}");
+    let e = f.error("leadsync.toml", "sources.wrongtype.connection");
+    assert!(e.message.contains("integer 5"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The PostgreSQL ledger
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn ledger_url_selects_postgres() {
+    let f = Fixture::new(
+        "[ledger]\nurl = \"postgres://leadsync@db.internal/leadsync\"\nschema = \"eu_1\"\n\
+         max_connections = 20\nlease = \"30s\"\n",
+    );
+    let s = f.load().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        s.ledger.location,
+        LedgerLocation::Postgres(PostgresLedgerSettings {
+            url: leadsync_core::SecretRef::Inline(
+                "postgres://leadsync@db.internal/leadsync".to_string()
+            ),
+            schema: Some("eu_1".to_string()),
+            max_connections: 20,
+        })
+    );
+    assert_eq!(s.ledger.lease, Duration::from_secs(30));
+    assert_eq!(s.ledger.location.sqlite_path(), None);
+
+    // A secret reference, and the defaults.
+    let f = Fixture::new("[ledger]\nurl = { env = \"LEDGER_URL\" }\n");
+    let s = f.load().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        s.ledger.location,
+        LedgerLocation::Postgres(PostgresLedgerSettings {
+            url: leadsync_core::SecretRef::Env {
+                env: "LEDGER_URL".to_string()
+            },
+            schema: None,
+            max_connections: 8,
+        })
+    );
+    let f = Fixture::new("[ledger]\nurl = { file = \"secrets/ledger-url\" }\n");
+    let s = f.load().unwrap_or_else(|e| panic!("{e}"));
+    let LedgerLocation::Postgres(pg) = &s.ledger.location else {
+        panic!("expected PostgreSQL")
+    };
+    assert_eq!(
+        pg.url,
+        leadsync_core::SecretRef::File {
+            file: f.path("secrets/ledger-url")
+        }
+    );
+
+    // From the environment.
+    let f = Fixture::new("[ledger]\nlease = \"1m\"\n");
+    let s = f
+        .load_env(&[("LEADSYNC_LEDGER__URL", "postgresql://h/db")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(s.ledger.location, LedgerLocation::Postgres(_)));
+}
+
+#[test]
+fn ledger_location_mistakes_name_the_key() {
+    let f = Fixture::new("[ledger]\npath = \"l.db\"\nurl = \"postgres://h/db\"\n");
+    let e = f.error("leadsync.toml", "ledger.url");
+    assert!(e.message.contains("not both"), "{e}");
+
+    let f = Fixture::new("[ledger]\nurl = \"mysql://h/db\"\n");
+    let e = f.error("leadsync.toml", "ledger.url");
+    assert!(e.message.contains("PostgreSQL URL"), "{e}");
+
+    let f = Fixture::new("[ledger]\nurl = { vault = \"x\" }\n");
+    let e = f.error("leadsync.toml", "ledger.url");
+    assert!(e.message.contains("{ env = \"NAME\" }"), "{e}");
+
+    let f = Fixture::new("[ledger]\nurl = \"postgres://h/db\"\nschema = \"Bad-Name\"\n");
+    let e = f.error("leadsync.toml", "ledger.schema");
+    assert!(e.message.contains("\"Bad-Name\""), "{e}");
+
+    let f = Fixture::new("[ledger]\nurl = \"postgres://h/db\"\nmax_connections = 0\n");
+    let e = f.error("leadsync.toml", "ledger.max_connections");
+    assert_eq!(e.message, "expected an integer from 1 to 1000, found 0");
+
+    let f = Fixture::new("[ledger]\npath = \"l.db\"\nschema = \"s\"\n");
+    let e = f.error("leadsync.toml", "ledger.schema");
+    assert!(
+        e.message.contains("only applies to a PostgreSQL ledger"),
+        "{e}"
+    );
+
+    let f = Fixture::new("[ledger]\nlease = \"1m\"\n");
+    let e = f.error("leadsync.toml", "ledger.path");
+    assert!(e.message.starts_with("missing"), "{e}");
+
+    let f = Fixture::new("[ledger]\nurl = \"postgres://h/db\"\nhost = \"h\"\n");
+    let e = f.error("leadsync.toml", "ledger.host");
+    assert!(e.message.contains("url"), "{e}");
 }

@@ -296,7 +296,7 @@ fn check_ledger(fc: &mut FileCheck<'_>, config_dir: &Path) -> Option<LedgerSetti
         return None;
     }
     let raw: RawLedger = fc.read(&keys(&["ledger"]))?;
-    let path = fc.path(&["ledger", "path"], raw.path.as_deref(), config_dir);
+    let location = check_ledger_location(fc, &raw, config_dir);
     let lease = fc.duration(
         &["ledger", "lease"],
         raw.lease.as_deref(),
@@ -310,10 +310,92 @@ fn check_ledger(fc: &mut FileCheck<'_>, config_dir: &Path) -> Option<LedgerSetti
         false,
     );
     Some(LedgerSettings {
-        path: path?,
+        location: location?,
         lease: lease?,
         retention: retention?,
     })
+}
+
+/// `[ledger] path` (SQLite) or `url` (PostgreSQL, with `schema` and `max_connections`):
+/// exactly one of them.
+fn check_ledger_location(
+    fc: &mut FileCheck<'_>,
+    raw: &RawLedger,
+    config_dir: &Path,
+) -> Option<LedgerLocation> {
+    let has_url = lookup(fc.root, &keys(&["ledger", "url"])).is_some();
+    if !has_url {
+        for key in ["schema", "max_connections"] {
+            if lookup(fc.root, &keys(&["ledger", key])).is_some() {
+                fc.err(
+                    &["ledger", key],
+                    "only applies to a PostgreSQL ledger (`url`); remove it or set `url`",
+                );
+                return None;
+            }
+        }
+        if raw.path.is_none() {
+            fc.err(
+                &["ledger", "path"],
+                "missing; expected `path` (a SQLite file) or `url` (a PostgreSQL database)",
+            );
+            return None;
+        }
+        let path = fc.path(&["ledger", "path"], raw.path.as_deref(), config_dir)?;
+        return Some(LedgerLocation::Sqlite(path));
+    }
+    if raw.path.is_some() {
+        fc.err(
+            &["ledger", "url"],
+            "expected either `path` (a SQLite file) or `url` (PostgreSQL), not both",
+        );
+        return None;
+    }
+    let url = check_secret(fc, &["ledger", "url"], config_dir);
+    if let Some(leadsync_core::SecretRef::Inline(u)) = &url {
+        let u = u.trim();
+        if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+            fc.err(
+                &["ledger", "url"],
+                "expected a PostgreSQL URL such as \"postgres://leadsync@db.internal/leadsync\" \
+                 (or a secret reference to one)",
+            );
+            return None;
+        }
+    }
+    let schema = match raw.schema.as_deref().map(str::trim) {
+        None => Some(None),
+        Some(s)
+            if !s.is_empty()
+                && s.len() <= 63
+                && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') =>
+        {
+            Some(Some(s.to_string()))
+        }
+        Some(s) => {
+            fc.err(
+                &["ledger", "schema"],
+                format!(
+                    "expected a schema name of up to 63 lower-case letters, digits and `_`, \
+                     not starting with a digit, found {s:?}"
+                ),
+            );
+            None
+        }
+    };
+    let max_connections = fc.int_in(
+        &["ledger", "max_connections"],
+        raw.max_connections.unwrap_or(8),
+        1,
+        1000,
+    );
+    Some(LedgerLocation::Postgres(PostgresLedgerSettings {
+        url: url?,
+        schema: schema?,
+        max_connections: u32::try_from(max_connections?).ok()?,
+    }))
 }
 
 fn check_telemetry(fc: &mut FileCheck<'_>) -> Option<TelemetrySettings> {
@@ -427,7 +509,8 @@ fn check_source(
         fc.err(
             &base,
             format!(
-                "expected a table with `kind = \"spool\"` and its settings, found {}",
+                "expected a table with `kind = \"spool\"` or `kind = \"azure_table\"` and its \
+                 settings, found {}",
                 describe(value)
             ),
         );
@@ -442,6 +525,9 @@ fn check_source(
         }
         Some(ValueKind::String(k)) if k == "spool" => {
             RawSourceKind::Spool(fc.read::<RawSpool>(&keys(&base))?)
+        }
+        Some(ValueKind::String(k)) if k == "azure_table" => {
+            RawSourceKind::AzureTable(fc.read::<RawAzureTable>(&keys(&base))?)
         }
         Some(ValueKind::String(k)) => {
             fc.err(&kind_path, format!("expected one of {kinds}, found {k:?}"));
@@ -485,6 +571,109 @@ fn check_source(
                 kind,
             })
         }
+        RawSourceKind::AzureTable(a) => {
+            let schedule = fc.cron(&["sources", name, "schedule"], a.schedule.as_deref());
+            let tz_ok = check_timezone(fc, &["sources", name, "timezone"], a.timezone.as_deref());
+            let connection = check_secret(fc, &["sources", name, "connection"], config_dir);
+            let table = check_table_name(fc, &["sources", name, "table"], a.table.as_deref());
+            let overlap = fc.duration(
+                &["sources", name, "overlap"],
+                a.overlap.as_deref(),
+                Duration::from_secs(300),
+                true,
+            );
+            let page_size = fc.int_in(
+                &["sources", name, "page_size"],
+                a.page_size.unwrap_or(1000),
+                1,
+                1000,
+            );
+            let kind = SourceKind::AzureTable(AzureTableSourceSettings {
+                connection: connection?,
+                table: table?,
+                overlap: overlap?,
+                page_size: u32::try_from(page_size?).ok()?,
+            });
+            (name_ok && tz_ok).then_some(())?;
+            Some(SourceSettings {
+                name: name.to_string(),
+                schedule: schedule?,
+                kind,
+            })
+        }
+    }
+}
+
+const SECRET_HINT: &str = "a secret: { env = \"NAME\" }, { file = \"PATH\" }, \
+     { credential = \"NAME\" } (a systemd credential), or the value itself as a string";
+
+/// A secret reference at `path`; a relative `file` resolves against `base`.
+fn check_secret(
+    fc: &mut FileCheck<'_>,
+    path: &[&str],
+    base: &Path,
+) -> Option<leadsync_core::SecretRef> {
+    use leadsync_core::SecretRef;
+    let value = lookup(fc.root, &keys(path)).cloned();
+    match value.as_ref().map(|v| &v.kind) {
+        None => {
+            fc.err(path, format!("missing; expected {SECRET_HINT}"));
+            None
+        }
+        Some(ValueKind::String(s)) if !s.trim().is_empty() => Some(SecretRef::Inline(s.clone())),
+        Some(ValueKind::Table(t)) if t.len() == 1 => {
+            let (k, v) = t.iter().next()?;
+            let s = match &v.kind {
+                ValueKind::String(s) if !s.trim().is_empty() => s.trim().to_string(),
+                _ => {
+                    let mut p: Vec<&str> = path.to_vec();
+                    p.push(k.as_str());
+                    fc.err(
+                        &p,
+                        format!("expected a non-empty string, found {}", describe(v)),
+                    );
+                    return None;
+                }
+            };
+            match k.as_str() {
+                "env" => Some(SecretRef::Env { env: s }),
+                "file" => Some(SecretRef::File { file: base.join(s) }),
+                "credential" => Some(SecretRef::Credential { credential: s }),
+                other => {
+                    fc.err(
+                        path,
+                        format!("expected {SECRET_HINT}, found a table with key `{other}`"),
+                    );
+                    None
+                }
+            }
+        }
+        Some(_) => {
+            let found = value.as_ref().map(describe).unwrap_or_default();
+            fc.err(path, format!("expected {SECRET_HINT}, found {found}"));
+            None
+        }
+    }
+}
+
+/// An Azure table name (default `MarketplaceLeads`): 3 to 63 letters and digits, starting
+/// with a letter.
+fn check_table_name(fc: &mut FileCheck<'_>, path: &[&str], raw: Option<&str>) -> Option<String> {
+    let name = raw.map(str::trim).unwrap_or("MarketplaceLeads");
+    let ok = (3..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Some(name.to_string())
+    } else {
+        fc.err(
+            path,
+            format!(
+                "expected a table name of 3 to 63 letters and digits starting with a letter, \
+                 such as \"MarketplaceLeads\", found {name:?}"
+            ),
+        );
+        None
     }
 }
 

@@ -1,19 +1,29 @@
 //! The ledger: the durable truth of what was staged and what happened to each delivery.
 //!
 //! It owns the database and nothing else touches it. The contract is [`Ledger`]; SQLite
-//! ([`sqlite::SqliteLedger`]) is the embedded default, and a PostgreSQL implementation with
-//! `FOR UPDATE SKIP LOCKED` claims is meant to sit behind the same trait, so the SQL here stays
-//! portable (no SQLite-only upserts beyond `ON CONFLICT ... DO NOTHING/UPDATE`).
+//! ([`sqlite::SqliteLedger`]) is the embedded default for one process, and
+//! [`postgres::PostgresLedger`] (`FOR UPDATE SKIP LOCKED` claims, source leases, heartbeats)
+//! serves several instances sharing one database; [`open`] picks one from the settings. Both
+//! pass the same scenarios (`contract.rs`), so the SQL stays portable (no SQLite-only upserts
+//! beyond `ON CONFLICT ... DO NOTHING/UPDATE`).
 //!
 //! It must not decide *when* to retry: the pipeline computes `next_attempt_at` and the ledger
 //! stores it.
 
+mod codec;
+#[cfg(test)]
+mod contract;
+pub mod postgres;
 pub mod sqlite;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use leadsync_core::Lead;
 use serde::Serialize;
+
+use crate::config::{LedgerLocation, LedgerSettings};
 
 /// Errors the ledger can return. The message never carries personal data.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +42,9 @@ pub enum LedgerError {
     },
     #[error("stored lead {lead_id} could not be decoded: {reason}")]
     Corrupt { lead_id: String, reason: String },
+    /// The ledger settings cannot be used (e.g. the PostgreSQL URL's secret is unreadable).
+    #[error("ledger settings: {0}")]
+    Settings(String),
 }
 
 /// One delivery a staged lead owes to one target.
@@ -155,7 +168,39 @@ pub struct LedgerStatus {
     pub leads: u64,
     pub quarantined: u64,
     pub sources: Vec<SourceStatus>,
+    /// The daemon instances sharing this ledger (PostgreSQL; SQLite reports none).
+    pub instances: Vec<InstanceStatus>,
 }
+
+/// One leadsync process, as its heartbeat describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// The lease owner name, `host:pid`.
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+}
+
+/// One instance as `status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    /// `None` for a lease owner that never sent a heartbeat (e.g. `sync --once`).
+    pub started_at: Option<DateTime<Utc>>,
+    pub seen_at: Option<DateTime<Utc>>,
+    /// Its heartbeat is recent (within [`INSTANCE_ALIVE`]).
+    pub alive: bool,
+    /// Sources it holds the pull lease of.
+    pub sources: Vec<String>,
+    /// Deliveries leased to it right now (being pushed).
+    pub delivery_leases: u64,
+}
+
+/// An instance whose heartbeat is older than this is shown as gone.
+pub const INSTANCE_ALIVE: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceStatus {
@@ -271,12 +316,113 @@ pub trait Ledger: Send + Sync {
 
     /// Per target, how many pending deliveries belong to leads staged before `staged_before`
     /// (the follow-up SLA). Targets with none are left out.
-    async fn overdue(&self, staged_before: DateTime<Utc>)
-        -> Result<Vec<(String, u64)>, LedgerError>;
+    async fn overdue(
+        &self,
+        staged_before: DateTime<Utc>,
+    ) -> Result<Vec<(String, u64)>, LedgerError>;
 
     /// Every delivery of one lead (for `trace`), and the lead if known.
     async fn trace(
         &self,
         lead_id: &str,
     ) -> Result<Option<(Lead, DateTime<Utc>, Vec<DeliveryTrace>)>, LedgerError>;
+
+    /// Take or renew the lease that lets `owner` pull `source` until `now + ttl`: granted
+    /// when nobody holds it, its lease ran out at `now`, or `owner` already holds it.
+    /// Returns whether `owner` holds it now. Only the holder pulls; every instance pushes.
+    async fn acquire_source(
+        &self,
+        source: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, LedgerError>;
+
+    /// Give up `owner`'s lease on `source` (a clean stop), so another instance takes it
+    /// at once. Does nothing if `owner` does not hold it.
+    async fn release_source(&self, source: &str, owner: &str) -> Result<(), LedgerError>;
+
+    /// Record that `instance` is alive at `now` (shown by `status`).
+    async fn heartbeat(
+        &self,
+        instance: &InstanceInfo,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError>;
+}
+
+/// How a command opens the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The daemon or `sync --once`: SQLite takes its exclusive lock and clears stale leases;
+    /// PostgreSQL is shared by design and leaves other instances' leases alone.
+    Exclusive,
+    /// An operator command beside a running daemon; SQLite refuses a missing file.
+    Shared,
+    /// Beside a running daemon, creating the ledger when there is none yet.
+    SharedOrCreate,
+}
+
+/// Open the ledger the settings name: a SQLite file or a PostgreSQL database.
+pub async fn open(
+    settings: &LedgerSettings,
+    config_dir: &std::path::Path,
+    mode: OpenMode,
+) -> Result<Arc<dyn Ledger>, LedgerError> {
+    match &settings.location {
+        LedgerLocation::Sqlite(path) => {
+            let ledger = match mode {
+                OpenMode::Exclusive => sqlite::SqliteLedger::open(path).await?,
+                OpenMode::Shared => sqlite::SqliteLedger::open_shared(path).await?,
+                OpenMode::SharedOrCreate if path.exists() => {
+                    sqlite::SqliteLedger::open_shared(path).await?
+                }
+                OpenMode::SharedOrCreate => sqlite::SqliteLedger::open(path).await?,
+            };
+            Ok(Arc::new(ledger))
+        }
+        LedgerLocation::Postgres(pg) => {
+            let url = pg
+                .url
+                .resolve(config_dir)
+                .map_err(|e| LedgerError::Settings(format!("ledger.url: {e}")))?;
+            let options = postgres::PostgresOptions {
+                schema: pg.schema.clone(),
+                max_connections: pg.max_connections,
+            };
+            Ok(Arc::new(
+                postgres::PostgresLedger::connect(url.expose(), &options).await?,
+            ))
+        }
+    }
+}
+
+impl LedgerLocation {
+    /// Where the ledger is, for messages: the SQLite path, or the PostgreSQL host and
+    /// database (never the password).
+    pub fn describe(&self) -> String {
+        match self {
+            LedgerLocation::Sqlite(path) => path.display().to_string(),
+            LedgerLocation::Postgres(pg) => format!(
+                "PostgreSQL ({}{})",
+                match &pg.url {
+                    leadsync_core::SecretRef::Inline(url) => postgres::redact_url(url),
+                    other => format!("url from {}", describe_secret_ref(other)),
+                },
+                pg.schema
+                    .as_deref()
+                    .map(|s| format!(", schema {s}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+fn describe_secret_ref(r: &leadsync_core::SecretRef) -> String {
+    use leadsync_core::SecretRef;
+    match r {
+        SecretRef::Env { env } => format!("environment variable {env}"),
+        SecretRef::File { file } => format!("file {}", file.display()),
+        SecretRef::Credential { credential } => format!("credential {credential}"),
+        SecretRef::Inline(_) => "the configuration".to_string(),
+    }
 }

@@ -27,8 +27,11 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::Mutex;
 
+use super::codec::{
+    decode_lead, encode_lead, from_ms, opt_from_ms, parse_state, to_ms, to_u32, to_u64,
+};
 use super::{
-    ClaimedDelivery, DeadLetter, DeadLetterFilter, DeliveryState, DeliveryTrace, Ledger,
+    ClaimedDelivery, DeadLetter, DeadLetterFilter, DeliveryTrace, InstanceInfo, Ledger,
     LedgerError, LedgerStatus, PlannedDelivery, RecordedOutcome, SourceStatus, StageBatch,
     StageReport, StagedLead, TargetStatus,
 };
@@ -186,62 +189,48 @@ fn take_lock(path: &Path) -> Result<File, LedgerError> {
     Ok(file)
 }
 
-fn to_ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-/// A stored timestamp; `what` names the row for the error (no personal data).
-fn from_ms(ms: i64, what: &str) -> Result<DateTime<Utc>, LedgerError> {
-    DateTime::from_timestamp_millis(ms).ok_or_else(|| LedgerError::Corrupt {
-        lead_id: what.to_owned(),
-        reason: format!("timestamp {ms} is out of range"),
-    })
-}
-
-fn opt_from_ms(ms: Option<i64>, what: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
-    ms.map(|ms| from_ms(ms, what)).transpose()
-}
-
-fn to_u32(n: i64) -> u32 {
-    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
-}
-
-fn to_u64(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
-}
-
-fn parse_state(s: &str, lead_id: &str) -> Result<DeliveryState, LedgerError> {
-    match s {
-        "pending" => Ok(DeliveryState::Pending),
-        "delivered" => Ok(DeliveryState::Delivered),
-        "dead" => Ok(DeliveryState::Dead),
-        other => Err(LedgerError::Corrupt {
-            lead_id: lead_id.to_owned(),
-            reason: format!("unknown delivery state {other:?}"),
-        }),
-    }
-}
-
-fn encode_lead(lead: &Lead) -> Result<String, LedgerError> {
-    serde_json::to_string(lead).map_err(|e| LedgerError::Corrupt {
-        lead_id: lead.id.clone(),
-        reason: format!("could not be encoded: {e}"),
-    })
-}
-
-fn decode_lead(lead_id: &str, body: &str) -> Result<Lead, LedgerError> {
-    let lead: Lead = serde_json::from_str(body).map_err(|e| LedgerError::Corrupt {
-        lead_id: lead_id.to_owned(),
-        // serde_json's message names the position and the expected type, not the content.
-        reason: e.to_string(),
-    })?;
-    if lead.id != lead_id {
-        return Err(LedgerError::Corrupt {
-            lead_id: lead_id.to_owned(),
-            reason: format!("stored body carries another lead id ({})", lead.id),
+/// Mark `(delivery id, crm_ref)` delivered, one `UPDATE ... FROM (VALUES ...)` per chunk
+/// rather than one statement per row (each statement is a round trip to the connection's
+/// thread). Only pending rows change; an outcome for any other row is logged and ignored.
+async fn record_delivered(
+    conn: &mut sqlx::SqliteConnection,
+    delivered: &[(i64, Option<&str>)],
+    now: i64,
+) -> Result<(), LedgerError> {
+    for chunk in delivered.chunks(ROWS_PER_INSERT) {
+        let mut update = QueryBuilder::<Sqlite>::new(
+            "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
+             crm_ref = COALESCE(v.column2, deliveries.crm_ref), next_attempt_at = NULL, \
+             lease_owner = NULL, lease_until = NULL, delivered_at = ",
+        );
+        update.push_bind(now);
+        update.push(", updated_at = ");
+        update.push_bind(now);
+        update.push(" FROM (");
+        update.push_values(chunk, |mut row, (id, crm_ref)| {
+            row.push_bind(*id).push_bind(*crm_ref);
         });
+        update.push(") AS v WHERE deliveries.id = v.column1 AND deliveries.state = 'pending' ");
+        update.push("RETURNING id");
+        let updated: HashSet<i64> = update
+            .build_query_scalar::<i64>()
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+        let mut seen = HashSet::with_capacity(chunk.len());
+        for (delivery_id, _) in chunk {
+            // A second outcome for the same delivery is a late answer, as one for a row
+            // that is no longer pending.
+            if !updated.contains(delivery_id) || !seen.insert(*delivery_id) {
+                tracing::warn!(
+                    delivery_id,
+                    "outcome for a delivery that is not pending (or does not exist); ignored"
+                );
+            }
+        }
     }
-    Ok(lead)
+    Ok(())
 }
 
 fn claimed_from_row(row: &SqliteRow) -> Result<ClaimedDelivery, LedgerError> {
@@ -409,13 +398,20 @@ impl Ledger for SqliteLedger {
             .iter()
             .map(claimed_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        for delivery in &claimed {
-            sqlx::query("UPDATE deliveries SET lease_owner = $1, lease_until = $2 WHERE id = $3")
-                .bind(owner)
-                .bind(until)
-                .bind(delivery.delivery_id)
-                .execute(&mut *tx)
-                .await?;
+        // One statement per chunk: a statement is a round trip to the connection's thread,
+        // and one per row made claiming the slowest part of a push (see README, Performance).
+        for chunk in claimed.chunks(ROWS_PER_INSERT) {
+            let mut update = QueryBuilder::<Sqlite>::new("UPDATE deliveries SET lease_owner = ");
+            update.push_bind(owner);
+            update.push(", lease_until = ");
+            update.push_bind(until);
+            update.push(" WHERE id IN (");
+            let mut ids = update.separated(", ");
+            for delivery in chunk {
+                ids.push_bind(delivery.delivery_id);
+            }
+            update.push(")");
+            update.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(claimed)
@@ -429,26 +425,24 @@ impl Ledger for SqliteLedger {
 
         let _guard = self.write.lock().await;
         let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        // Deliveries (the common outcome) are written a chunk per statement, in order with
+        // the other outcomes; see `record_delivered`.
+        let mut delivered: Vec<(i64, Option<&str>)> = Vec::new();
         for outcome in outcomes {
+            if let RecordedOutcome::Delivered {
+                delivery_id,
+                crm_ref,
+            } = outcome
+            {
+                delivered.push((*delivery_id, crm_ref.as_deref()));
+                continue;
+            }
+            record_delivered(&mut tx, &delivered, now).await?;
+            delivered.clear();
             // Only a pending delivery takes an outcome: a late answer must never turn a
             // delivered or dead row back into something else.
             let (delivery_id, query) = match outcome {
-                RecordedOutcome::Delivered {
-                    delivery_id,
-                    crm_ref,
-                } => (
-                    *delivery_id,
-                    sqlx::query(
-                        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
-                         crm_ref = COALESCE($1, crm_ref), delivered_at = $2, \
-                         next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL, \
-                         updated_at = $2 \
-                         WHERE id = $3 AND state = 'pending'",
-                    )
-                    .bind(crm_ref.as_deref())
-                    .bind(now)
-                    .bind(*delivery_id),
-                ),
+                RecordedOutcome::Delivered { .. } => continue,
                 RecordedOutcome::Retry {
                     delivery_id,
                     next_attempt_at,
@@ -507,6 +501,7 @@ impl Ledger for SqliteLedger {
                 );
             }
         }
+        record_delivered(&mut tx, &delivered, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -643,6 +638,8 @@ impl Ledger for SqliteLedger {
             leads: to_u64(leads),
             quarantined: to_u64(quarantined),
             sources,
+            // One process holds a SQLite ledger: there is no one else to show.
+            instances: Vec::new(),
         })
     }
 
@@ -743,7 +740,7 @@ impl Ledger for SqliteLedger {
         // The e-mail lives inside the JSON body; a LIKE on the lower-cased body narrows the
         // scan, and decoding confirms the match exactly.
         let rows = sqlx::query("SELECT id, body FROM leads WHERE lower(body) LIKE $1")
-            .bind(format!("%{}%", wanted.replace('%', "").replace('_', "")))
+            .bind(format!("%{}%", wanted.replace(['%', '_'], "")))
             .fetch_all(&mut *tx)
             .await?;
         let mut erased = Vec::new();
@@ -881,12 +878,36 @@ impl Ledger for SqliteLedger {
             .collect::<Result<Vec<_>, LedgerError>>()?;
         Ok(Some((lead, staged_at, deliveries)))
     }
+
+    /// One process holds a SQLite ledger (its file lock), so it always holds every source.
+    async fn acquire_source(
+        &self,
+        _source: &str,
+        _owner: &str,
+        _ttl: Duration,
+        _now: DateTime<Utc>,
+    ) -> Result<bool, LedgerError> {
+        Ok(true)
+    }
+
+    async fn release_source(&self, _source: &str, _owner: &str) -> Result<(), LedgerError> {
+        Ok(())
+    }
+
+    /// Nothing to record: no other instance can share a SQLite ledger.
+    async fn heartbeat(
+        &self,
+        _instance: &InstanceInfo,
+        _now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::QuarantinedRecord;
+    use crate::ledger::{DeliveryState, QuarantinedRecord};
     use chrono::TimeDelta;
 
     const LEASE: Duration = Duration::from_secs(60);

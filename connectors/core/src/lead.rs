@@ -440,6 +440,16 @@ pub fn read_lead(id: String, record: &Value) -> Result<Lead, ReadError> {
         None => timestamp.as_deref().and_then(parse_created_time),
     };
 
+    // An empty `UserDetails: {}` (or one of empty strings) carries no customer details.
+    let has_customer = has_customer
+        && (customer.first_name.is_some()
+            || customer.last_name.is_some()
+            || customer.email.is_some()
+            || customer.phone.is_some()
+            || customer.country.is_some()
+            || customer.company.is_some()
+            || customer.title.is_some()
+            || customer.unparsed.is_some());
     let has_content = has_customer
         || source.is_some()
         || action.is_some()
@@ -772,6 +782,25 @@ mod tests {
         assert_eq!(l.action, Some(Action::Install));
         assert_eq!(l.source.unwrap().action, Some(Action::Create));
         assert_eq!(l.action_conflict.as_deref(), Some("INS"));
+    }
+
+    #[test]
+    fn empty_customer_details_are_no_lead() {
+        assert_eq!(
+            read_lead(
+                "x".into(),
+                &json!({"UserDetails": {}, "LeadSource": "", "ActionCode": ""})
+            ),
+            Err(ReadError::Empty)
+        );
+        assert_eq!(
+            read_lead(
+                "x".into(),
+                &json!({"UserDetails": {"FirstName": " ", "Email": ""}})
+            ),
+            Err(ReadError::Empty)
+        );
+        assert!(read_lead("x".into(), &json!({"UserDetails": {"Email": "a@b.c"}})).is_ok());
     }
 
     #[test]

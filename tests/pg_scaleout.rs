@@ -1,0 +1,544 @@
+//! Several `leadsync run` processes on one PostgreSQL ledger and one spool source: 10,000
+//! leads delivered exactly once between them, and again when one of them is SIGKILLed
+//! mid-run (the others take its leases over once they expire).
+//!
+//! Each process writes to a JSONL file of its own (`LEADSYNC_TARGET_OUT__CONNECTION__PATH`):
+//! the file target de-duplicates only within one file, so one file per process keeps each
+//! process's writes honest, and the union of the files is what "the CRM" received. Exactly
+//! once is judged twice: the ledger says 10,000 delivered, 0 pending, 0 dead; and across all
+//! files every lead's key is present, and none twice, except (after a SIGKILL) the batch the
+//! killed process had written but not yet recorded, which a survivor pushes again under the
+//! same idempotency key (what a CRM upsert absorbs), bounded by one claim.
+//!
+//! Needs the PostgreSQL at 127.0.0.1:5432 (`LEADSYNC_TEST_PG_URL` to change it); skips loudly
+//! without it, fails under `LEADSYNC_REQUIRE_SERVICES=1`. Each run uses a schema of its own,
+//! dropped at the end.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, Executor, PgConnection};
+
+const LEADS: usize = 10_000;
+const FILES: usize = 10;
+const INSTANCES: usize = 3;
+/// Deliveries one process claims at a time (`batch_size` × `concurrency`).
+const CLAIM: usize = 100;
+
+fn pg_url() -> String {
+    std::env::var("LEADSYNC_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// A connection, or `None` with a loud message (a failure under LEADSYNC_REQUIRE_SERVICES=1).
+async fn pg_or_skip(test: &str) -> Option<PgConnection> {
+    let conn = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&pg_url()))
+        .await
+        .map_err(|_| "no answer within 5 s".to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    match conn {
+        Ok(c) => Some(c),
+        Err(e) if std::env::var("LEADSYNC_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("PostgreSQL unreachable and LEADSYNC_REQUIRE_SERVICES=1: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "SKIPPED {test}: PostgreSQL is unreachable ({e}); \
+                 set LEADSYNC_REQUIRE_SERVICES=1 to make this a failure"
+            );
+            None
+        }
+    }
+}
+
+/// A throw-away deployment: config, spool with 10,000 leads in 10 files, output folder,
+/// and a schema of its own.
+struct Cluster {
+    dir: tempfile::TempDir,
+    schema: String,
+    nodes: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let schema = format!("leadsync_scaleout_{:08x}", rand::random::<u32>());
+        for d in ["config/targets", "spool", "out", "logs"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        std::fs::write(
+            root.join("config/leadsync.toml"),
+            format!(
+                r#"
+[ledger]
+url = "{url}"
+schema = "{schema}"
+max_connections = 4
+lease = "3s"
+
+[telemetry]
+log_format = "json"
+log_level = "info"
+
+[sources.inbox]
+kind = "spool"
+dir = "../spool"
+after = "move"
+settle = "0s"
+schedule = "*/1 * * * * *"
+"#,
+                url = pg_url()
+            ),
+        )
+        .expect("write config");
+        std::fs::write(
+            root.join("config/targets/out.toml"),
+            format!(
+                r#"
+kind = "file"
+schedule = "*/1 * * * * *"
+[connection]
+path = "../../out/default.jsonl"
+format = "jsonl"
+[limits]
+batch_size = {CLAIM}
+concurrency = 1
+"#
+            ),
+        )
+        .expect("write target");
+        for f in 0..FILES {
+            // Written under a hidden name and renamed into place, as writers should.
+            let tmp = root.join(format!("spool/.drop-{f}.jsonl"));
+            let mut out = std::fs::File::create(&tmp).expect("spool file");
+            for i in (f * LEADS / FILES)..((f + 1) * LEADS / FILES) {
+                writeln!(
+                    out,
+                    r#"{{"UserDetails": {{"FirstName": "P{i}", "Email": "p{i}@example.com"}}, "LeadSource": "AzureMarketplace", "ActionCode": "INS", "OfferTitle": "Offer {o}", "Description": "lead number {i}"}}"#,
+                    o = i % 7
+                )
+                .expect("write lead");
+            }
+            drop(out);
+            std::fs::rename(&tmp, root.join(format!("spool/drop-{f}.jsonl"))).expect("rename");
+        }
+        Cluster {
+            dir,
+            schema,
+            nodes: Vec::new(),
+        }
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn output(&self, node: usize) -> PathBuf {
+        self.root().join(format!("out/node-{node}.jsonl"))
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_leadsync"));
+        c.arg("--config")
+            .arg(self.root().join("config/leadsync.toml"));
+        c.env_remove("LEADSYNC_CONFIG");
+        c
+    }
+
+    fn start(&mut self, count: usize) {
+        for _ in 0..count {
+            let node = self.nodes.len();
+            let log = std::fs::File::create(self.root().join(format!("logs/node-{node}.log")))
+                .expect("log file");
+            let child = self
+                .command()
+                .arg("run")
+                .env("LEADSYNC_TARGET_OUT__CONNECTION__PATH", self.output(node))
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start leadsync run");
+            self.nodes.push(Some(child));
+        }
+    }
+
+    fn pid(&self, node: usize) -> Option<u32> {
+        self.nodes[node].as_ref().map(Child::id)
+    }
+
+    fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.nodes[node].take() {
+            child.kill().expect("SIGKILL"); // SIGKILL
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM everything still running and wait for a clean exit.
+    fn stop_all(&mut self) {
+        for node in self.nodes.iter_mut() {
+            if let Some(mut child) = node.take() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+                let deadline = Instant::now() + Duration::from_secs(40);
+                loop {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        assert!(status.success(), "leadsync run exited with {status}");
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!("leadsync run did not stop within 40 s of SIGTERM");
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    fn log(&self, node: usize) -> String {
+        std::fs::read_to_string(self.root().join(format!("logs/node-{node}.log")))
+            .unwrap_or_default()
+    }
+
+    /// Every key in each node's output file.
+    fn keys_per_node(&self) -> Vec<Vec<String>> {
+        (0..self.nodes.len())
+            .map(|node| {
+                let Ok(text) = std::fs::read_to_string(self.output(node)) else {
+                    return Vec::new();
+                };
+                let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                let last = lines.len().saturating_sub(1);
+                lines
+                    .iter()
+                    .enumerate()
+                    .filter_map(
+                        |(i, l)| match serde_json::from_str::<serde_json::Value>(l) {
+                            Ok(v) => Some(
+                                v["leadsync_key"]
+                                    .as_str()
+                                    .expect("row carries its key")
+                                    .to_string(),
+                            ),
+                            // A SIGKILL mid-write leaves a torn last row: not a delivery.
+                            Err(_) if i == last && !text.ends_with('\n') => None,
+                            Err(e) => panic!("node {node}: row {i} is not JSON: {e}"),
+                        },
+                    )
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    /// Kill what still runs and drop the schema, whether the test passed or not.
+    fn drop(&mut self) {
+        for node in self.nodes.iter_mut() {
+            if let Some(mut child) = node.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let schema = self.schema.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                if let Ok(mut conn) = PgConnection::connect(&pg_url()).await {
+                    let _ = conn
+                        .execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str())
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn count(conn: &mut PgConnection, schema: &str, sql: &str) -> i64 {
+    let sql = sql.replace("{s}", &format!("\"{schema}\""));
+    sqlx::query_scalar(&sql)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap_or(0)
+}
+
+async fn delivered(conn: &mut PgConnection, schema: &str) -> i64 {
+    count(
+        conn,
+        schema,
+        "SELECT COUNT(*) FROM {s}.deliveries WHERE state = 'delivered'",
+    )
+    .await
+}
+
+/// Wait until the ledger says every lead is delivered.
+async fn wait_all_delivered(conn: &mut PgConnection, cluster: &Cluster, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if delivered(conn, &cluster.schema).await == LEADS as i64 {
+            return;
+        }
+        if Instant::now() > deadline {
+            let n = delivered(conn, &cluster.schema).await;
+            panic!(
+                "only {n} of {LEADS} delivered within {within:?}\n--- node 0 log tail\n{}",
+                tail(&cluster.log(0))
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// The ledger's final word: all delivered, nothing pending or dead, each lead once.
+async fn assert_ledger_complete(conn: &mut PgConnection, schema: &str) {
+    let leads = count(conn, schema, "SELECT COUNT(*) FROM {s}.leads").await;
+    let pending = count(
+        conn,
+        schema,
+        "SELECT COUNT(*) FROM {s}.deliveries WHERE state <> 'delivered'",
+    )
+    .await;
+    let deliveries = count(conn, schema, "SELECT COUNT(*) FROM {s}.deliveries").await;
+    assert_eq!(
+        (leads, deliveries, delivered(conn, schema).await, pending),
+        (LEADS as i64, LEADS as i64, LEADS as i64, 0)
+    );
+}
+
+/// Every spool file moved to `processed/` once; nothing left in the inbox or rejected.
+fn assert_spool_drained(root: &Path) {
+    let names = |dir: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root.join(dir))
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert!(
+        names("spool").is_empty(),
+        "left in the inbox: {:?}",
+        names("spool")
+    );
+    assert_eq!(names("spool/processed").len(), FILES);
+    assert!(names("spool/rejected").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_deliver_each_lead_exactly_once() {
+    let Some(mut conn) = pg_or_skip("three_instances_deliver_each_lead_exactly_once").await else {
+        return;
+    };
+    let mut cluster = Cluster::new();
+    let schema = cluster.schema.clone();
+    let started = Instant::now();
+    cluster.start(INSTANCES);
+
+    // While they work, `status` lists the three instances (their heartbeats).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cluster
+            .command()
+            .args(["status", "--json"])
+            .output()
+            .expect("status");
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            let alive = v["instances"]
+                .as_array()
+                .map(|a| a.iter().filter(|i| i["alive"] == true).count())
+                .unwrap_or(0);
+            if alive == INSTANCES {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {INSTANCES} live instances"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    wait_all_delivered(&mut conn, &cluster, Duration::from_secs(180)).await;
+    let took = started.elapsed();
+    cluster.stop_all();
+
+    assert_ledger_complete(&mut conn, &schema).await;
+    assert_spool_drained(cluster.root());
+    let per_node = cluster.keys_per_node();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for keys in &per_node {
+        for k in keys {
+            *seen.entry(k.as_str()).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    let counts: Vec<usize> = per_node.iter().map(Vec::len).collect();
+    eprintln!("{LEADS} leads in {took:?}; rows written per instance: {counts:?}");
+    assert_eq!(seen.len(), LEADS, "every lead reached an output file");
+    assert!(twice.is_empty(), "written more than once: {twice:?}");
+    assert_eq!(counts.iter().sum::<usize>(), LEADS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_one_instance_loses_and_duplicates_nothing() {
+    sigkill_scenario(
+        "sigkill_of_one_instance_loses_and_duplicates_nothing",
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_instance_pulling_the_source_mid_pull() {
+    sigkill_scenario("sigkill_of_the_instance_pulling_the_source_mid_pull", true).await;
+}
+
+/// `leads` staged so far and the owner of the source lease.
+async fn pulling(conn: &mut PgConnection, schema: &str) -> (i64, Option<String>) {
+    let staged = count(conn, schema, "SELECT COUNT(*) FROM {s}.leads").await;
+    let owner: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT owner FROM \"{schema}\".source_leases WHERE source = 'inbox'"
+    ))
+    .fetch_optional(&mut *conn)
+    .await
+    .unwrap_or(None);
+    (staged, owner)
+}
+
+fn node_of(cluster: &Cluster, owner: &str) -> Option<usize> {
+    let pid: u32 = owner.rsplit(':').next().and_then(|p| p.parse().ok())?;
+    (0..INSTANCES).find(|i| cluster.pid(*i) == Some(pid))
+}
+
+/// Kill one instance mid-run: the one holding the most delivery leases (its leases must
+/// expire and be taken over), or, with `source_holder`, the one pulling the source while
+/// it is half-way through the spool (its source lease must pass to another instance, which
+/// reads the unmoved files again; the ledger ignores the leads it already has).
+async fn sigkill_scenario(test: &str, source_holder: bool) {
+    let Some(mut conn) = pg_or_skip(test).await else {
+        return;
+    };
+    let mut cluster = Cluster::new();
+    let schema = cluster.schema.clone();
+    cluster.start(INSTANCES);
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (victim, leased, done_at_kill) = loop {
+        let done = delivered(&mut conn, &schema).await;
+        if source_holder {
+            let (staged, owner) = pulling(&mut conn, &schema).await;
+            assert!(
+                staged < LEADS as i64,
+                "the whole spool was staged before a kill could happen mid-pull"
+            );
+            if let Some(node) = owner
+                .filter(|_| staged > 0)
+                .and_then(|o| node_of(&cluster, &o))
+            {
+                break (node, 0, done);
+            }
+            assert!(Instant::now() < deadline, "no mid-pull moment to kill at");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        let holder: Option<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT lease_owner, COUNT(*) FROM \"{schema}\".deliveries \
+             WHERE lease_owner IS NOT NULL AND state = 'pending' \
+             GROUP BY lease_owner ORDER BY COUNT(*) DESC LIMIT 1"
+        ))
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap_or(None);
+        if let Some((owner, n)) = holder.filter(|_| done >= 1_000) {
+            if let Some(node) = node_of(&cluster, &owner) {
+                break (node, n, done);
+            }
+        }
+        assert!(
+            done < LEADS as i64,
+            "everything was delivered before a kill could happen mid-run"
+        );
+        assert!(Instant::now() < deadline, "no mid-run moment to kill at");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (staged_at_kill, source_owner) = pulling(&mut conn, &schema).await;
+    let victim_pid = cluster.pid(victim).expect("running");
+    let killed_at = Instant::now();
+    cluster.kill(victim);
+    eprintln!(
+        "SIGKILLed node {victim} (pid {victim_pid}) holding {leased} delivery lease(s) with \
+         {done_at_kill} of {LEADS} delivered, {staged_at_kill} staged; source lease held by \
+         {source_owner:?}"
+    );
+
+    wait_all_delivered(&mut conn, &cluster, Duration::from_secs(180)).await;
+    eprintln!(
+        "the survivors finished {:?} after the kill",
+        killed_at.elapsed()
+    );
+    cluster.stop_all();
+
+    assert_ledger_complete(&mut conn, &schema).await;
+    assert_spool_drained(cluster.root());
+
+    let per_node = cluster.keys_per_node();
+    let mut all: HashSet<&str> = HashSet::new();
+    let mut survivors: HashSet<&str> = HashSet::new();
+    for (node, keys) in per_node.iter().enumerate() {
+        let unique: HashSet<&str> = keys.iter().map(String::as_str).collect();
+        assert_eq!(unique.len(), keys.len(), "node {node} wrote a key twice");
+        all.extend(unique.iter().copied());
+        if node != victim {
+            for k in &unique {
+                assert!(survivors.insert(k), "two live instances both wrote {k}");
+            }
+        }
+    }
+    // 0 lost: every lead reached an output.
+    assert_eq!(all.len(), LEADS, "leads lost");
+    // 0 duplicated by the live instances; the only keys written twice are the killed
+    // process's last unrecorded batch, pushed again under the same idempotency key.
+    let repushed: Vec<&str> = per_node[victim]
+        .iter()
+        .map(String::as_str)
+        .filter(|k| survivors.contains(k))
+        .collect();
+    let counts: Vec<usize> = per_node.iter().map(Vec::len).collect();
+    eprintln!(
+        "rows per instance {counts:?}; {} key(s) written by the killed instance but not \
+         recorded, pushed again by a survivor under the same idempotency key",
+        repushed.len()
+    );
+    assert!(
+        repushed.len() <= CLAIM,
+        "{} keys re-pushed: more than the killed instance's one in-flight claim",
+        repushed.len()
+    );
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        LEADS + repushed.len(),
+        "rows beyond the re-pushed batch"
+    );
+}
