@@ -576,11 +576,17 @@ async fn status(loaded: &Loaded, json: bool) -> Result<u8, AppError> {
         "TARGET", "PENDING", "RETRYING", "DELIVERED", "DEAD", "OLDEST PENDING"
     );
     for t in &status.targets {
-        let note = match (&t.paused_until, &t.last_error_code) {
+        let mut note = match (&t.paused_until, &t.last_error_code) {
             (Some(p), _) => format!("paused until {}", p.to_rfc3339()),
             (None, Some(c)) => c.clone(),
             _ => String::new(),
         };
+        if let Some(n) = &t.note {
+            if !note.is_empty() {
+                note.push_str("; ");
+            }
+            note.push_str(n);
+        }
         println!(
             "{:<24} {:>9} {:>9} {:>10} {:>7} {:>14}  {}",
             t.target,

@@ -438,6 +438,11 @@ pub async fn push_round(
         report.paused_until = Some(until);
     }
     ledger.record(&recorded).await?;
+    if let Some(note) = target.connector.status_note() {
+        ledger
+            .set_target_note(&target.name, &note, answered)
+            .await?;
+    }
     Ok(report)
 }
 

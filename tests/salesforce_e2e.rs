@@ -196,6 +196,19 @@ async fn bad_leads_are_dead_lettered_with_the_reason_and_an_expired_session_lose
     assert_eq!(t["delivered"], 8, "{status}");
     assert_eq!(t["dead"], 1, "{status}");
     assert_eq!(t["pending"], 0, "{status}");
+    // The quota Salesforce reported (Sforce-Limit-Info) is shown by `status`.
+    let (used, max) = fake.api_usage();
+    let note = t["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(&format!("{used} of {max}")) || note.contains(&format!("of {max}")),
+        "{status}"
+    );
+    let out = run(&d, &["status"], &secret).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("API requests in the last 24 h"),
+        "{}",
+        text(&out)
+    );
 
     let out = run(&d, &["dead-letters", "list"], &secret).await;
     let listing = String::from_utf8_lossy(&out.stdout);

@@ -160,6 +160,8 @@ pub struct TargetStatus {
     pub oldest_pending_staged_at: Option<DateTime<Utc>>,
     pub paused_until: Option<DateTime<Utc>>,
     pub last_error_code: Option<String>,
+    /// The connector's own one-line report (e.g. Salesforce's API quota), if it gave one.
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -277,6 +279,14 @@ pub trait Ledger: Send + Sync {
         target: &str,
         until: DateTime<Utc>,
         reason: &str,
+    ) -> Result<(), LedgerError>;
+
+    /// Store the connector's one-line report on `target` for `status`.
+    async fn set_target_note(
+        &self,
+        target: &str,
+        note: &str,
+        now: DateTime<Utc>,
     ) -> Result<(), LedgerError>;
 
     /// The end of the target's last pause, as stored (it may be in the past: the caller

@@ -543,6 +543,27 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 
+    async fn set_target_note(
+        &self,
+        target: &str,
+        note: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        sqlx::query(
+            "INSERT INTO target_notes (target, note, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (target) DO UPDATE SET note = excluded.note, updated_at = excluded.updated_at",
+        )
+        .bind(target)
+        .bind(note)
+        .bind(to_ms(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn paused_until(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
         let until: Option<i64> =
             sqlx::query_scalar("SELECT paused_until FROM target_pauses WHERE target = $1")
@@ -599,6 +620,11 @@ impl Ledger for SqliteLedger {
             .fetch_optional(&mut *tx)
             .await?;
             status.paused_until = opt_from_ms(paused, &status.target)?;
+
+            status.note = sqlx::query_scalar("SELECT note FROM target_notes WHERE target = $1")
+                .bind(status.target.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
 
             let last_error: Option<Option<String>> = sqlx::query_scalar(
                 "SELECT error_code FROM deliveries \

@@ -149,6 +149,12 @@ pub trait Connector: Send + Sync {
         Vec::new()
     }
 
+    /// A one-line report of the connector's own state worth showing in `status` (e.g. an
+    /// API quota the CRM reported), if any. No personal data, no secrets.
+    fn status_note(&self) -> Option<String> {
+        None
+    }
+
     /// Verify configuration; with `connect`, verify credentials and reachability too.
     async fn check(&self, connect: bool) -> Result<CheckReport, CheckError>;
 

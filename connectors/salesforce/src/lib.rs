@@ -937,6 +937,21 @@ impl Connector for SalesforceConnector {
         lead_field_limits()
     }
 
+    fn status_note(&self) -> Option<String> {
+        self.last_api_usage().map(|u| {
+            format!(
+                "API requests in the last 24 h: {} of {} ({}%)",
+                u.used,
+                u.max,
+                if u.max == 0 {
+                    0
+                } else {
+                    u.used.saturating_mul(100) / u.max
+                }
+            )
+        })
+    }
+
     async fn check(&self, connect: bool) -> Result<CheckReport, CheckError> {
         let mut report = CheckReport::default();
         report.verified.push(format!(
