@@ -602,6 +602,13 @@ async fn status(loaded: &Loaded, json: bool) -> Result<u8, AppError> {
         "{} lead(s) in the ledger, {} quarantined record(s)",
         status.leads, status.quarantined
     );
+    for s in status.sources.iter().filter(|s| s.last_error.is_some()) {
+        println!(
+            "source {}: last pull FAILED: {}",
+            s.source,
+            s.last_error.as_deref().unwrap_or_default()
+        );
+    }
     if !status.instances.is_empty() {
         println!();
         println!(

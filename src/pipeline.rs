@@ -76,8 +76,28 @@ pub async fn pull_source(
     source: &mut dyn Source,
     targets: &[Arc<Target>],
 ) -> Result<StageReport, PipelineError> {
-    let mut total = StageReport::default();
     let name = source.name().to_string();
+    let result = pull_batches(ledger, source, targets, &name).await;
+    // The source's health for `status`: its last error until a pull succeeds.
+    let note = match &result {
+        Ok(_) => None,
+        Err(PipelineError::Source(e)) => Some(e.to_string()),
+        Err(PipelineError::Ledger(_)) => return result,
+    };
+    ledger
+        .set_source_error(&name, note.as_deref(), Utc::now())
+        .await?;
+    result
+}
+
+async fn pull_batches(
+    ledger: &dyn Ledger,
+    source: &mut dyn Source,
+    targets: &[Arc<Target>],
+    name: &str,
+) -> Result<StageReport, PipelineError> {
+    let mut total = StageReport::default();
+    let name = name.to_string();
     loop {
         let cursor = ledger.cursor(&name).await?;
         let Some(batch) = source.next_batch(cursor.as_deref(), STAGE_BATCH).await? else {

@@ -62,3 +62,31 @@ fn keys_are_unique_and_trace_shows_the_row() {
         "{s}"
     );
 }
+
+#[test]
+fn a_failing_source_is_shown_in_status_until_a_pull_succeeds() {
+    let d = Deployment::new();
+    let spool = d.spool();
+    std::fs::remove_dir_all(&spool).unwrap();
+    let out = d.run(&["sync", "--once"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let status = d.status_json();
+    let src = &status["sources"][0];
+    assert_eq!(src["source"], "inbox");
+    assert!(
+        src["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("spool"),
+        "{status}"
+    );
+    let out = d.run(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("source inbox: last pull FAILED"),
+        "{}",
+        text(&out)
+    );
+    std::fs::create_dir_all(&spool).unwrap();
+    assert_eq!(d.run(&["sync", "--once"]).status.code(), Some(0));
+    assert!(d.status_json()["sources"][0]["last_error"].is_null());
+}

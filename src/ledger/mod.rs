@@ -209,6 +209,8 @@ pub struct SourceStatus {
     pub source: String,
     pub cursor: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// Why the last pull failed (e.g. the account is unreachable); `None` after a good pull.
+    pub last_error: Option<String>,
 }
 
 /// One dead delivery, for `dead-letters list`.
@@ -279,6 +281,15 @@ pub trait Ledger: Send + Sync {
         target: &str,
         until: DateTime<Utc>,
         reason: &str,
+    ) -> Result<(), LedgerError>;
+
+    /// Record that a pull of `source` failed (`Some(reason)`) or worked (`None`), for
+    /// `status`. The cursor is left alone.
+    async fn set_source_error(
+        &self,
+        source: &str,
+        error: Option<&str>,
+        now: DateTime<Utc>,
     ) -> Result<(), LedgerError>;
 
     /// Store the connector's one-line report on `target` for `status`.

@@ -543,6 +543,42 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 
+    async fn set_source_error(
+        &self,
+        source: &str,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), LedgerError> {
+        let _guard = self.write.lock().await;
+        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        match error {
+            // A failure creates the row if the source never stored a cursor (a spool).
+            Some(e) => {
+                sqlx::query(
+                    "INSERT INTO source_cursors (source, cursor, updated_at, last_error) \
+                     VALUES ($1, NULL, $2, $3) \
+                     ON CONFLICT (source) DO UPDATE SET last_error = excluded.last_error",
+                )
+                .bind(source)
+                .bind(to_ms(now))
+                .bind(e)
+                .execute(&mut *tx)
+                .await?;
+            }
+            None => {
+                sqlx::query(
+                    "UPDATE source_cursors SET last_error = NULL \
+                     WHERE source = $1 AND last_error IS NOT NULL",
+                )
+                .bind(source)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn set_target_note(
         &self,
         target: &str,
@@ -643,16 +679,18 @@ impl Ledger for SqliteLedger {
         let quarantined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine")
             .fetch_one(&mut *tx)
             .await?;
-        let rows =
-            sqlx::query("SELECT source, cursor, updated_at FROM source_cursors ORDER BY source")
-                .fetch_all(&mut *tx)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT source, cursor, updated_at, last_error FROM source_cursors ORDER BY source",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
         let mut sources = Vec::with_capacity(rows.len());
         for row in &rows {
             let source: String = row.try_get("source")?;
             let updated_at = from_ms(row.try_get("updated_at")?, &source)?;
             sources.push(SourceStatus {
                 cursor: row.try_get("cursor")?,
+                last_error: row.try_get("last_error")?,
                 source,
                 updated_at,
             });

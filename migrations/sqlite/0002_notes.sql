@@ -3,5 +3,8 @@
 CREATE TABLE target_notes (
     target     TEXT    NOT NULL PRIMARY KEY,
     note       TEXT    NOT NULL,
-    updated_at BIGINT  NOT NULL
+    updated_at INTEGER NOT NULL
 );
+
+-- The last error of a source's pull (an unreachable account), cleared by a good pull.
+ALTER TABLE source_cursors ADD COLUMN last_error TEXT;
