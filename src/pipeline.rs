@@ -210,11 +210,35 @@ pub fn scrub_personal(message: &str, lead: &leadsync_core::Lead) -> String {
             continue;
         }
         for form in [v.to_string(), v.to_lowercase()] {
-            if out.contains(&form) {
-                out = out.replace(&form, "[redacted]");
-            }
+            out = replace_whole(&out, &form, "[redacted]");
         }
     }
+    out
+}
+
+/// Replace `needle` where it stands as a whole value: not inside a longer word, so that a
+/// person titled "title" does not turn Dataverse's `jobtitle` into `job[redacted]`.
+fn replace_whole(hay: &str, needle: &str, with: &str) -> String {
+    if needle.is_empty() || !hay.contains(needle) {
+        return hay.to_string();
+    }
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(hay.len());
+    let mut rest = hay;
+    while let Some(i) = rest.find(needle) {
+        let before = rest[..i].chars().next_back();
+        let after = rest[i + needle.len()..].chars().next();
+        let starts_word = needle.chars().next().is_some_and(|c| c.is_alphanumeric());
+        let ends_word = needle
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric());
+        let inside = (starts_word && word(before)) || (ends_word && word(after));
+        out.push_str(&rest[..i]);
+        out.push_str(if inside { needle } else { with });
+        rest = &rest[i + needle.len()..];
+    }
+    out.push_str(rest);
     out
 }
 
@@ -499,4 +523,26 @@ pub async fn drain_target(
         tokio::time::sleep(sleep.max(Duration::from_millis(10))).await;
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn personal_values_are_scrubbed_as_whole_words_only() {
+        let lead = leadsync_core::read_lead(
+            "l".into(),
+            &serde_json::json!({"UserDetails": {"FirstName": "Ada", "Email": "Ada.L@Example.com", "Title": "title"}}),
+        )
+        .unwrap();
+        let m = scrub_personal(
+            "invalid email address: ada.l@example.com; the length of the 'jobtitle' attribute; title too long; Adam",
+            &lead,
+        );
+        assert_eq!(
+            m,
+            "invalid email address: [redacted]; the length of the 'jobtitle' attribute; [redacted] too long; Adam"
+        );
+    }
 }

@@ -95,11 +95,8 @@ fn notify_ready_watchdog_status_stopping_in_order() {
     }
     let out = stop(child);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    loop {
-        match sock.recv(&mut buf) {
-            Ok(n) => seen.extend(String::from_utf8_lossy(&buf[..n]).lines().map(String::from)),
-            Err(_) => break,
-        }
+    while let Ok(n) = sock.recv(&mut buf) {
+        seen.extend(String::from_utf8_lossy(&buf[..n]).lines().map(String::from));
         if seen.iter().any(|m| m == "STOPPING=1") {
             break;
         }

@@ -63,7 +63,7 @@ fn sigterm_during_a_slow_push_exits_0_and_loses_nothing() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let sent_before_stop = receiver.posts().len();
     assert!(
-        sent_before_stop >= 1 && sent_before_stop < 6,
+        (1..6).contains(&sent_before_stop),
         "sent {sent_before_stop} before stopping"
     );
 

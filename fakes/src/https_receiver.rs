@@ -8,7 +8,9 @@
 //! check a real receiver does: [`verify_signature`]), and stores each accepted body once per
 //! `Idempotency-Key`, as an idempotent receiver would. Tests script its answers: N× 429 with
 //! `Retry-After`, 5xx, 4xx with a body, a redirect to another host, slow replies, and added
-//! latency on every request (benchmarks use it).
+//! latency on every request (benchmarks use it); and, for fault-injection tests, a connection
+//! dropped without an answer ([`Reply::reset`]), a write stored and then answered with a
+//! failure or too late ([`Reply::commit_then`]), and a slow normal answer ([`Reply::normal`]).
 //!
 //! It owns nothing but its own state; it never decides what leadsync should do.
 
@@ -156,6 +158,22 @@ pub struct Reply {
     /// Wait this long before answering (a slow endpoint; a client timeout shorter than this
     /// sees no answer).
     pub delay: Duration,
+    /// What happens to the request besides the answer.
+    pub effect: ReplyEffect,
+}
+
+/// What a scripted reply does with the request it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyEffect {
+    /// Nothing is stored; the scripted status is the answer (the default).
+    AnswerOnly,
+    /// Handled as normal (auth, signature, idempotent store, normal answer), after `delay`.
+    Normal,
+    /// Stored as normal, then answered with the scripted status after `delay`: the write
+    /// happened but the client sees a failure (or, with a delay past its timeout, nothing).
+    CommitThenAnswer,
+    /// Nothing stored; the connection is closed without an answer after `delay`.
+    Reset,
 }
 
 impl Reply {
@@ -165,7 +183,26 @@ impl Reply {
             headers: Vec::new(),
             body: String::new(),
             delay: Duration::ZERO,
+            effect: ReplyEffect::AnswerOnly,
         }
+    }
+    /// The normal handling (use with `.after(d)` for a slow but successful answer).
+    pub fn normal() -> Reply {
+        let mut r = Reply::status(0);
+        r.effect = ReplyEffect::Normal;
+        r
+    }
+    /// Store the body as normal, then answer `status` (after `.after(d)`, if given).
+    pub fn commit_then(status: u16) -> Reply {
+        let mut r = Reply::status(status);
+        r.effect = ReplyEffect::CommitThenAnswer;
+        r
+    }
+    /// Close the connection without answering (the client sees a reset / closed connection).
+    pub fn reset() -> Reply {
+        let mut r = Reply::status(0);
+        r.effect = ReplyEffect::Reset;
+        r
     }
     /// 429 with `Retry-After: <value>` (seconds or an HTTP date).
     pub fn throttled(retry_after: &str) -> Reply {
@@ -347,9 +384,11 @@ impl Shared {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct ConnInfo {
     client_cert: bool,
+    /// Notified by a handler to drop its connection without an answer.
+    kill: Arc<tokio::sync::Notify>,
 }
 
 /// A running receiver. Dropping it stops it.
@@ -421,11 +460,11 @@ impl HttpsReceiver {
                                     .1
                                     .peer_certificates()
                                     .is_some_and(|c| !c.is_empty());
-                                serve(tls, app, ConnInfo { client_cert }).await
+                                serve(tls, app, client_cert).await
                             }
                             Err(_) => shared.lock().handshake_failures += 1,
                         },
-                        None => serve(tcp, app, ConnInfo { client_cert: false }).await,
+                        None => serve(tcp, app, false).await,
                     }
                 });
             }
@@ -494,18 +533,28 @@ impl HttpsReceiver {
     }
 }
 
-async fn serve<I>(io: I, app: Router, info: ConnInfo)
+async fn serve<I>(io: I, app: Router, client_cert: bool)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     use tower::ServiceExt;
+    let info = ConnInfo {
+        client_cert,
+        kill: Arc::new(tokio::sync::Notify::new()),
+    };
+    let kill = Arc::clone(&info.kill);
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(info);
+        req.extensions_mut().insert(info.clone());
         app.clone().oneshot(req)
     });
-    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
-        .await;
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), svc);
+    // A `Reply::reset` drops the connection (and the request in it) without an answer.
+    tokio::select! {
+        _ = conn => {}
+        _ = kill.notified() => {}
+    }
 }
 
 fn signature_check(o: &ReceiverOptions, headers: &HeaderMap, body: &[u8]) -> SignatureCheck {
@@ -574,10 +623,41 @@ async fn handle(
         tokio::time::sleep(latency).await;
     }
     let (status, response) = if let Some(r) = scripted {
-        if !r.delay.is_zero() {
-            tokio::time::sleep(r.delay).await;
+        match r.effect {
+            ReplyEffect::AnswerOnly => {
+                if !r.delay.is_zero() {
+                    tokio::time::sleep(r.delay).await;
+                }
+                (r.status, reply_response(&r))
+            }
+            // Stored and logged at once: a client that gives up waiting (and drops the
+            // connection, and with it this handler) does not undo the write.
+            ReplyEffect::Normal | ReplyEffect::CommitThenAnswer => {
+                let (status, response) = accept(&shared, &headers, &body, signature);
+                let (status, response) = if r.effect == ReplyEffect::Normal {
+                    (status, response)
+                } else {
+                    (r.status, reply_response(&r))
+                };
+                let record = received(
+                    &method, &uri, &headers, &body, arrived, arrived_at, &info, signature, status,
+                );
+                insert_request(&shared, record);
+                tokio::time::sleep(r.delay).await;
+                return response;
+            }
+            ReplyEffect::Reset => {
+                tokio::time::sleep(r.delay).await;
+                // Logged as answered 0: no answer was sent.
+                let record = received(
+                    &method, &uri, &headers, &body, arrived, arrived_at, &info, signature, 0,
+                );
+                insert_request(&shared, record);
+                info.kill.notify_one();
+                std::future::pending::<()>().await;
+                unreachable!("the connection is dropped")
+            }
         }
-        (r.status, reply_response(&r))
     } else if method != Method::POST {
         (
             o.options_status,
@@ -586,7 +666,26 @@ async fn handle(
     } else {
         accept(&shared, &headers, &body, signature)
     };
-    let record = ReceivedRequest {
+    let record = received(
+        &method, &uri, &headers, &body, arrived, arrived_at, &info, signature, status,
+    );
+    insert_request(&shared, record);
+    response
+}
+
+#[allow(clippy::too_many_arguments)]
+fn received(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    arrived: Instant,
+    arrived_at: DateTime<Utc>,
+    info: &ConnInfo,
+    signature: SignatureCheck,
+    answered: u16,
+) -> ReceivedRequest {
+    ReceivedRequest {
         method: method.to_string(),
         path: uri.path().to_string(),
         query: uri.query().map(str::to_string),
@@ -604,13 +703,15 @@ async fn handle(
         arrived_at,
         client_cert: info.client_cert,
         signature,
-        answered: status,
-    };
+        answered,
+    }
+}
+
+fn insert_request(shared: &Shared, record: ReceivedRequest) {
     let mut st = shared.lock();
     // Keep arrival order even when a slow reply finished after a later request.
-    let at = st.requests.partition_point(|r| r.arrived <= arrived);
+    let at = st.requests.partition_point(|r| r.arrived <= record.arrived);
     st.requests.insert(at, record);
-    response
 }
 
 /// The normal path of a POST: auth, signature, JSON, idempotent store.

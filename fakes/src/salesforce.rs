@@ -93,6 +93,9 @@ pub enum Fault {
     SessionExpired,
     /// 403 `REQUEST_LIMIT_EXCEEDED`.
     RequestLimitExceeded,
+    /// The request is carried out (records written) and then answered 500
+    /// `UNKNOWN_EXCEPTION`: the ambiguous case a client must retry idempotently.
+    CommittedThenFailed,
 }
 
 /// One Lead field as `describe` reports it.
@@ -816,6 +819,17 @@ fn data_locked(
                 StatusCode::FORBIDDEN,
                 &SfError::new("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.", &[]),
             ),
+            Fault::CommittedThenFailed => {
+                // Carry the request out with no other fault in the way, then fail it.
+                let queued = std::mem::take(&mut s.faults);
+                let (_, records) = data_locked(s, method, rest, _query, headers, body);
+                s.faults = queued;
+                let r = rest_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &SfError::new("UNKNOWN_EXCEPTION", "An unexpected error occurred.", &[]),
+                );
+                return (r, records);
+            }
         };
         return (r, 0);
     }
@@ -1144,7 +1158,19 @@ fn collection(
             }
         }
     }
-    let snapshot = (s.records.clone(), s.next_id, s.locked.clone());
+    let snapshot = all_or_none.then(|| (s.records.clone(), s.next_id, s.locked.clone()));
+    // Existing records by lower-cased external ID, built once per request (a scan of every
+    // record for every record sent made the fake, not the client, the bottleneck of the
+    // benchmarks). Records created by this request cannot match a later one: a value sent
+    // twice is refused above.
+    let mut by_ext: HashMap<String, Vec<usize>> = HashMap::new();
+    if let Some(spec) = &spec {
+        for (i, r) in s.records.iter().enumerate() {
+            if let Some(v) = field_str(&r.fields, &spec.name) {
+                by_ext.entry(v.to_lowercase()).or_default().push(i);
+            }
+        }
+    }
     let mut results: Vec<Result<(String, bool), SfError>> = Vec::with_capacity(n);
     for mut rec in recs {
         let ty = rec
@@ -1185,12 +1211,12 @@ fn collection(
                     &[spec.name.as_str()],
                 ));
             }
-            let matches: Vec<usize> = s
-                .records
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| matches_ext(r, &spec.name, &value, spec.case_sensitive))
-                .map(|(i, _)| i)
+            let matches: Vec<usize> = by_ext
+                .get(&value.to_lowercase())
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|i| matches_ext(&s.records[*i], &spec.name, &value, spec.case_sensitive))
                 .collect();
             if matches.len() > 1 {
                 let ids: Vec<&str> = matches.iter().map(|i| s.records[*i].id.as_str()).collect();
@@ -1212,7 +1238,7 @@ fn collection(
         })();
         results.push(result);
     }
-    if all_or_none && results.iter().any(Result::is_err) {
+    if let Some(snapshot) = snapshot.filter(|_| results.iter().any(Result::is_err)) {
         s.records = snapshot.0;
         s.next_id = snapshot.1;
         s.locked = snapshot.2;

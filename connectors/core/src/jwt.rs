@@ -26,7 +26,10 @@ impl std::fmt::Debug for RsaSigner {
 fn first_certificate_der(pem: &str) -> Option<Vec<u8>> {
     let start = pem.find("-----BEGIN CERTIFICATE-----")? + "-----BEGIN CERTIFICATE-----".len();
     let end = start + pem[start..].find("-----END CERTIFICATE-----")?;
-    let b64: String = pem[start..end].chars().filter(|c| !c.is_whitespace()).collect();
+    let b64: String = pem[start..end]
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
     base64::engine::general_purpose::STANDARD.decode(b64).ok()
 }
 

@@ -943,11 +943,7 @@ impl Connector for SalesforceConnector {
                 "API requests in the last 24 h: {} of {} ({}%)",
                 u.used,
                 u.max,
-                if u.max == 0 {
-                    0
-                } else {
-                    u.used.saturating_mul(100) / u.max
-                }
+                u.used.saturating_mul(100).checked_div(u.max).unwrap_or(0)
             )
         })
     }

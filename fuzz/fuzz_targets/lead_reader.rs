@@ -1,0 +1,14 @@
+//! One spool record's bytes through the lead reader: `parse_record` (size limit, BOM,
+//! invalid UTF-8, serde_json's recursion limit) then `read_lead`. Any input must give a lead
+//! or a `ReadError`, never a panic or a stack overflow.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(value) = leadsync_core::lead::parse_record(data) {
+        let id = leadsync::sources::spool::spool_lead_id(&value);
+        if let Ok(lead) = leadsync_core::lead::read_lead(id.clone(), &value) {
+            assert_eq!(lead.id, id);
+        }
+    }
+});

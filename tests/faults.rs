@@ -1,0 +1,540 @@
+//! Fault injection: the real binary delivers a few hundred leads to stateful CRM fakes that
+//! misbehave on a seeded schedule (429 with `Retry-After`, 503 with and without it, 500,
+//! connections dropped without an answer, writes committed and then failed or answered after
+//! the client's timeout, slow answers, expired tokens). What must hold, checked on the fakes'
+//! own stores and request logs:
+//!
+//! - every lead is in the CRM exactly once per idempotency key (one record per key, every
+//!   key present, no lead under two keys);
+//! - no request reached a throttled target before its `Retry-After` ran out;
+//! - retries are bounded by the faults: a key is sent at most once more per fault it met, and
+//!   a record is rewritten only by a write whose answer was lost;
+//! - the ledger (`status --json`, `trace --json`) and the CRM agree.
+//!
+//! The seed is printed; `LEADSYNC_FAULT_SEED` replays one, `LEADSYNC_FAULT_ROUNDS` (default
+//! 1) runs more seeds, `LEADSYNC_FAULT_LEADS` changes the number of leads (default 300).
+
+mod common;
+use common::{text, Deployment};
+use leadsync_fakes::https_receiver::{HttpsReceiver, ReceiverOptions, Reply, ReplyEffect};
+use leadsync_fakes::salesforce::{Fault, SalesforceFake, SalesforceFakeConfig};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A small deterministic generator (xorshift), so a failing seed can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).max(1))
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The seeds of this run: `LEADSYNC_FAULT_SEED` (or a default) and the ones after it.
+fn seeds(default: u64) -> Vec<u64> {
+    let first = env_num("LEADSYNC_FAULT_SEED", default);
+    let rounds = env_num("LEADSYNC_FAULT_ROUNDS", 1).max(1);
+    (0..rounds).map(|r| first + r).collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn write_leads(d: &Deployment, n: usize) {
+    let mut f = std::fs::File::create(d.spool().join("faults.jsonl")).unwrap();
+    for i in 0..n {
+        writeln!(
+            f,
+            "{}",
+            serde_json::json!({
+                "UserDetails": {"FirstName": format!("F{i}"), "LastName": format!("L{i}"),
+                                "Email": format!("p{i}@example.com"), "Company": "Contoso"},
+                "LeadSource": "AzureMarketplace", "ActionCode": "INS",
+                "OfferTitle": format!("Offer {}", i % 5), "Description": format!("lead number {i}")
+            })
+        )
+        .unwrap();
+    }
+}
+
+/// `sync --once --wait 60s` until nothing is pending (at most `max` runs).
+fn sync_until_done(d: &Deployment, env: &[(&str, String)], max: usize) -> usize {
+    for run in 1..=max {
+        let mut cmd = d.command();
+        cmd.args(["sync", "--once", "--wait", "60s"]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let status = status_of(d, env);
+        if status["targets"][0]["pending"] == 0 {
+            return run;
+        }
+    }
+    panic!("still pending after {max} runs of sync --once");
+}
+
+fn status_of(d: &Deployment, env: &[(&str, String)]) -> serde_json::Value {
+    let mut cmd = d.command();
+    cmd.args(["status", "--json"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn trace_of(d: &Deployment, env: &[(&str, String)], lead: &str) -> serde_json::Value {
+    let mut cmd = d.command();
+    cmd.args(["trace", lead, "--json"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// No request in `log` (arrival, answered status, Retry-After seconds) arrived after a
+/// throttled answer and before its Retry-After ran out. Returns how many throttles it checked.
+fn assert_retry_after_respected(log: &[(Instant, u16, Option<u64>)], what: &str) -> usize {
+    let mut checked = 0;
+    for (i, (at, status, retry_after)) in log.iter().enumerate() {
+        let Some(secs) = retry_after else { continue };
+        if !(*status == 429 || *status == 503) {
+            continue;
+        }
+        checked += 1;
+        let until = *at + Duration::from_secs(*secs);
+        for (later, _, _) in &log[i + 1..] {
+            assert!(
+                *later >= until,
+                "{what}: a request arrived {:?} after a {status} with Retry-After: {secs}",
+                later.duration_since(*at)
+            );
+        }
+    }
+    checked
+}
+
+const HOOK_SECRET: &str = "fault-hmac-secret";
+const HOOK_TOKEN: &str = "fault-bearer-token";
+
+/// One scripted answer per POST position; `None` is a normal answer.
+fn https_schedule(rng: &mut Rng, positions: usize) -> Vec<(Reply, &'static str)> {
+    let mut throttles = 0;
+    let mut late = 0;
+    (0..positions)
+        .map(|_| {
+            if rng.below(100) >= 10 {
+                return (Reply::normal(), "ok");
+            }
+            match rng.below(8) {
+                0 if throttles < 4 => {
+                    throttles += 1;
+                    (Reply::throttled("1"), "429+Retry-After")
+                }
+                1 if throttles < 4 => {
+                    throttles += 1;
+                    (
+                        Reply::status(503).header("retry-after", "1"),
+                        "503+Retry-After",
+                    )
+                }
+                2 => (Reply::status(503), "503"),
+                3 => (Reply::reset(), "reset"),
+                4 => (Reply::commit_then(500), "commit-then-500"),
+                5 if late < 3 => {
+                    late += 1;
+                    (
+                        Reply::commit_then(200).after(Duration::from_millis(1500)),
+                        "commit-then-timeout",
+                    )
+                }
+                6 => (Reply::normal().after(Duration::from_millis(200)), "slow"),
+                _ => (Reply::status(500), "500"),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn https_target_under_seeded_faults_delivers_each_key_once() {
+    let leads = env_num("LEADSYNC_FAULT_LEADS", 300) as usize;
+    for seed in seeds(20260601) {
+        https_round(seed, leads);
+    }
+}
+
+fn https_round(seed: u64, leads: usize) {
+    let rt = runtime();
+    let rx = rt
+        .block_on(HttpsReceiver::start(
+            ReceiverOptions::http()
+                .signing_secret(HOOK_SECRET, true)
+                .require_header("authorization", &format!("Bearer {HOOK_TOKEN}"))
+                .return_id(),
+        ))
+        .unwrap();
+    let mut rng = Rng::new(seed);
+    let schedule = https_schedule(&mut rng, leads);
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, k) in &schedule {
+        *kinds.entry(k).or_default() += 1;
+    }
+    let faults = schedule
+        .iter()
+        .filter(|(_, k)| *k != "ok" && *k != "slow")
+        .count();
+    eprintln!("https faults: seed {seed}, {leads} leads, {faults} faults injected: {kinds:?}");
+    let is_fault: Vec<bool> = schedule
+        .iter()
+        .map(|(_, k)| *k != "ok" && *k != "slow")
+        .collect();
+    rx.script(schedule.iter().map(|(r, _)| r.clone()));
+
+    let d = Deployment::with_target(
+        r#"
+kind = "https"
+schedule = "*/1 * * * * *"
+[connection]
+url = { env = "FAULT_HOOK_URL" }
+allow_http = true
+extended = true
+[connection.auth]
+type = "bearer"
+token = { env = "FAULT_HOOK_TOKEN" }
+[connection.signature]
+secret = { env = "FAULT_HOOK_SECRET" }
+[connection.http]
+timeout = "1s"
+[limits]
+batch_size = 20
+concurrency = 1
+[retry]
+min_delay = "20ms"
+max_delay = "200ms"
+max_retry_after = "10s"
+"#,
+    );
+    write_leads(&d, leads);
+    let env = [
+        ("FAULT_HOOK_URL", rx.url("/hook?sig=SIGNEDQUERY")),
+        ("FAULT_HOOK_TOKEN", HOOK_TOKEN.to_string()),
+        ("FAULT_HOOK_SECRET", HOOK_SECRET.to_string()),
+    ];
+    let runs = sync_until_done(&d, &env, 5);
+
+    // Exactly once per key, every lead present, no lead under two keys.
+    let stored = rx.stored();
+    let keys: HashSet<_> = stored.iter().map(|s| s.idempotency_key.clone()).collect();
+    assert_eq!(keys.len(), stored.len(), "one stored record per key");
+    assert!(
+        !keys.contains(&None),
+        "every write carried an Idempotency-Key"
+    );
+    let mut seen = vec![0usize; leads];
+    for s in &stored {
+        let desc = s.body["Description"].as_str().unwrap();
+        let i: usize = desc.trim_start_matches("lead number ").parse().unwrap();
+        seen[i] += 1;
+    }
+    let missing: Vec<_> = (0..leads).filter(|i| seen[*i] == 0).collect();
+    let doubled: Vec<_> = (0..leads).filter(|i| seen[*i] > 1).collect();
+    assert!(
+        missing.is_empty(),
+        "seed {seed}: leads missing: {missing:?}"
+    );
+    assert!(
+        doubled.is_empty(),
+        "seed {seed}: leads stored twice: {doubled:?}"
+    );
+    assert_eq!(stored.len(), leads);
+
+    // Throttling: nothing arrived before a Retry-After ran out.
+    let posts = rx.posts();
+    // The i-th POST got the i-th scripted answer (one request at a time).
+    let log: Vec<(Instant, u16, Option<u64>)> = posts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let ra = schedule
+                .get(i)
+                .filter(|(reply, _)| reply.effect == ReplyEffect::AnswerOnly)
+                .and_then(|(reply, _)| {
+                    reply
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k == "retry-after")
+                        .and_then(|(_, v)| v.parse().ok())
+                });
+            (r.arrived, r.answered, ra)
+        })
+        .collect();
+    let throttles = assert_retry_after_respected(&log, &format!("https seed {seed}"));
+
+    // Bounded retries: a key is sent once, plus once more for each fault it met.
+    assert!(posts.len() >= schedule.len(), "the whole schedule was used");
+    let mut per_key: HashMap<String, (usize, usize)> = HashMap::new();
+    for (i, p) in posts.iter().enumerate() {
+        let key = p.header("idempotency-key").unwrap().to_string();
+        let e = per_key.entry(key).or_default();
+        e.0 += 1;
+        e.1 += usize::from(is_fault.get(i).copied().unwrap_or(false));
+        assert_eq!(
+            p.signature,
+            leadsync_fakes::https_receiver::SignatureCheck::Valid
+        );
+    }
+    for (key, (sent, faults_met)) in &per_key {
+        assert!(
+            *sent <= 1 + faults_met,
+            "seed {seed}: key {key} sent {sent} times after meeting {faults_met} fault(s): {:?}",
+            posts
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.header("idempotency-key") == Some(key.as_str()))
+                .map(|(i, p)| (i, p.answered, schedule.get(i).map(|s| s.1)))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(posts.len() <= leads + faults, "{} POSTs", posts.len());
+
+    // The ledger agrees with the receiver.
+    let status = status_of(&d, &env);
+    assert_eq!(status["leads"], leads as u64);
+    assert_eq!(status["targets"][0]["delivered"], leads as u64, "{status}");
+    assert_eq!(status["targets"][0]["dead"], 0, "{status}");
+    let mut sample_rng = Rng::new(seed ^ 0xA5A5);
+    for _ in 0..25 {
+        let s = &stored[sample_rng.below(stored.len() as u64) as usize];
+        let lead = s.body["Leadsync"]["LeadId"].as_str().unwrap();
+        let t = trace_of(&d, &env, lead);
+        let del = &t["deliveries"][0];
+        assert_eq!(del["state"], "delivered", "{t}");
+        let crm_ref = del["crm_ref"].as_str().unwrap_or_default();
+        assert!(
+            crm_ref == s.id || crm_ref.ends_with(&format!("/{}", s.id)),
+            "{t}"
+        );
+        assert_eq!(
+            del["idempotency_key"].as_str(),
+            s.idempotency_key.as_deref(),
+            "{t}"
+        );
+        let sent = per_key[s.idempotency_key.as_deref().unwrap()].0;
+        assert!(del["attempts"].as_u64().unwrap() as usize >= sent, "{t}");
+    }
+    eprintln!(
+        "https faults: seed {seed}: {leads} leads delivered once each in {runs} sync run(s), \
+         {} POSTs, {throttles} throttles waited out",
+        posts.len()
+    );
+    assert!(
+        posts
+            .iter()
+            .all(|p| p.query.as_deref() == Some("sig=SIGNEDQUERY")),
+        "the URL is used as configured"
+    );
+}
+
+/// One fault (or none) per coming Salesforce data request.
+fn salesforce_schedule(rng: &mut Rng, positions: usize) -> Vec<Option<Fault>> {
+    let mut throttles = 0;
+    (0..positions)
+        .map(|_| {
+            if rng.below(100) >= 20 {
+                return None;
+            }
+            Some(match rng.below(5) {
+                0 if throttles < 3 => {
+                    throttles += 1;
+                    Fault::TooManyRequests {
+                        retry_after_secs: 1,
+                    }
+                }
+                1 => Fault::SessionExpired,
+                2 => Fault::CommittedThenFailed,
+                3 => Fault::Unavailable,
+                _ => Fault::ServerError,
+            })
+        })
+        .collect()
+}
+
+fn fault_name(f: &Fault) -> &'static str {
+    match f {
+        Fault::TooManyRequests { .. } => "429+Retry-After",
+        Fault::Unavailable => "503",
+        Fault::ServerError => "500",
+        Fault::SessionExpired => "401-session-expired",
+        Fault::RequestLimitExceeded => "403-request-limit",
+        Fault::CommittedThenFailed => "commit-then-500",
+    }
+}
+
+#[test]
+fn salesforce_target_under_seeded_faults_delivers_each_key_once() {
+    let leads = env_num("LEADSYNC_FAULT_LEADS", 300) as usize;
+    for seed in seeds(20260602) {
+        salesforce_round(seed, leads);
+    }
+}
+
+fn salesforce_round(seed: u64, leads: usize) {
+    const BATCH: usize = 10;
+    let rt = runtime();
+    let fake = Arc::new(
+        rt.block_on(SalesforceFake::start(SalesforceFakeConfig::default()))
+            .unwrap(),
+    );
+    let mut rng = Rng::new(seed);
+    let schedule = salesforce_schedule(&mut rng, leads / BATCH);
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in schedule.iter().flatten() {
+        *kinds.entry(fault_name(f)).or_default() += 1;
+    }
+    let faults = schedule.iter().flatten().count();
+    let committed = schedule
+        .iter()
+        .flatten()
+        .filter(|f| **f == Fault::CommittedThenFailed)
+        .count();
+    for f in &schedule {
+        match f {
+            Some(f) => fake.inject(f.clone(), 1),
+            None => fake.inject_after(1, Fault::ServerError, 0),
+        }
+    }
+    // Tokens also run out by themselves, and the org is slow for a while mid-run.
+    fake.set_token_lifetime(Some(Duration::from_millis(1500)));
+    let slow = Arc::clone(&fake);
+    rt.spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        slow.set_latency(Duration::from_millis(150));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        slow.set_latency(Duration::ZERO);
+    });
+    eprintln!(
+        "salesforce faults: seed {seed}, {leads} leads, {faults} faults injected: {kinds:?}, \
+         plus 1.5 s token lifetime and a slow spell"
+    );
+
+    let d = Deployment::with_target(&format!(
+        r#"
+name = "salesforce"
+kind = "salesforce"
+schedule = "*/1 * * * * *"
+[connection]
+login_url = "{url}"
+client_id = "{client_id}"
+client_secret = {{ env = "FAULT_SF_SECRET" }}
+[connection.http]
+timeout = "5s"
+[limits]
+batch_size = {BATCH}
+concurrency = 1
+[retry]
+min_delay = "20ms"
+max_delay = "200ms"
+max_retry_after = "10s"
+"#,
+        url = fake.base_url(),
+        client_id = fake.config().client_id,
+    ));
+    write_leads(&d, leads);
+    let env = [("FAULT_SF_SECRET", fake.config().client_secret.clone())];
+    let runs = sync_until_done(&d, &env, 5);
+
+    // Exactly once per external id, every lead present.
+    let records = fake.records();
+    let ext = leadsync_fakes::salesforce::DEFAULT_EXTERNAL_ID_FIELD;
+    let keys: HashSet<_> = records
+        .iter()
+        .map(|r| r.get_str(ext).map(str::to_string))
+        .collect();
+    assert_eq!(keys.len(), records.len(), "one record per key");
+    assert!(!keys.contains(&None));
+    let mut seen = vec![0usize; leads];
+    for r in &records {
+        let i: usize = r.get_str("FirstName").unwrap()[1..].parse().unwrap();
+        seen[i] += 1;
+    }
+    let missing: Vec<_> = (0..leads).filter(|i| seen[*i] == 0).collect();
+    let doubled: Vec<_> = (0..leads).filter(|i| seen[*i] > 1).collect();
+    assert!(
+        missing.is_empty(),
+        "seed {seed}: leads missing: {missing:?}"
+    );
+    assert!(
+        doubled.is_empty(),
+        "seed {seed}: leads stored twice: {doubled:?}"
+    );
+
+    // Throttling respected (data requests only; the token endpoint is not throttled).
+    let requests = fake.requests();
+    let data: Vec<_> = requests
+        .iter()
+        .filter(|r| !r.path.ends_with("/oauth2/token"))
+        .collect();
+    let log: Vec<(Instant, u16, Option<u64>)> = data
+        .iter()
+        .map(|r| (r.at, r.status, (r.status == 429).then_some(1)))
+        .collect();
+    let throttles = assert_retry_after_respected(&log, &format!("salesforce seed {seed}"));
+    assert_eq!(
+        throttles,
+        kinds.get("429+Retry-After").copied().unwrap_or(0),
+        "every scripted 429 was met"
+    );
+
+    // Bounded: a record is rewritten only by a batch whose answer was lost (at most once per
+    // such fault), and the data requests are the batches plus one retry per failure.
+    let rewrites: u32 = records.iter().map(|r| r.updates).sum();
+    assert!(
+        records.iter().all(|r| r.updates as usize <= committed),
+        "seed {seed}: a record rewritten more often than answers were lost"
+    );
+    assert!(rewrites as usize <= committed * BATCH);
+    let expired = data.iter().filter(|r| r.status == 401).count();
+    let min_batches = leads.div_ceil(BATCH);
+    assert!(
+        data.len() <= 2 * min_batches + faults + expired,
+        "seed {seed}: {} data requests for {min_batches} batches, {faults} faults, {expired} expiries",
+        data.len()
+    );
+
+    // The ledger agrees with the org.
+    let status = status_of(&d, &env);
+    assert_eq!(status["targets"][0]["delivered"], leads as u64, "{status}");
+    assert_eq!(status["targets"][0]["dead"], 0, "{status}");
+    eprintln!(
+        "salesforce faults: seed {seed}: {leads} leads once each in {runs} sync run(s), \
+         {} data requests, {expired} expired sessions, {rewrites} rewrites, {throttles} throttles waited out",
+        data.len()
+    );
+}
