@@ -1,0 +1,850 @@
+//! End-to-end benchmarks: throughput against the limit, freshness, ledger rate and memory.
+//! Each part prints a table; the README's "Performance" section quotes them.
+//!
+//! `cargo bench --bench e2e -- <part>...` (no part: all of them), parts:
+//!
+//! - `https`: spool → ledger → `kind = "https"` target → fake receiver at zero latency, in
+//!   this process (`pull_source`, then `drain_target`), next to a raw reqwest loop against the
+//!   same fake with the same concurrency (the limit). Per-lead POSTs and batch mode.
+//!   `LEADSYNC_BENCH_HTTPS_LEADS` (default 20000).
+//! - `batch`: Salesforce sObject Collections and Dataverse `$batch` against their fakes with
+//!   50 ms added to every request; leads/s next to in_flight × batch ÷ 50 ms.
+//!   `LEADSYNC_BENCH_BATCH_ROUNDS` (default 10 rounds of batch × concurrency leads).
+//! - `freshness`: the real binary in `run` mode, a spool source pulled every second, an https
+//!   target; leads dropped at random times; drop → arrival at the fake, p50/p99/max.
+//!   `LEADSYNC_BENCH_FRESH_LEADS` (default 100), `LEADSYNC_BENCH_FRESH_SECS` (default 40).
+//! - `ledger`: `Ledger::stage` in batches of 500 into SQLite, then the push side's
+//!   `claim` + `record` in rounds of 1,600. `LEADSYNC_BENCH_LEDGER_LEADS` (default 100000).
+//! - `rss`: peak RSS (VmHWM) of the real binary doing `sync --once` through a generated
+//!   backlog to an https receiver at zero latency (batch mode).
+//!   `LEADSYNC_BENCH_RSS_LEADS` (default 250000, about a minute; the README figure is 1000000).
+//! - `idle`: RSS and CPU seconds (utime + stime) of an idle `run` over
+//!   `LEADSYNC_BENCH_IDLE_SECS` (default 60).
+//!
+//! Everything is loopback. The binary is `CARGO_BIN_EXE_leadsync` (cargo builds it in the
+//! bench profile). `cargo test --all-targets` runs this without `--bench`: it then does
+//! nothing.
+
+use chrono::{DateTime, Utc};
+use leadsync::ledger::{
+    Ledger, OpenMode, PlannedDelivery, RecordedOutcome, StageBatch, StagedLead,
+};
+use leadsync::pipeline::{drain_target, pull_source, Target};
+use leadsync::sources::Source;
+use leadsync_core::{idempotency_key, read_lead, KeyScope};
+use leadsync_fakes::dataverse::FakeDataverse;
+use leadsync_fakes::https_receiver::{HttpsReceiver, ReceiverOptions};
+use leadsync_fakes::salesforce::{SalesforceFake, SalesforceFakeConfig};
+use rand::Rng;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// One generated marketplace lead in the HTTPS-endpoint shape, distinct per `i`.
+fn lead_json(i: usize, tag: &str) -> String {
+    const FIRST: [&str; 6] = ["Ann", "Bo", "Chloé", "Dmitri", "Eva", "Farid"];
+    const COMPANY: [&str; 5] = [
+        "Contoso",
+        "Fabrikam",
+        "Northwind Traders",
+        "Tailspin Toys",
+        "Wide World Importers",
+    ];
+    const ACTION: [&str; 4] = ["INS", "PLT", "INS", "Create"];
+    serde_json::json!({
+        "UserDetails": {
+            "FirstName": FIRST[i % FIRST.len()],
+            "LastName": format!("Lead{i}"),
+            "Email": format!("lead{i}.{tag}@contoso.example"),
+            "Phone": "+1 425 555 0100",
+            "Country": "US",
+            "Company": COMPANY[i % COMPANY.len()],
+            "Title": "IT Manager"
+        },
+        "LeadSource": "AzureMarketplace",
+        "ActionCode": ACTION[i % ACTION.len()],
+        "OfferTitle": "Contoso Analytics",
+        "Description": format!("{tag} lead {i}: interested in a 50-seat pilot")
+    })
+    .to_string()
+}
+
+/// Write `n` leads as one `.jsonl` file, renamed into place so the spool never sees it half
+/// written.
+fn write_spool_file(dir: &Path, name: &str, from: usize, n: usize, tag: &str) {
+    let tmp = dir.join(format!(".{name}.part"));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).expect("spool file"));
+    for i in from..from + n {
+        f.write_all(lead_json(i, tag).as_bytes()).expect("write");
+        f.write_all(b"\n").expect("write");
+    }
+    f.flush().expect("flush");
+    drop(f);
+    std::fs::rename(&tmp, dir.join(name)).expect("rename");
+}
+
+/// A throw-away deployment: `config/leadsync.toml`, `config/targets/<name>.toml`, `spool/`,
+/// `state/ledger.db`.
+struct Deployment {
+    dir: tempfile::TempDir,
+}
+
+impl Deployment {
+    fn new(target_name: &str, target_toml: &str, source_schedule: &str) -> Deployment {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for d in ["config/targets", "spool", "state"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        std::fs::write(
+            root.join("config/leadsync.toml"),
+            format!(
+                r#"
+[ledger]
+path = "../state/ledger.db"
+
+[telemetry]
+log_format = "json"
+log_level = "warn"
+
+[sources.inbox]
+kind = "spool"
+dir = "../spool"
+after = "move"
+settle = "0s"
+schedule = "{source_schedule}"
+"#
+            ),
+        )
+        .expect("config");
+        std::fs::write(
+            root.join(format!("config/targets/{target_name}.toml")),
+            target_toml,
+        )
+        .expect("target");
+        Deployment { dir }
+    }
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("config/leadsync.toml")
+    }
+    fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+    fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_leadsync"));
+        c.arg("--config").arg(self.config());
+        c.env_remove("LEADSYNC_CONFIG");
+        c
+    }
+}
+
+/// The library's own pipeline over a deployment, in this process.
+struct InProcess {
+    ledger: Arc<dyn Ledger>,
+    source: Box<dyn Source>,
+    targets: Vec<Arc<Target>>,
+}
+
+impl InProcess {
+    async fn open(d: &Deployment) -> InProcess {
+        let loaded = leadsync::app::load(&d.config()).unwrap_or_else(|e| panic!("config: {e}"));
+        let mut sources = leadsync::app::build_sources(&loaded.settings).expect("sources");
+        let ledger = leadsync::app::open_ledger_in(&loaded.settings, OpenMode::Exclusive)
+            .await
+            .expect("ledger");
+        InProcess {
+            ledger,
+            source: sources.remove(0),
+            targets: loaded.targets,
+        }
+    }
+
+    /// Stage everything in the spool; returns (leads staged, seconds).
+    async fn stage(&mut self) -> (u64, f64) {
+        let t = Instant::now();
+        let r = pull_source(self.ledger.as_ref(), self.source.as_mut(), &self.targets)
+            .await
+            .expect("pull");
+        (r.staged, t.elapsed().as_secs_f64())
+    }
+
+    /// Push the (only) target until nothing is due; returns (delivered, seconds).
+    async fn drain(&self) -> (u64, f64) {
+        let t = Instant::now();
+        let r = drain_target(self.ledger.as_ref(), &self.targets[0], "bench", Utc::now())
+            .await
+            .expect("drain");
+        let secs = t.elapsed().as_secs_f64();
+        if r.delivered != r.attempted {
+            println!(
+                "  ! {} attempted, {} delivered, {} retrying, {} dead",
+                r.attempted, r.delivered, r.retrying, r.dead
+            );
+        }
+        (r.delivered, secs)
+    }
+}
+
+/// Stage `warm` leads and push them (connections, tokens), then stage `n` and push them,
+/// timed. Returns (staged, stage s, delivered, push s).
+async fn warm_then_measure(d: &Deployment, warm: usize, n: usize) -> (u64, f64, u64, f64) {
+    let mut p = InProcess::open(d).await;
+    if warm > 0 {
+        write_spool_file(&d.spool(), "warm.jsonl", 0, warm, "warm");
+        p.stage().await;
+        p.drain().await;
+    }
+    write_spool_file(&d.spool(), "leads.jsonl", 0, n, "bench");
+    let (staged, stage_s) = p.stage().await;
+    let (delivered, push_s) = p.drain().await;
+    (staged, stage_s, delivered, push_s)
+}
+
+/// The raw client: `requests` POSTs of `per_request` marketplace bodies each (an array when
+/// more than one), `concurrency` at a time, over one reqwest client. Returns seconds.
+async fn raw_client(url: &str, requests: usize, per_request: usize, concurrency: usize) -> f64 {
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicUsize::new(0));
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let client = client.clone();
+            let next = Arc::clone(&next);
+            let url = url.to_string();
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= requests {
+                        break;
+                    }
+                    let body = if per_request == 1 {
+                        lead_json(i, "raw")
+                    } else {
+                        let items: Vec<String> = (0..per_request)
+                            .map(|j| lead_json(i * per_request + j, "raw"))
+                            .collect();
+                        format!("[{}]", items.join(","))
+                    };
+                    let r = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("idempotency-key", format!("raw-{i:028}"))
+                        .body(body)
+                        .send()
+                        .await
+                        .expect("raw POST");
+                    assert!(r.status().is_success(), "raw POST: {}", r.status());
+                    let _ = r.bytes().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("raw task");
+    }
+    t.elapsed().as_secs_f64()
+}
+
+fn https_target(url: &str, batch: bool, batch_size: usize, concurrency: usize) -> String {
+    format!(
+        r#"
+kind = "https"
+schedule = "*/30 * * * * *"
+[connection]
+url = "{url}"
+allow_http = true
+batch = {batch}
+[limits]
+batch_size = {batch_size}
+concurrency = {concurrency}
+"#
+    )
+}
+
+async fn bench_https() {
+    let n = env_usize("LEADSYNC_BENCH_HTTPS_LEADS", 20_000);
+    println!("\n## https: spool → ledger → https target → fake receiver (zero latency), {n} leads");
+    println!(
+        "{:<34} {:>10} {:>10} {:>11} {:>12} {:>10}",
+        "mode (batch_size × concurrency)",
+        "stage/s",
+        "push/s",
+        "end-to-end",
+        "raw client",
+        "of raw"
+    );
+    // (batch mode, leads per push, pushes in flight)
+    for (batch, batch_size, concurrency) in [(false, 100, 8), (false, 100, 16), (true, 100, 4)] {
+        let fake = HttpsReceiver::start(ReceiverOptions::http())
+            .await
+            .expect("receiver");
+        let d = Deployment::new(
+            "crm",
+            &https_target(&fake.url("/leads"), batch, batch_size, concurrency),
+            "*/30 * * * * *",
+        );
+        let (staged, stage_s, delivered, push_s) =
+            warm_then_measure(&d, batch_size * concurrency, n).await;
+        assert_eq!(staged as usize, n, "staged");
+        let posts = fake.request_count();
+        drop(fake);
+        // The limit: the same fake, a fresh instance, the same requests in flight.
+        // The best of three runs, each against a fresh receiver.
+        let per_request = if batch { batch_size } else { 1 };
+        let mut raw_s = f64::INFINITY;
+        for _ in 0..3 {
+            let fake = HttpsReceiver::start(ReceiverOptions::http())
+                .await
+                .expect("receiver");
+            let s = raw_client(
+                &fake.url("/leads"),
+                n / per_request,
+                per_request,
+                concurrency,
+            )
+            .await;
+            raw_s = raw_s.min(s);
+        }
+        let raw_rate = n as f64 / raw_s;
+        let push_rate = delivered as f64 / push_s;
+        let mode = if batch {
+            format!("batch array of {batch_size} × {concurrency}")
+        } else {
+            format!("one lead per POST, {batch_size} × {concurrency}")
+        };
+        println!(
+            "{:<34} {:>10.0} {:>10.0} {:>11.0} {:>12.0} {:>9.0}%",
+            mode,
+            staged as f64 / stage_s,
+            push_rate,
+            delivered as f64 / (stage_s + push_s),
+            raw_rate,
+            100.0 * push_rate / raw_rate,
+        );
+        if delivered as usize != n {
+            println!("  ! only {delivered} of {n} delivered ({posts} requests)");
+        }
+    }
+    println!("(leads/s; end-to-end = N ÷ (stage + push time); \"of raw\" compares the push phase)");
+}
+
+const ADDED_LATENCY: Duration = Duration::from_millis(50);
+
+async fn bench_batch() {
+    let rounds = env_usize("LEADSYNC_BENCH_BATCH_ROUNDS", 10);
+    println!(
+        "\n## batch connectors: {} ms added per request, {rounds} rounds of batch × in-flight leads",
+        ADDED_LATENCY.as_millis()
+    );
+    println!(
+        "{:<12} {:>6} {:>9} {:>7} {:>10} {:>10} {:>8} {:>9}",
+        "connector", "batch", "in flight", "leads", "leads/s", "limit", "of limit", "requests"
+    );
+    let limit = |batch: usize, conc: usize| (batch * conc) as f64 / ADDED_LATENCY.as_secs_f64();
+    for (batch, conc) in [(200, 1), (200, 4)] {
+        let fake = SalesforceFake::start(SalesforceFakeConfig {
+            api_limit: 1_000_000_000,
+            ..SalesforceFakeConfig::default()
+        })
+        .await
+        .expect("salesforce fake");
+        fake.set_latency(ADDED_LATENCY);
+        let target = format!(
+            r#"
+kind = "salesforce"
+schedule = "*/30 * * * * *"
+[connection]
+login_url = "{url}"
+client_id = "{id}"
+client_secret = "{secret}"
+[limits]
+batch_size = {batch}
+concurrency = {conc}
+"#,
+            url = fake.base_url(),
+            id = fake.config().client_id,
+            secret = fake.config().client_secret,
+        );
+        let d = Deployment::new("salesforce", &target, "*/30 * * * * *");
+        let n = rounds * batch * conc;
+        let (_, _, delivered, push_s) = warm_then_measure(&d, batch * conc, n).await;
+        let rate = delivered as f64 / push_s;
+        println!(
+            "{:<12} {:>6} {:>9} {:>7} {:>10.0} {:>10.0} {:>7.0}% {:>9}",
+            "salesforce",
+            batch,
+            conc,
+            delivered,
+            rate,
+            limit(batch, conc),
+            100.0 * rate / limit(batch, conc),
+            fake.data_request_count(),
+        );
+    }
+    for (batch, conc) in [(100, 1), (100, 4), (500, 4)] {
+        let fake = FakeDataverse::start().await;
+        fake.set_latency(ADDED_LATENCY);
+        let target = format!(
+            r#"
+kind = "dynamics"
+schedule = "*/30 * * * * *"
+[connection]
+url = "{url}"
+authority = "{url}"
+tenant_id = "{tenant}"
+client_id = "leadsync-app"
+client_secret = "s3cret"
+[limits]
+batch_size = {batch}
+concurrency = {conc}
+"#,
+            url = fake.base_url(),
+            tenant = fake.tenant(),
+        );
+        let d = Deployment::new("dynamics", &target, "*/30 * * * * *");
+        let n = rounds * batch * conc;
+        let (_, _, delivered, push_s) = warm_then_measure(&d, batch * conc, n).await;
+        let rate = delivered as f64 / push_s;
+        println!(
+            "{:<12} {:>6} {:>9} {:>7} {:>10.0} {:>10.0} {:>7.0}% {:>9}",
+            "dynamics",
+            batch,
+            conc,
+            delivered,
+            rate,
+            limit(batch, conc),
+            100.0 * rate / limit(batch, conc),
+            fake.request_count(),
+        );
+    }
+    println!("(limit = in flight × batch ÷ 50 ms; timed after one warm-up round; requests include the warm-up and token calls)");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Start `leadsync run` on a deployment, its log in the deployment folder.
+fn start_run(d: &Deployment) -> Child {
+    let log = std::fs::File::create(d.dir.path().join("run.log")).expect("log file");
+    d.command()
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start leadsync run")
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// The drop ids of the leads the receiver has stored, with their arrival times.
+fn arrivals(fake: &HttpsReceiver) -> Vec<(String, DateTime<Utc>)> {
+    fake.posts()
+        .iter()
+        .filter(|r| r.answered < 300)
+        .filter_map(|r| {
+            let body = r.json()?;
+            let desc = body["Description"].as_str()?.to_string();
+            Some((desc, r.arrived_at))
+        })
+        .collect()
+}
+
+async fn bench_freshness() {
+    let leads = env_usize("LEADSYNC_BENCH_FRESH_LEADS", 100);
+    let secs = env_usize("LEADSYNC_BENCH_FRESH_SECS", 40);
+    println!(
+        "\n## freshness: `leadsync run`, spool pulled every 1 s, {leads} leads dropped at random times over {secs} s"
+    );
+    let fake = HttpsReceiver::start(ReceiverOptions::http())
+        .await
+        .expect("receiver");
+    let d = Deployment::new(
+        "crm",
+        &https_target(&fake.url("/leads"), false, 10, 4),
+        "*/1 * * * * *",
+    );
+    let child = start_run(&d);
+    // Ready: a first lead went through.
+    write_spool_file(&d.spool(), "warm.jsonl", 0, 1, "warm");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake.request_count() == 0 {
+        if Instant::now() > deadline {
+            stop(child);
+            println!(
+                "  ! the daemon delivered nothing in 20 s; see its log:\n{}",
+                std::fs::read_to_string(d.dir.path().join("run.log")).unwrap_or_default()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut offsets: Vec<f64> = {
+        let mut rng = rand::rng();
+        (0..leads)
+            .map(|_| rng.random_range(0.0..secs as f64))
+            .collect()
+    };
+    offsets.sort_by(f64::total_cmp);
+    let start = Instant::now();
+    let mut dropped = Vec::with_capacity(leads);
+    for (i, off) in offsets.iter().enumerate() {
+        let at = start + Duration::from_secs_f64(*off);
+        tokio::time::sleep_until(at.into()).await;
+        let tag = format!("fresh{i}");
+        let desc = format!("{tag} lead {i}: interested in a 50-seat pilot");
+        // write_spool_file renames into place: the drop time is just before the rename.
+        dropped.push((desc, Utc::now()));
+        write_spool_file(&d.spool(), &format!("{tag}.jsonl"), i, 1, &tag);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut got = arrivals(&fake);
+    while got.len() < leads + 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        got = arrivals(&fake);
+    }
+    stop(child);
+    let arrived: std::collections::HashMap<String, DateTime<Utc>> = got.into_iter().collect();
+    let mut lat: Vec<f64> = dropped
+        .iter()
+        .filter_map(|(desc, at)| {
+            arrived
+                .get(desc)
+                .map(|t| (*t - *at).num_microseconds().unwrap_or(0) as f64 / 1e6)
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "{:>9} {:>8} {:>8} {:>8} {:>8} {:>13}",
+        "delivered", "p50 s", "p90 s", "p99 s", "max s", "target p99 s"
+    );
+    println!(
+        "{:>9} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>13}",
+        format!("{}/{leads}", lat.len()),
+        percentile(&lat, 50.0),
+        percentile(&lat, 90.0),
+        percentile(&lat, 99.0),
+        lat.last().copied().unwrap_or(f64::NAN),
+        "≤ 2.000"
+    );
+    println!("(drop = rename into the spool; delivered = arrival at the receiver; same clock)");
+}
+
+async fn bench_ledger() {
+    let n = env_usize("LEADSYNC_BENCH_LEDGER_LEADS", 100_000);
+    println!("\n## ledger: SQLite (WAL, synchronous=FULL), {n} leads, one delivery each");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = leadsync::ledger::sqlite::SqliteLedger::open(&dir.path().join("ledger.db"))
+        .await
+        .expect("ledger");
+    let leads: Vec<StagedLead> = (0..n)
+        .map(|i| {
+            let v =
+                leadsync_core::lead::parse_record(lead_json(i, "ledger").as_bytes()).expect("json");
+            let lead = read_lead(format!("spool:{i:016x}"), &v).expect("lead");
+            StagedLead {
+                deliveries: vec![PlannedDelivery {
+                    target: "crm".into(),
+                    idempotency_key: idempotency_key("crm", KeyScope::Lead, &lead),
+                }],
+                lead,
+            }
+        })
+        .collect();
+    let t = Instant::now();
+    let mut cursor = 0;
+    for chunk in leads.chunks(leadsync::pipeline::STAGE_BATCH) {
+        cursor += chunk.len();
+        ledger
+            .stage(StageBatch {
+                source: "bench".into(),
+                leads: chunk.to_vec(),
+                quarantined: Vec::new(),
+                cursor: Some(cursor.to_string()),
+            })
+            .await
+            .expect("stage");
+    }
+    let stage_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut claim_s = 0.0;
+    let mut done = 0;
+    loop {
+        let c = Instant::now();
+        let claimed = ledger
+            .claim("crm", Utc::now(), 1600, Duration::from_secs(60), "bench")
+            .await
+            .expect("claim");
+        claim_s += c.elapsed().as_secs_f64();
+        if claimed.is_empty() {
+            break;
+        }
+        done += claimed.len();
+        let outcomes: Vec<RecordedOutcome> = claimed
+            .iter()
+            .map(|d| RecordedOutcome::Delivered {
+                delivery_id: d.delivery_id,
+                crm_ref: None,
+            })
+            .collect();
+        ledger.record(&outcomes).await.expect("record");
+    }
+    let push_s = t.elapsed().as_secs_f64();
+    println!("{:<44} {:>10} {:>9}", "operation", "leads/s", "seconds");
+    println!(
+        "{:<44} {:>10.0} {:>9.2}",
+        "stage (batches of 500, one transaction each)",
+        n as f64 / stage_s,
+        stage_s
+    );
+    println!(
+        "{:<44} {:>10.0} {:>9.2}",
+        "claim (rounds of 1,600, leases + lead JSON)",
+        done as f64 / claim_s,
+        claim_s
+    );
+    println!(
+        "{:<44} {:>10.0} {:>9.2}",
+        "claim + record delivered",
+        done as f64 / push_s,
+        push_s
+    );
+}
+
+/// What /proc says about a process: (VmRSS KiB, VmHWM KiB, CPU seconds).
+fn proc_sample(pid: u32, ticks: f64) -> Option<(u64, u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks;
+    Some((kib("VmRSS:")?, kib("VmHWM:")?, cpu))
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// A minimal receiver for big runs: answers 200 at once and counts leads (objects in the
+/// array) without keeping anything.
+async fn counting_receiver() -> (String, Arc<AtomicU64>) {
+    let count = Arc::new(AtomicU64::new(0));
+    let c = Arc::clone(&count);
+    let app = axum::Router::new().route(
+        "/leads",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let c = Arc::clone(&c);
+            async move {
+                let needle = b"{\"UserDetails\"";
+                let n = body.windows(needle.len()).filter(|w| w == needle).count();
+                c.fetch_add(n as u64, Ordering::Relaxed);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/leads"), count)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+async fn bench_rss() {
+    let n = env_usize("LEADSYNC_BENCH_RSS_LEADS", 250_000);
+    println!("\n## peak RSS: `leadsync sync --once` through a backlog of {n} leads");
+    let (url, count) = counting_receiver().await;
+    let d = Deployment::new("crm", &https_target(&url, true, 100, 4), "*/30 * * * * *");
+    let t = Instant::now();
+    write_spool_file(&d.spool(), "backlog.jsonl", 0, n, "backlog");
+    let size = std::fs::metadata(d.spool().join("backlog.jsonl"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "  (generated {:.0} MiB of .jsonl in {:.1} s)",
+        size as f64 / 1048576.0,
+        t.elapsed().as_secs_f64()
+    );
+    let ticks = clock_ticks();
+    let t = Instant::now();
+    let mut child = d
+        .command()
+        .args(["sync", "--once", "--wait", "0s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start sync --once");
+    let pid = child.id();
+    let mut last = (0, 0, 0.0);
+    let status = loop {
+        if let Some(s) = proc_sample(pid, ticks) {
+            last = s;
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let wall = t.elapsed().as_secs_f64();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut err);
+    }
+    let db = d.dir.path().join("state/ledger.db");
+    let db_size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "{:>9} {:>11} {:>8} {:>8} {:>9} {:>13} {:>10} {:>10}",
+        "leads", "delivered", "wall s", "leads/s", "CPU s", "peak RSS MiB", "target", "ledger MiB"
+    );
+    println!(
+        "{:>9} {:>11} {:>8.1} {:>8.0} {:>9.1} {:>13.1} {:>10} {:>10.0}",
+        n,
+        count.load(Ordering::Relaxed),
+        wall,
+        n as f64 / wall,
+        last.2,
+        mib(last.1),
+        "≤ 64",
+        db_size as f64 / 1048576.0
+    );
+    if !status.success() {
+        println!(
+            "  ! sync --once exited {status}:\n{}",
+            err.chars().take(2000).collect::<String>()
+        );
+    }
+    println!("(https target, batch arrays of 100 × 4 in flight, receiver at zero latency; VmHWM sampled every 50 ms)");
+}
+
+async fn bench_idle() {
+    let secs = env_usize("LEADSYNC_BENCH_IDLE_SECS", 60);
+    println!("\n## idle: `leadsync run`, spool pulled every 1 s, nothing to do, {secs} s");
+    let (url, _count) = counting_receiver().await;
+    let d = Deployment::new("crm", &https_target(&url, false, 100, 4), "*/1 * * * * *");
+    let ticks = clock_ticks();
+    let child = start_run(&d);
+    let pid = child.id();
+    // Settle: ledger open, scheduler started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let Some(first) = proc_sample(pid, ticks) else {
+        println!("  ! the daemon is not running; see its log");
+        stop(child);
+        return;
+    };
+    tokio::time::sleep(Duration::from_secs(secs as u64)).await;
+    let last = proc_sample(pid, ticks).unwrap_or(first);
+    stop(child);
+    println!(
+        "{:>8} {:>13} {:>13} {:>10} {:>11} {:>13}",
+        "window s", "RSS start MiB", "RSS end MiB", "peak MiB", "CPU s", "CPU % of 1 core"
+    );
+    println!(
+        "{:>8} {:>13.1} {:>13.1} {:>10.1} {:>11.2} {:>13.2}",
+        secs,
+        mib(first.0),
+        mib(last.0),
+        mib(last.1),
+        last.2 - first.2,
+        100.0 * (last.2 - first.2) / secs as f64
+    );
+    println!(
+        "(target: idle RSS ≤ 15 MiB; CPU = utime + stime over the window, after 3 s of start-up)"
+    );
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo test --all-targets` runs benches without `--bench`: nothing to do then.
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let parts: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(String::as_str)
+        .collect();
+    let all = ["https", "batch", "freshness", "ledger", "rss", "idle"];
+    for p in &parts {
+        if !all.contains(p) {
+            eprintln!("unknown part {p:?}; parts: {}", all.join(", "));
+            std::process::exit(2);
+        }
+    }
+    let want = |p: &str| parts.is_empty() || parts.contains(&p);
+    println!(
+        "leadsync e2e benchmarks on {} ({} cores)",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if want("https") {
+        bench_https().await;
+    }
+    if want("batch") {
+        bench_batch().await;
+    }
+    if want("freshness") {
+        bench_freshness().await;
+    }
+    if want("ledger") {
+        bench_ledger().await;
+    }
+    if want("rss") {
+        bench_rss().await;
+    }
+    if want("idle") {
+        bench_idle().await;
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
