@@ -39,11 +39,11 @@ fn lead_with_email(id: &str, email: &str) -> Lead {
     .expect("test lead reads")
 }
 
-fn lead(id: &str) -> Lead {
+pub(super) fn lead(id: &str) -> Lead {
     lead_with_email(id, "ada@example.com")
 }
 
-fn staged(id: &str, targets: &[&str]) -> StagedLead {
+pub(super) fn staged(id: &str, targets: &[&str]) -> StagedLead {
     StagedLead {
         lead: lead(id),
         deliveries: targets
@@ -56,7 +56,7 @@ fn staged(id: &str, targets: &[&str]) -> StagedLead {
     }
 }
 
-fn batch(ids: &[&str], targets: &[&str], cursor: Option<&str>) -> StageBatch {
+pub(super) fn batch(ids: &[&str], targets: &[&str], cursor: Option<&str>) -> StageBatch {
     StageBatch {
         source: "spool".to_owned(),
         leads: ids.iter().map(|id| staged(id, targets)).collect(),
@@ -66,7 +66,7 @@ fn batch(ids: &[&str], targets: &[&str], cursor: Option<&str>) -> StageBatch {
 }
 
 /// A moment safely after everything staged so far (stage uses the wall clock).
-fn soon() -> DateTime<Utc> {
+pub(super) fn soon() -> DateTime<Utc> {
     Utc::now() + TimeDelta::milliseconds(5)
 }
 

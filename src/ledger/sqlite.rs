@@ -974,51 +974,10 @@ mod tests {
     //! stage transaction is atomic). The shared scenarios run on both backends in
     //! `ledger::contract`.
     use super::*;
+    use crate::ledger::contract::{batch, soon, staged};
     use crate::ledger::QuarantinedRecord;
-    use chrono::TimeDelta;
 
     const LEASE: Duration = Duration::from_secs(60);
-
-    fn lead(id: &str) -> Lead {
-        leadsync_core::read_lead(
-            id.to_owned(),
-            &serde_json::json!({
-                "UserDetails": {
-                    "FirstName": "Ada",
-                    "LastName": "Lovelace",
-                    "Email": "ada@example.com",
-                    "Company": "Contoso"
-                },
-                "LeadSource": "AzureMarketplace",
-                "ActionCode": "INS",
-                "OfferTitle": "Widget",
-                "Description": "call me"
-            }),
-        )
-        .expect("test lead reads")
-    }
-
-    fn staged(id: &str, targets: &[&str]) -> StagedLead {
-        StagedLead {
-            lead: lead(id),
-            deliveries: targets
-                .iter()
-                .map(|t| PlannedDelivery {
-                    target: (*t).to_owned(),
-                    idempotency_key: format!("{t}:{id}"),
-                })
-                .collect(),
-        }
-    }
-
-    fn batch(ids: &[&str], targets: &[&str], cursor: Option<&str>) -> StageBatch {
-        StageBatch {
-            source: "spool".to_owned(),
-            leads: ids.iter().map(|id| staged(id, targets)).collect(),
-            quarantined: Vec::new(),
-            cursor: cursor.map(str::to_owned),
-        }
-    }
 
     async fn open(dir: &tempfile::TempDir) -> SqliteLedger {
         SqliteLedger::open(&dir.path().join("state").join("ledger.db"))
@@ -1031,11 +990,6 @@ mod tests {
             .fetch_one(&ledger.pool)
             .await
             .expect("count query")
-    }
-
-    /// A moment safely after everything staged so far (stage uses the wall clock).
-    fn soon() -> DateTime<Utc> {
-        Utc::now() + TimeDelta::milliseconds(5)
     }
 
     #[tokio::test]
