@@ -110,3 +110,18 @@ fn missing_config_file() {
         text(&out)
     );
 }
+
+#[test]
+fn packaged_configuration_passes_check() {
+    // What the .deb installs under /etc/leadsync, checked as `ExecStartPre=` would.
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/etc/leadsync.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadsync"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .env_remove("LEADSYNC_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("target csv-export (file): ok"));
+}
