@@ -606,7 +606,7 @@ async fn bench_ledger() {
                 crm_ref: None,
             })
             .collect();
-        ledger.record(&outcomes).await.expect("record");
+        ledger.record(&outcomes, "bench").await.expect("record");
     }
     let push_s = t.elapsed().as_secs_f64();
     println!("{:<44} {:>10} {:>9}", "operation", "leads/s", "seconds");

@@ -481,7 +481,7 @@ pub async fn push_round(
             .await?;
         report.paused_until = Some(until);
     }
-    ledger.record(&recorded).await?;
+    ledger.record(&recorded, owner).await?;
     if let Some(note) = target.connector.status_note() {
         ledger
             .set_target_note(&target.name, &note, answered)

@@ -230,12 +230,15 @@ async fn claim_respects_due_time_lease_and_limit(ledger: &dyn Ledger) {
 
     let retry_at = later + TimeDelta::hours(1);
     ledger
-        .record(&[RecordedOutcome::Retry {
-            delivery_id: again[0].delivery_id,
-            next_attempt_at: retry_at,
-            error_code: Some("http_503".to_owned()),
-            error: "service unavailable".to_owned(),
-        }])
+        .record(
+            &[RecordedOutcome::Retry {
+                delivery_id: again[0].delivery_id,
+                next_attempt_at: retry_at,
+                error_code: Some("http_503".to_owned()),
+                error: "service unavailable".to_owned(),
+            }],
+            "w4",
+        )
         .await
         .expect("record");
     let even_later = later + TimeDelta::seconds(61);
@@ -274,27 +277,30 @@ async fn record_stores_each_outcome(ledger: &dyn Ledger) {
     let retry_at = now + TimeDelta::minutes(5);
     let release_at = now + TimeDelta::minutes(1);
     ledger
-        .record(&[
-            RecordedOutcome::Delivered {
-                delivery_id: id("a"),
-                crm_ref: Some("crm-001".to_owned()),
-            },
-            RecordedOutcome::Retry {
-                delivery_id: id("b"),
-                next_attempt_at: retry_at,
-                error_code: Some("http_503".to_owned()),
-                error: "service unavailable".to_owned(),
-            },
-            RecordedOutcome::Release {
-                delivery_id: id("c"),
-                next_attempt_at: release_at,
-            },
-            RecordedOutcome::Dead {
-                delivery_id: id("d"),
-                error_code: Some("REQUIRED_FIELD_MISSING".to_owned()),
-                error: "LastName is required".to_owned(),
-            },
-        ])
+        .record(
+            &[
+                RecordedOutcome::Delivered {
+                    delivery_id: id("a"),
+                    crm_ref: Some("crm-001".to_owned()),
+                },
+                RecordedOutcome::Retry {
+                    delivery_id: id("b"),
+                    next_attempt_at: retry_at,
+                    error_code: Some("http_503".to_owned()),
+                    error: "service unavailable".to_owned(),
+                },
+                RecordedOutcome::Release {
+                    delivery_id: id("c"),
+                    next_attempt_at: release_at,
+                },
+                RecordedOutcome::Dead {
+                    delivery_id: id("d"),
+                    error_code: Some("REQUIRED_FIELD_MISSING".to_owned()),
+                    error: "LastName is required".to_owned(),
+                },
+            ],
+            "w1",
+        )
         .await
         .expect("record");
 
@@ -339,18 +345,21 @@ async fn record_stores_each_outcome(ledger: &dyn Ledger) {
 
     // A late outcome cannot undo a delivered or dead row.
     ledger
-        .record(&[
-            RecordedOutcome::Retry {
-                delivery_id: id("a"),
-                next_attempt_at: now,
-                error_code: None,
-                error: "late".to_owned(),
-            },
-            RecordedOutcome::Delivered {
-                delivery_id: id("d"),
-                crm_ref: None,
-            },
-        ])
+        .record(
+            &[
+                RecordedOutcome::Retry {
+                    delivery_id: id("a"),
+                    next_attempt_at: now,
+                    error_code: None,
+                    error: "late".to_owned(),
+                },
+                RecordedOutcome::Delivered {
+                    delivery_id: id("d"),
+                    crm_ref: None,
+                },
+            ],
+            "w2",
+        )
         .await
         .expect("record late");
     assert_eq!(trace("a").await.state, DeliveryState::Delivered);
@@ -397,7 +406,7 @@ async fn retry_dead_brings_dead_letters_back(ledger: &dyn Ledger) {
             });
         }
     }
-    ledger.record(&outcomes).await.expect("record");
+    ledger.record(&outcomes, "w").await.expect("record");
     assert_eq!(ledger.dead_letters(None).await.expect("dead").len(), 4);
 
     let retry_at = now + TimeDelta::minutes(10);
@@ -465,28 +474,34 @@ async fn status_counts_per_target(ledger: &dyn Ledger) {
             .expect("claimed")
     };
     ledger
-        .record(&[
-            RecordedOutcome::Delivered {
-                delivery_id: id("a"),
-                crm_ref: None,
-            },
-            RecordedOutcome::Dead {
-                delivery_id: id("b"),
-                error_code: Some("STRING_TOO_LONG".to_owned()),
-                error: "too long".to_owned(),
-            },
-        ])
+        .record(
+            &[
+                RecordedOutcome::Delivered {
+                    delivery_id: id("a"),
+                    crm_ref: None,
+                },
+                RecordedOutcome::Dead {
+                    delivery_id: id("b"),
+                    error_code: Some("STRING_TOO_LONG".to_owned()),
+                    error: "too long".to_owned(),
+                },
+            ],
+            "w",
+        )
         .await
         .expect("record");
     // Recorded later, so it is the latest error (updated_at has millisecond resolution).
     tokio::time::sleep(Duration::from_millis(5)).await;
     ledger
-        .record(&[RecordedOutcome::Retry {
-            delivery_id: id("c"),
-            next_attempt_at: now + TimeDelta::hours(1),
-            error_code: Some("http_503".to_owned()),
-            error: "unavailable".to_owned(),
-        }])
+        .record(
+            &[RecordedOutcome::Retry {
+                delivery_id: id("c"),
+                next_attempt_at: now + TimeDelta::hours(1),
+                error_code: Some("http_503".to_owned()),
+                error: "unavailable".to_owned(),
+            }],
+            "w",
+        )
         .await
         .expect("record");
     ledger
@@ -586,7 +601,7 @@ async fn replay_and_overdue(ledger: &dyn Ledger) {
             crm_ref: None,
         })
         .collect();
-    ledger.record(&outcomes).await.expect("record");
+    ledger.record(&outcomes, "w").await.expect("record");
     assert!(ledger.overdue(now).await.expect("overdue").is_empty());
 
     assert_eq!(
@@ -656,7 +671,7 @@ async fn forget_and_purge_erase_personal_data(ledger: &dyn Ledger) {
             },
         });
     }
-    ledger.record(&outcomes).await.expect("record");
+    ledger.record(&outcomes, "w").await.expect("record");
 
     let erased = ledger
         .forget_email(" ADA@example.com ")
@@ -773,26 +788,49 @@ async fn expired_leases_are_taken_over(ledger: &dyn Ledger) {
     assert_eq!(fast.len(), 1);
     assert_eq!(fast[0].delivery_id, slow[0].delivery_id);
     let id = fast[0].delivery_id;
+    // The slow instance gives up on it while the new holder is still pushing: ignored, the
+    // delivery is no longer its to decide.
     ledger
-        .record(&[RecordedOutcome::Delivered {
-            delivery_id: id,
-            crm_ref: Some("crm-1".into()),
-        }])
+        .record(
+            &[RecordedOutcome::Dead {
+                delivery_id: id,
+                error_code: Some("timeout".into()),
+                error: "gave up".into(),
+            }],
+            "host-a:1",
+        )
+        .await
+        .expect("stale record");
+    assert_eq!(
+        delivery_state(ledger, "a").await,
+        (DeliveryState::Pending, 0)
+    );
+    ledger
+        .record(
+            &[RecordedOutcome::Delivered {
+                delivery_id: id,
+                crm_ref: Some("crm-1".into()),
+            }],
+            "host-b:2",
+        )
         .await
         .expect("record");
     ledger
-        .record(&[
-            RecordedOutcome::Retry {
-                delivery_id: id,
-                next_attempt_at: now,
-                error_code: Some("timeout".into()),
-                error: "timed out".into(),
-            },
-            RecordedOutcome::Delivered {
-                delivery_id: id,
-                crm_ref: Some("crm-2".into()),
-            },
-        ])
+        .record(
+            &[
+                RecordedOutcome::Retry {
+                    delivery_id: id,
+                    next_attempt_at: now,
+                    error_code: Some("timeout".into()),
+                    error: "timed out".into(),
+                },
+                RecordedOutcome::Delivered {
+                    delivery_id: id,
+                    crm_ref: Some("crm-2".into()),
+                },
+            ],
+            "host-a:1",
+        )
         .await
         .expect("late record");
     assert_eq!(

@@ -270,7 +270,11 @@ pub trait Ledger: Send + Sync {
     ) -> Result<Vec<ClaimedDelivery>, LedgerError>;
 
     /// Store outcomes and clear their leases. Attempts grow by one for Delivered, Retry, Dead.
-    async fn record(&self, outcomes: &[RecordedOutcome]) -> Result<(), LedgerError>;
+    /// Only pending deliveries change. `Delivered` applies whoever holds the lease (the CRM
+    /// has the record, whoever sent it); `Retry`, `Release` and `Dead` apply only while
+    /// `owner` still holds the lease (or nobody does), so an instance whose lease ran out and
+    /// was taken over cannot undo or pre-empt the new holder.
+    async fn record(&self, outcomes: &[RecordedOutcome], owner: &str) -> Result<(), LedgerError>;
 
     /// The earliest `next_attempt_at` among pending deliveries of `target`, if any.
     async fn next_due(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError>;

@@ -14,7 +14,9 @@
 //! - **Late outcomes.** `record` only changes rows still `pending`. When an instance's lease
 //!   ran out mid-push and another instance took the delivery over, both may push (the CRM
 //!   write is idempotent) and both may record: a second `Delivered` finds the row delivered
-//!   and is ignored; a stale `Retry`/`Release`/`Dead` cannot undo a newer `Delivered`.
+//!   and is ignored; a stale `Retry`/`Release`/`Dead` cannot undo a newer `Delivered`, and
+//!   applies only while its instance still holds the lease, so it cannot pre-empt the new
+//!   holder either.
 //! - **Source leases.** `source_leases` has one row per source; only its holder pulls
 //!   ([`Ledger::acquire_source`]), renewed while it pulls and taken over once it runs out.
 //! - **Heartbeats.** `instances` has one row per daemon, refreshed every few seconds, so
@@ -271,7 +273,11 @@ impl PostgresLedger {
         Ok(report)
     }
 
-    async fn record_once(&self, outcomes: &[RecordedOutcome]) -> Result<u64, LedgerError> {
+    async fn record_once(
+        &self,
+        outcomes: &[RecordedOutcome],
+        owner: &str,
+    ) -> Result<u64, LedgerError> {
         let now = to_ms(Utc::now());
         let mut delivered: (Vec<i64>, Vec<Option<String>>) = Default::default();
         let mut retry: (Vec<i64>, Vec<i64>, Vec<Option<String>>, Vec<String>) = Default::default();
@@ -342,13 +348,15 @@ impl PostgresLedger {
                  updated_at = $1 \
                  FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[]) \
                       AS u (id, next, code, error) \
-                 WHERE d.id = u.id AND d.state = 'pending'",
+                 WHERE d.id = u.id AND d.state = 'pending' \
+                   AND (d.lease_owner IS NULL OR d.lease_owner = $6)",
             )
             .bind(now)
             .bind(&retry.0)
             .bind(&retry.1)
             .bind(&retry.2)
             .bind(&retry.3)
+            .bind(owner)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -358,11 +366,13 @@ impl PostgresLedger {
                 "UPDATE deliveries d SET next_attempt_at = u.next, \
                  lease_owner = NULL, lease_until = NULL, updated_at = $1 \
                  FROM UNNEST($2::BIGINT[], $3::BIGINT[]) AS u (id, next) \
-                 WHERE d.id = u.id AND d.state = 'pending'",
+                 WHERE d.id = u.id AND d.state = 'pending' \
+                   AND (d.lease_owner IS NULL OR d.lease_owner = $4)",
             )
             .bind(now)
             .bind(&release.0)
             .bind(&release.1)
+            .bind(owner)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -373,12 +383,14 @@ impl PostgresLedger {
                  next_attempt_at = NULL, error_code = u.code, error = u.error, \
                  lease_owner = NULL, lease_until = NULL, updated_at = $1 \
                  FROM UNNEST($2::BIGINT[], $3::TEXT[], $4::TEXT[]) AS u (id, code, error) \
-                 WHERE d.id = u.id AND d.state = 'pending'",
+                 WHERE d.id = u.id AND d.state = 'pending' \
+                   AND (d.lease_owner IS NULL OR d.lease_owner = $5)",
             )
             .bind(now)
             .bind(&dead.0)
             .bind(&dead.1)
             .bind(&dead.2)
+            .bind(owner)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -546,13 +558,13 @@ impl Ledger for PostgresLedger {
         Ok(claimed.into_iter().map(|(_, d)| d).collect())
     }
 
-    async fn record(&self, outcomes: &[RecordedOutcome]) -> Result<(), LedgerError> {
+    async fn record(&self, outcomes: &[RecordedOutcome], owner: &str) -> Result<(), LedgerError> {
         if outcomes.is_empty() {
             return Ok(());
         }
         let mut attempt = 0;
         let changed = loop {
-            match self.record_once(outcomes).await {
+            match self.record_once(outcomes, owner).await {
                 Err(e) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => attempt += 1,
                 other => break other?,
             }

@@ -417,7 +417,7 @@ impl Ledger for SqliteLedger {
         Ok(claimed)
     }
 
-    async fn record(&self, outcomes: &[RecordedOutcome]) -> Result<(), LedgerError> {
+    async fn record(&self, outcomes: &[RecordedOutcome], owner: &str) -> Result<(), LedgerError> {
         if outcomes.is_empty() {
             return Ok(());
         }
@@ -454,13 +454,15 @@ impl Ledger for SqliteLedger {
                         "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $1, \
                          error_code = $2, error = $3, lease_owner = NULL, lease_until = NULL, \
                          updated_at = $4 \
-                         WHERE id = $5 AND state = 'pending'",
+                         WHERE id = $5 AND state = 'pending' \
+                           AND (lease_owner IS NULL OR lease_owner = $6)",
                     )
                     .bind(to_ms(*next_attempt_at))
                     .bind(error_code.as_deref())
                     .bind(error.as_str())
                     .bind(now)
-                    .bind(*delivery_id),
+                    .bind(*delivery_id)
+                    .bind(owner),
                 ),
                 RecordedOutcome::Release {
                     delivery_id,
@@ -470,11 +472,13 @@ impl Ledger for SqliteLedger {
                     sqlx::query(
                         "UPDATE deliveries SET next_attempt_at = $1, \
                          lease_owner = NULL, lease_until = NULL, updated_at = $2 \
-                         WHERE id = $3 AND state = 'pending'",
+                         WHERE id = $3 AND state = 'pending' \
+                           AND (lease_owner IS NULL OR lease_owner = $4)",
                     )
                     .bind(to_ms(*next_attempt_at))
                     .bind(now)
-                    .bind(*delivery_id),
+                    .bind(*delivery_id)
+                    .bind(owner),
                 ),
                 RecordedOutcome::Dead {
                     delivery_id,
@@ -486,12 +490,14 @@ impl Ledger for SqliteLedger {
                         "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, \
                          next_attempt_at = NULL, error_code = $1, error = $2, \
                          lease_owner = NULL, lease_until = NULL, updated_at = $3 \
-                         WHERE id = $4 AND state = 'pending'",
+                         WHERE id = $4 AND state = 'pending' \
+                           AND (lease_owner IS NULL OR lease_owner = $5)",
                     )
                     .bind(error_code.as_deref())
                     .bind(error.as_str())
                     .bind(now)
-                    .bind(*delivery_id),
+                    .bind(*delivery_id)
+                    .bind(owner),
                 ),
             };
             if query.execute(&mut *tx).await?.rows_affected() == 0 {
