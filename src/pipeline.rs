@@ -390,6 +390,7 @@ pub async fn push_round(
         return Ok(report);
     }
     let claimed_count = claimed.len();
+    tracing::trace!(target = %target.name, claimed = claimed_count, batch_size = target.batch_size, "pushing claimed deliveries");
     // Move the claimed deliveries into their batches (no copy of each lead).
     let mut batches: Vec<Vec<ClaimedDelivery>> = Vec::new();
     let mut rest = claimed.into_iter().peekable();

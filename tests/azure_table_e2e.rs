@@ -30,7 +30,9 @@ fn azurite_up() -> bool {
         if std::env::var("LEADSYNC_REQUIRE_SERVICES").as_deref() == Ok("1") {
             panic!("Azurite is not listening on {AZURITE} and LEADSYNC_REQUIRE_SERVICES=1");
         }
-        eprintln!("SKIPPED: Azurite is not listening on {AZURITE}; Azure Table e2e not tested");
+        leadsync_fakes::announce_skip(&format!(
+            "Azurite is not listening on {AZURITE}; Azure Table e2e not tested"
+        ));
     }
     up
 }

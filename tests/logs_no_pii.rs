@@ -61,10 +61,44 @@ fn assert_clean(logs: &str, values: &[String]) {
     }
 }
 
+/// `n` generated leads in both wire shapes, each with its own name, e-mail, phone and
+/// company, so the test has volume (and personal values to look for) without the shared
+/// fixtures.
+fn generated_leads(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let person = serde_json::json!({
+                "FirstName": format!("Genevieve{i}"), "LastName": format!("Okonkwo{i}"),
+                "Email": format!("genevieve.okonkwo{i}@contoso.example"),
+                "Phone": format!("+1 425 555 {i:04}"), "Company": format!("Fabrikam Labs {i}"),
+            });
+            let record = if i % 2 == 0 {
+                serde_json::json!({"UserDetails": person, "LeadSource": "AzureMarketplace",
+                    "ActionCode": "INS", "OfferTitle": "Contoso CRM",
+                    "Description": format!("generated lead {i}")})
+            } else {
+                serde_json::json!({"PartitionKey": "11:2F30:2F2026",
+                    "RowKey": format!("{i:08}-5e1f-4c2d-9a7b-000000000000"),
+                    "LeadSource": "SPZA-PLT|contoso.crm-offer", "ActionCode": "PLT",
+                    "CustomerInfo": person.to_string(), "OfferDisplayName": "Contoso CRM"})
+            };
+            record.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[test]
 fn trace_logs_of_a_sync_hold_no_personal_data() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/leads");
-    let mut dirs = vec![examples];
+    let generated = tempfile::tempdir().unwrap();
+    const GENERATED: usize = 120;
+    std::fs::write(
+        generated.path().join("generated.jsonl"),
+        generated_leads(GENERATED),
+    )
+    .unwrap();
+    let mut dirs = vec![examples, generated.path().to_path_buf()];
     if let Some(fx) = common::shared_fixtures() {
         dirs.push(fx.join("leads"));
         dirs.push(fx.join("tolerated"));
@@ -76,14 +110,30 @@ fn trace_logs_of_a_sync_hold_no_personal_data() {
         copy_dir(dir, &d.spool());
         values.extend(personal_values(dir));
     }
+    assert!(
+        values.len() >= GENERATED * 4,
+        "the generated leads' values are checked"
+    );
     let out = d.run(&["--log-level", "trace", "sync", "--once"]);
     assert!(out.status.code() == Some(0), "{}", text(&out));
     let logs = String::from_utf8_lossy(&out.stderr).to_string();
+    // Each lead is logged by its id (at least its delivery), never by the person.
+    let logged_ids = logs.matches("\"lead\":\"spool:").count();
     assert!(
-        logs.lines().count() > 50,
-        "expected a chatty trace log:\n{logs}"
+        logged_ids >= GENERATED,
+        "leads are logged by id: {logged_ids} id fields for {GENERATED} generated leads\n{logs}"
     );
-    assert!(logs.contains("\"lead\":\"spool:"), "leads are logged by id");
+    // Trace level reaches every layer: the pipeline, the ledger and the connector.
+    for (layer, message) in [
+        ("pipeline", "pushing claimed deliveries"),
+        ("ledger", "claimed deliveries under lease"),
+        ("connector", "file target: batch written"),
+    ] {
+        assert!(
+            logs.contains(&format!("\"message\":\"{message}\"")),
+            "no trace line from the {layer} ({message:?}):\n{logs}"
+        );
+    }
     eprintln!(
         "checked {} personal values against {} log lines",
         values.len(),

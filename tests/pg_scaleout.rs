@@ -45,10 +45,10 @@ async fn pg_or_skip(test: &str) -> Option<PgConnection> {
             panic!("PostgreSQL unreachable and LEADSYNC_REQUIRE_SERVICES=1: {e}")
         }
         Err(e) => {
-            eprintln!(
-                "SKIPPED {test}: PostgreSQL is unreachable ({e}); \
+            leadsync_fakes::announce_skip(&format!(
+                "{test}: PostgreSQL is unreachable ({e}); \
                  set LEADSYNC_REQUIRE_SERVICES=1 to make this a failure"
-            );
+            ));
             None
         }
     }

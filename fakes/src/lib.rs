@@ -8,3 +8,12 @@ pub mod azure_table_faults;
 pub mod dataverse;
 pub mod https_receiver;
 pub mod salesforce;
+
+/// Announce a skipped test where the person running `cargo test` sees it: written straight
+/// to the process's stderr, past the test harness's output capture, which would otherwise
+/// hide the message of a test that then passes. Every line starts with `SKIPPED`, so a run's
+/// skips can be counted with `grep -c '^SKIPPED'`.
+pub fn announce_skip(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED: {message}");
+}

@@ -1061,18 +1061,18 @@ async fn pg_ledger(test: &str) -> Option<PostgresLedger> {
             let _ = conn.close().await;
         }
         Ok(Err(e)) if !services_required() => {
-            eprintln!(
-                "SKIPPED {test}: PostgreSQL at {} is unreachable ({e}); \
+            leadsync_fakes::announce_skip(&format!(
+                "{test}: PostgreSQL at {} is unreachable ({e}); \
                  set LEADSYNC_REQUIRE_SERVICES=1 to make this a failure",
                 super::postgres::redact_url(&url)
-            );
+            ));
             return None;
         }
         Err(_) if !services_required() => {
-            eprintln!(
-                "SKIPPED {test}: PostgreSQL at {} did not answer within 5 s",
+            leadsync_fakes::announce_skip(&format!(
+                "{test}: PostgreSQL at {} did not answer within 5 s",
                 super::postgres::redact_url(&url)
-            );
+            ));
             return None;
         }
         Ok(Err(e)) => panic!("PostgreSQL unreachable and LEADSYNC_REQUIRE_SERVICES=1: {e}"),

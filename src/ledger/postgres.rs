@@ -555,6 +555,7 @@ impl Ledger for PostgresLedger {
             .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await?;
         claimed.sort_by_key(|(due, d)| (*due, d.delivery_id));
+        tracing::trace!(target = %target, claimed = claimed.len(), "claimed deliveries under lease");
         Ok(claimed.into_iter().map(|(_, d)| d).collect())
     }
 

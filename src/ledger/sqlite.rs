@@ -414,6 +414,7 @@ impl Ledger for SqliteLedger {
             update.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        tracing::trace!(target = %target, claimed = claimed.len(), "claimed deliveries under lease");
         Ok(claimed)
     }
 

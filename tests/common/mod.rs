@@ -116,15 +116,33 @@ pub fn text(out: &Output) -> String {
 
 /// `../shared/fixtures`, when present. Absent on a user's fresh clone: the caller skips
 /// loudly, unless `LEADSYNC_REQUIRE_SERVICES=1` (CI), where absence is a failure.
+///
+/// `LEADSYNC_SHARED_FIXTURES` overrides where they are looked for; set to `none` it hides
+/// them, so CI can run the suite once exactly as a newcomer's clone sees it (no design folder
+/// beside the checkout), whatever `LEADSYNC_REQUIRE_SERVICES` says.
 pub fn shared_fixtures() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    let p = match std::env::var_os("LEADSYNC_SHARED_FIXTURES") {
+        Some(v) if v == "none" => {
+            leadsync_fakes::announce_skip(
+                "LEADSYNC_SHARED_FIXTURES=none hides ../shared/fixtures (as on a newcomer's clone); \
+                 conformance with them not tested",
+            );
+            return None;
+        }
+        Some(v) => PathBuf::from(v),
+        None => default,
+    };
     if p.is_dir() {
         return Some(p);
     }
     if std::env::var("LEADSYNC_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("../shared/fixtures is missing and LEADSYNC_REQUIRE_SERVICES=1");
+        panic!("{} is missing and LEADSYNC_REQUIRE_SERVICES=1", p.display());
     }
-    eprintln!("SKIPPED: ../shared/fixtures not found beside the checkout; conformance not tested");
+    leadsync_fakes::announce_skip(&format!(
+        "{} not found beside the checkout; conformance with the shared fixtures not tested",
+        p.display()
+    ));
     None
 }
 

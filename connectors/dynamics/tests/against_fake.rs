@@ -471,7 +471,7 @@ async fn certificate_credentials_sign_an_assertion_the_fake_verifies() {
         if std::env::var("LEADSYNC_REQUIRE_SERVICES").as_deref() == Ok("1") {
             panic!("openssl is needed for the certificate test");
         }
-        eprintln!("SKIPPED: openssl not found; certificate auth not tested");
+        leadsync_fakes::announce_skip("openssl not found; certificate auth not tested");
         return;
     };
     let fake = FakeDataverse::start_with(DataverseConfig {

@@ -391,7 +391,10 @@ impl Connector for FileConnector {
         })
         .await;
         match result {
-            Ok(Ok(outcomes)) => outcomes,
+            Ok(Ok(outcomes)) => {
+                tracing::trace!(records = n, format = ?format, "file target: batch written");
+                outcomes
+            }
             Ok(Err(e)) => vec![
                 DeliveryOutcome::Failed(DeliveryFailure::transient(
                     "io_error",

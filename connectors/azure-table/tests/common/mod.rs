@@ -22,10 +22,10 @@ pub fn azurite_up() -> bool {
         if std::env::var("LEADSYNC_REQUIRE_SERVICES").as_deref() == Ok("1") {
             panic!("Azurite is not listening on {AZURITE} and LEADSYNC_REQUIRE_SERVICES=1");
         }
-        eprintln!(
-            "SKIPPED: Azurite is not listening on {AZURITE}; start it with \
+        leadsync_fakes::announce_skip(&format!(
+            "Azurite is not listening on {AZURITE}; start it with \
              `azurite-table --tableHost 127.0.0.1 --tablePort 10002` to run this test"
-        );
+        ));
     }
     up
 }
