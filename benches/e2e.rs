@@ -157,9 +157,9 @@ struct InProcess {
 
 impl InProcess {
     async fn open(d: &Deployment) -> InProcess {
-        let loaded = leadsync::app::load(&d.config()).unwrap_or_else(|e| panic!("config: {e}"));
-        let mut sources = leadsync::app::build_sources(&loaded.settings).expect("sources");
-        let ledger = leadsync::app::open_ledger_in(&loaded.settings, OpenMode::Exclusive)
+        let loaded = leadsync::wiring::load(&d.config()).unwrap_or_else(|e| panic!("config: {e}"));
+        let mut sources = leadsync::wiring::build_sources(&loaded.settings).expect("sources");
+        let ledger = leadsync::wiring::open_ledger(&loaded.settings, OpenMode::Exclusive)
             .await
             .expect("ledger");
         InProcess {

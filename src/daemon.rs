@@ -26,10 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Health};
-use crate::app::{build_sources, instance_id, Loaded, EXIT_OK};
 use crate::ledger::{InstanceInfo, Ledger, OpenMode};
-use crate::pipeline::{self, Target};
+use crate::pipeline::{self, PullOutcome, SourceLease, Target};
 use crate::sources::Source;
+use crate::wiring::{self, build_sources, instance_id, Loaded};
 
 /// How long in-flight work may take to finish after SIGTERM or a reload.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -102,55 +102,22 @@ impl Shared {
         }
     }
 
-    /// Take or renew this instance's lease on `source`; false when another instance holds
-    /// it (a shared PostgreSQL ledger) or the ledger could not say.
-    async fn hold_source(&self, source: &str) -> bool {
-        match self
-            .ledger
-            .acquire_source(source, &self.owner, self.source_ttl, Utc::now())
-            .await
-        {
-            Ok(held) => held,
-            Err(e) => {
-                tracing::error!(source = %source, error = %e, "taking the source lease failed");
-                false
-            }
-        }
-    }
-
     async fn pull(&self, source: &Mutex<Box<dyn Source>>) {
         let Ok(mut source) = source.try_lock() else {
             return;
         };
         let name = source.name().to_string();
-        if !self.hold_source(&name).await {
-            tracing::debug!(source = %name, "another instance is pulling this source");
-            return;
-        }
-        // Renew the lease while pulling; if it was lost anyway (this process stalled past
-        // it), stop: the ledger ignores leads it already has, so the new holder may redo it.
-        let result = {
-            let pull = pipeline::pull_source(self.ledger.as_ref(), source.as_mut(), &self.targets);
-            tokio::pin!(pull);
-            let mut renew = tokio::time::interval(self.source_ttl / 3);
-            renew.tick().await;
-            loop {
-                tokio::select! {
-                    r = &mut pull => break Some(r),
-                    _ = renew.tick() => {
-                        if !self.hold_source(&name).await {
-                            tracing::warn!(source = %name, "source lease lost while pulling; stopping this pull");
-                            break None;
-                        }
-                    }
-                }
-            }
+        // The lease is kept from one tick to the next; `Generation::stop` gives it back.
+        let lease = SourceLease {
+            owner: &self.owner,
+            ttl: self.source_ttl,
+            release_after: false,
         };
-        let Some(result) = result else {
-            return;
-        };
-        match result {
-            Ok(r) if r.deliveries > 0 => {
+        let pulled =
+            pipeline::pull_leased(self.ledger.as_ref(), source.as_mut(), &self.targets, lease)
+                .await;
+        match pulled {
+            Ok(PullOutcome::Pulled(r)) if r.deliveries > 0 => {
                 // Push at once rather than wait for each target's next tick.
                 futures::future::join_all(self.pushes.iter().map(|job| self.push(job))).await;
             }
@@ -261,7 +228,7 @@ impl Generation {
         let shared = Arc::new(Shared {
             ledger,
             owner: instance_id(),
-            instance: crate::app::instance_info(process_started()),
+            instance: wiring::instance_info(process_started()),
             source_ttl: settings.ledger.lease.max(Duration::from_secs(1)),
             source_names: settings.sources.iter().map(|s| s.name.clone()).collect(),
             last_beat: std::sync::Mutex::new(None),
@@ -482,9 +449,9 @@ fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
-pub async fn run(mut loaded: Loaded) -> anyhow::Result<u8> {
+pub async fn run(mut loaded: Loaded) -> anyhow::Result<()> {
     let ledger_location = loaded.settings.ledger.location.clone();
-    let ledger = crate::app::open_ledger_in(&loaded.settings, OpenMode::Exclusive).await?;
+    let ledger = wiring::open_ledger(&loaded.settings, OpenMode::Exclusive).await?;
     let health = Arc::new(Health::default());
     let process_stop = CancellationToken::new();
 
@@ -537,7 +504,7 @@ pub async fn run(mut loaded: Loaded) -> anyhow::Result<u8> {
             _ = hup.recv() => {
                 notify(&[sd_notify::NotifyState::Reloading, sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Status("reloading"))]);
                 let config_path = loaded.settings.config_path.clone();
-                match crate::app::load(&config_path) {
+                match wiring::load(&config_path) {
                     Ok(new) if new.settings.ledger.location != ledger_location => {
                         tracing::error!(
                             "configuration reload refused: ledger.path/ledger.url changed (restart to move the ledger); still running on the old configuration"
@@ -568,5 +535,5 @@ pub async fn run(mut loaded: Loaded) -> anyhow::Result<u8> {
     generation.stop().await;
     process_stop.cancel();
     tracing::info!("stopped");
-    Ok(EXIT_OK)
+    Ok(())
 }

@@ -1,9 +1,9 @@
 //! The leadsync library: the modules the `leadsync` binary is built from, exposed so that
 //! tests and benches can reach them. `main.rs` only parses the command line and calls
-//! [`app::main`].
+//! [`commands::main`]; the commands build what they need through [`wiring`].
 
 pub mod admin;
-pub mod app;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod ledger;
@@ -12,3 +12,4 @@ pub mod pipeline;
 pub mod registry;
 pub mod sources;
 pub mod telemetry;
+pub mod wiring;

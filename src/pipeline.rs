@@ -50,14 +50,22 @@ impl Target {
     /// The delivery this target owes `lead`, if its filter admits it.
     pub fn plan(&self, lead: &leadsync_core::Lead) -> Option<PlannedDelivery> {
         match self.filter.admits(lead) {
-            Ok(()) => Some(PlannedDelivery {
-                target: self.name.clone(),
-                idempotency_key: idempotency_key(&self.key_namespace, self.key_scope, lead),
-            }),
+            Ok(()) => Some(self.delivery_of(lead)),
             Err(why) => {
                 tracing::debug!(target = %self.name, lead = %lead.id, reason = why, "lead not for this target");
                 None
             }
+        }
+    }
+}
+
+impl Target {
+    /// The delivery of `lead` to this target, whatever its filter says: `send-test` sends its
+    /// marked test lead on purpose.
+    pub fn delivery_of(&self, lead: &leadsync_core::Lead) -> PlannedDelivery {
+        PlannedDelivery {
+            target: self.name.clone(),
+            idempotency_key: idempotency_key(&self.key_namespace, self.key_scope, lead),
         }
     }
 }
@@ -141,6 +149,66 @@ async fn pull_batches(
     Ok(total)
 }
 
+/// How a pull holds its source on a shared ledger: the lease is taken (or renewed) as
+/// `owner` for `ttl`, renewed at a third of it while the pull runs, and given back at the end
+/// when `release_after` (`sync`; the daemon keeps it from one tick to the next).
+#[derive(Debug, Clone, Copy)]
+pub struct SourceLease<'a> {
+    pub owner: &'a str,
+    pub ttl: Duration,
+    pub release_after: bool,
+}
+
+/// What [`pull_leased`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullOutcome {
+    Pulled(StageReport),
+    /// Another instance holds the source's lease: nothing pulled.
+    HeldElsewhere,
+    /// The lease was lost mid-pull (this process stalled past it): the pull stopped; the
+    /// ledger ignores leads it already has, so the new holder may redo it.
+    LeaseLost,
+}
+
+/// The one pull step of `sync` and the daemon: take the source's lease, pull and stage under
+/// it, and release it if asked. On a SQLite ledger the lease is always this process's.
+pub async fn pull_leased(
+    ledger: &dyn Ledger,
+    source: &mut dyn Source,
+    targets: &[Arc<Target>],
+    lease: SourceLease<'_>,
+) -> Result<PullOutcome, PipelineError> {
+    let name = source.name().to_string();
+    let hold = || ledger.acquire_source(&name, lease.owner, lease.ttl, Utc::now());
+    if !hold().await? {
+        tracing::debug!(source = %name, "another instance is pulling this source");
+        return Ok(PullOutcome::HeldElsewhere);
+    }
+    let result = {
+        let pull = pull_source(ledger, source, targets);
+        tokio::pin!(pull);
+        let mut renew = tokio::time::interval(lease.ttl.max(Duration::from_millis(30)) / 3);
+        renew.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut pull => break r.map(PullOutcome::Pulled),
+                _ = renew.tick() => {
+                    if !hold().await.unwrap_or(false) {
+                        tracing::warn!(source = %name, "source lease lost while pulling; stopping this pull");
+                        break Ok(PullOutcome::LeaseLost);
+                    }
+                }
+            }
+        }
+    };
+    if lease.release_after {
+        if let Err(e) = ledger.release_source(&name, lease.owner).await {
+            tracing::warn!(source = %name, error = %e, "releasing the source lease failed");
+        }
+    }
+    result
+}
+
 /// What one push round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct PushReport {
@@ -187,61 +255,6 @@ fn chrono_after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or(t)
 }
 
-/// `message` with the lead's personal values replaced by `[redacted]`: CRMs echo what they
-/// refuse (Salesforce: "invalid email address: <the address>"), and the message is stored
-/// in the ledger and shown by `dead-letters list` and `trace`.
-pub fn scrub_personal(message: &str, lead: &leadsync_core::Lead) -> String {
-    let c = &lead.customer;
-    let mut out = message.to_string();
-    for v in [
-        &c.email,
-        &c.first_name,
-        &c.last_name,
-        &c.phone,
-        &c.company,
-        &c.title,
-        &c.unparsed,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let v = v.expose().trim();
-        if v.chars().count() < 3 {
-            continue;
-        }
-        for form in [v.to_string(), v.to_lowercase()] {
-            out = replace_whole(&out, &form, "[redacted]");
-        }
-    }
-    out
-}
-
-/// Replace `needle` where it stands as a whole value: not inside a longer word, so that a
-/// person titled "title" does not turn Dataverse's `jobtitle` into `job[redacted]`.
-fn replace_whole(hay: &str, needle: &str, with: &str) -> String {
-    if needle.is_empty() || !hay.contains(needle) {
-        return hay.to_string();
-    }
-    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
-    let mut out = String::with_capacity(hay.len());
-    let mut rest = hay;
-    while let Some(i) = rest.find(needle) {
-        let before = rest[..i].chars().next_back();
-        let after = rest[i + needle.len()..].chars().next();
-        let starts_word = needle.chars().next().is_some_and(|c| c.is_alphanumeric());
-        let ends_word = needle
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_alphanumeric());
-        let inside = (starts_word && word(before)) || (ends_word && word(after));
-        out.push_str(&rest[..i]);
-        out.push_str(if inside { needle } else { with });
-        rest = &rest[i + needle.len()..];
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Decide what becomes of one failed delivery.
 fn decide_failure(
     target: &Target,
@@ -252,7 +265,7 @@ fn decide_failure(
     let attempts = d.attempts + 1;
     let code = Some(failure.code.clone());
     let failure = &DeliveryFailure {
-        message: scrub_personal(&failure.message, &d.lead),
+        message: d.lead.scrub_personal_values(&failure.message),
         ..failure.clone()
     };
     if failure.class == FailureClass::Rejected {
@@ -375,27 +388,17 @@ pub async fn push_round(
     // Measured from the start: `now` + elapsed must not fall short of the CRM's answer time,
     // or a pause for its Retry-After would end early by the time the claim took.
     let started = std::time::Instant::now();
-    let mut report = PushReport::default();
     if let Some(until) = ledger.paused_until(&target.name).await? {
         if until > now {
-            report.paused_until = Some(until);
-            return Ok(report);
+            return Ok(PushReport {
+                paused_until: Some(until),
+                ..PushReport::default()
+            });
         }
     }
-    let limit = (target.batch_size * target.concurrency).min(u32::MAX as usize) as u32;
-    let claimed = ledger
-        .claim(&target.name, now, limit, target.lease, owner)
-        .await?;
-    if claimed.is_empty() {
-        return Ok(report);
-    }
-    let claimed_count = claimed.len();
-    tracing::trace!(target = %target.name, claimed = claimed_count, batch_size = target.batch_size, "pushing claimed deliveries");
-    // Move the claimed deliveries into their batches (no copy of each lead).
-    let mut batches: Vec<Vec<ClaimedDelivery>> = Vec::new();
-    let mut rest = claimed.into_iter().peekable();
-    while rest.peek().is_some() {
-        batches.push(rest.by_ref().take(target.batch_size.max(1)).collect());
+    let batches = claim_batches(ledger, target, owner, now).await?;
+    if batches.is_empty() {
+        return Ok(PushReport::default());
     }
     let pushes = batches.into_iter().map(|batch| async move {
         let records: Vec<OutboundRecord> = batch.iter().map(|d| outbound(target, d)).collect();
@@ -406,73 +409,49 @@ pub async fn push_round(
     // A CRM's Retry-After counts from its answer, not from before our request: move `now` on
     // by the time the push took (a test-driven `now` stays consistent).
     let answered = chrono_after(now, started.elapsed());
+    record_outcomes(ledger, target, owner, results, answered).await
+}
 
-    let mut recorded = Vec::with_capacity(claimed_count);
+/// Claim up to `batch_size × concurrency` due deliveries under a lease, cut into batches.
+async fn claim_batches(
+    ledger: &dyn Ledger,
+    target: &Target,
+    owner: &str,
+    now: DateTime<Utc>,
+) -> Result<Vec<Vec<ClaimedDelivery>>, PipelineError> {
+    let limit = (target.batch_size * target.concurrency).min(u32::MAX as usize) as u32;
+    let claimed = ledger
+        .claim(&target.name, now, limit, target.lease, owner)
+        .await?;
+    if !claimed.is_empty() {
+        tracing::trace!(target = %target.name, claimed = claimed.len(), batch_size = target.batch_size, "pushing claimed deliveries");
+    }
+    // Move the claimed deliveries into their batches (no copy of each lead).
+    let mut batches: Vec<Vec<ClaimedDelivery>> = Vec::new();
+    let mut rest = claimed.into_iter().peekable();
+    while rest.peek().is_some() {
+        batches.push(rest.by_ref().take(target.batch_size.max(1)).collect());
+    }
+    Ok(batches)
+}
+
+/// Decide, log, count and store the outcome of every pushed delivery; pause the target if
+/// the CRM throttled it.
+async fn record_outcomes(
+    ledger: &dyn Ledger,
+    target: &Target,
+    owner: &str,
+    results: Vec<(Vec<ClaimedDelivery>, Vec<DeliveryOutcome>)>,
+    answered: DateTime<Utc>,
+) -> Result<PushReport, PipelineError> {
+    let mut report = PushReport::default();
+    let mut recorded = Vec::new();
     let mut pause: Option<DateTime<Utc>> = None;
     for (batch, outcomes) in results {
         for (d, outcome) in batch.iter().zip(outcomes) {
-            report.attempted += 1;
-            let attempt = d.attempts + 1;
-            match outcome {
-                DeliveryOutcome::Delivered { crm_ref, created } => {
-                    report.delivered += 1;
-                    metrics::counter!(m::DELIVERIES, "target" => target.name.clone(), "outcome" => "delivered").increment(1);
-                    let latency =
-                        (answered - d.staged_at).num_milliseconds().max(0) as f64 / 1000.0;
-                    metrics::histogram!(m::DELIVERY_LATENCY, "target" => target.name.clone())
-                        .record(latency);
-                    tracing::info!(
-                        target = %target.name,
-                        lead = %d.lead.id,
-                        attempt,
-                        outcome = "delivered",
-                        created = created,
-                        "delivered"
-                    );
-                    recorded.push(RecordedOutcome::Delivered {
-                        delivery_id: d.delivery_id,
-                        crm_ref,
-                    });
-                }
-                DeliveryOutcome::Failed(f) => {
-                    let (rec, p) = decide_failure(target, d, &f, answered);
-                    pause = pause.max(p);
-                    match &rec {
-                        RecordedOutcome::Dead { .. } => {
-                            report.dead += 1;
-                            metrics::counter!(m::DELIVERIES, "target" => target.name.clone(), "outcome" => "dead").increment(1);
-                            tracing::error!(
-                                target = %target.name,
-                                lead = %d.lead.id,
-                                attempt,
-                                outcome = "dead",
-                                class = f.class.as_str(),
-                                error_code = %f.code,
-                                "delivery failed for good; see dead-letters list"
-                            );
-                        }
-                        RecordedOutcome::Retry {
-                            next_attempt_at, ..
-                        } => {
-                            report.retrying += 1;
-                            metrics::counter!(m::DELIVERIES, "target" => target.name.clone(), "outcome" => "retry").increment(1);
-                            metrics::counter!(m::RETRIES, "target" => target.name.clone(), "class" => f.class.as_str()).increment(1);
-                            tracing::warn!(
-                                target = %target.name,
-                                lead = %d.lead.id,
-                                attempt,
-                                outcome = "retry",
-                                class = f.class.as_str(),
-                                error_code = %f.code,
-                                next_attempt_at = %next_attempt_at.to_rfc3339(),
-                                "delivery failed; will retry"
-                            );
-                        }
-                        _ => {}
-                    }
-                    recorded.push(rec);
-                }
-            }
+            let (rec, p) = decide_outcome(target, d, outcome, answered, &mut report);
+            pause = pause.max(p);
+            recorded.push(rec);
         }
     }
     if let Some(until) = pause {
@@ -489,6 +468,56 @@ pub async fn push_round(
             .await?;
     }
     Ok(report)
+}
+
+/// What to store for one delivery's outcome (and a pause, if it was throttled), with its
+/// log line, metrics and count in `report`.
+fn decide_outcome(
+    target: &Target,
+    d: &ClaimedDelivery,
+    outcome: DeliveryOutcome,
+    answered: DateTime<Utc>,
+    report: &mut PushReport,
+) -> (RecordedOutcome, Option<DateTime<Utc>>) {
+    report.attempted += 1;
+    let attempt = d.attempts + 1;
+    let name = target.name.clone();
+    let f = match outcome {
+        DeliveryOutcome::Delivered { crm_ref, created } => {
+            report.delivered += 1;
+            metrics::counter!(m::DELIVERIES, "target" => name.clone(), "outcome" => "delivered")
+                .increment(1);
+            let latency = (answered - d.staged_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!(m::DELIVERY_LATENCY, "target" => name).record(latency);
+            tracing::info!(target = %target.name, lead = %d.lead.id, attempt, outcome = "delivered", created = created, "delivered");
+            let rec = RecordedOutcome::Delivered {
+                delivery_id: d.delivery_id,
+                crm_ref,
+            };
+            return (rec, None);
+        }
+        DeliveryOutcome::Failed(f) => f,
+    };
+    let (rec, pause) = decide_failure(target, d, &f, answered);
+    match &rec {
+        RecordedOutcome::Dead { .. } => {
+            report.dead += 1;
+            metrics::counter!(m::DELIVERIES, "target" => name, "outcome" => "dead").increment(1);
+            tracing::error!(target = %target.name, lead = %d.lead.id, attempt, outcome = "dead", class = f.class.as_str(), error_code = %f.code, "delivery failed for good; see dead-letters list");
+        }
+        RecordedOutcome::Retry {
+            next_attempt_at, ..
+        } => {
+            report.retrying += 1;
+            metrics::counter!(m::DELIVERIES, "target" => name.clone(), "outcome" => "retry")
+                .increment(1);
+            metrics::counter!(m::RETRIES, "target" => name, "class" => f.class.as_str())
+                .increment(1);
+            tracing::warn!(target = %target.name, lead = %d.lead.id, attempt, outcome = "retry", class = f.class.as_str(), error_code = %f.code, next_attempt_at = %next_attempt_at.to_rfc3339(), "delivery failed; will retry");
+        }
+        _ => {}
+    }
+    (rec, pause)
 }
 
 /// Push a target until nothing is due, waiting for retries that come due before
@@ -524,26 +553,4 @@ pub async fn drain_target(
         tokio::time::sleep(sleep.max(Duration::from_millis(10))).await;
     }
     Ok(total)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn personal_values_are_scrubbed_as_whole_words_only() {
-        let lead = leadsync_core::read_lead(
-            "l".into(),
-            &serde_json::json!({"UserDetails": {"FirstName": "Ada", "Email": "Ada.L@Example.com", "Title": "title"}}),
-        )
-        .unwrap();
-        let m = scrub_personal(
-            "invalid email address: ada.l@example.com; the length of the 'jobtitle' attribute; title too long; Adam",
-            &lead,
-        );
-        assert_eq!(
-            m,
-            "invalid email address: [redacted]; the length of the 'jobtitle' attribute; [redacted] too long; Adam"
-        );
-    }
 }

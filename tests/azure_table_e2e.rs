@@ -569,7 +569,7 @@ fn example_configs_load_through_the_registry() {
     std::env::set_var("LEADSYNC_AZURE_TABLE_CONNECTION", DEV);
     let s = leadsync::config::load_with_env(
         &dir.path().join("leadsync.toml"),
-        leadsync::registry::KNOWN_KINDS,
+        &leadsync::registry::known_kinds(),
         Vec::new(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
@@ -582,7 +582,7 @@ fn example_configs_load_through_the_registry() {
     let empty = tempfile::tempdir().unwrap();
     let s = leadsync::config::load_with_env(
         &examples.join("leadsync-azure.toml"),
-        leadsync::registry::KNOWN_KINDS,
+        &leadsync::registry::known_kinds(),
         vec![(
             "LEADSYNC_TARGETS_DIR".to_string(),
             empty.path().display().to_string(),

@@ -31,13 +31,14 @@ struct Scripted {
     script: Mutex<VecDeque<Answer>>,
     /// Lead ids of every call, in order.
     calls: Mutex<Vec<Vec<String>>>,
+    mapping: Mapping,
 }
 
 impl Scripted {
     fn new(answers: Vec<Answer>) -> Arc<Self> {
         Arc::new(Scripted {
             script: Mutex::new(answers.into()),
-            calls: Mutex::default(),
+            ..Scripted::default()
         })
     }
     fn calls(&self) -> usize {
@@ -52,6 +53,9 @@ impl Connector for Scripted {
     }
     fn max_batch(&self) -> usize {
         100
+    }
+    fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
     async fn check(&self, _: bool) -> Result<CheckReport, CheckError> {
         Ok(CheckReport::default())

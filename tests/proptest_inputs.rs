@@ -273,11 +273,11 @@ fn load_in_dir(main: &str, target: &str) -> Result<(), String> {
     std::fs::create_dir_all(root.join("examples/leads")).unwrap();
     std::fs::write(root.join("config/leadsync.toml"), main).unwrap();
     std::fs::write(root.join("config/targets/t.toml"), target).unwrap();
-    leadsync::app::load(&root.join("config/leadsync.toml"))
+    leadsync::wiring::load(&root.join("config/leadsync.toml"))
         .map(|_| ())
         .map_err(|e| match e {
-            leadsync::app::AppError::Config(msg) => msg,
-            leadsync::app::AppError::Runtime(e) => format!("RUNTIME: {e:#}"),
+            leadsync::wiring::WiringError::Config(msg) => msg,
+            leadsync::wiring::WiringError::Runtime(e) => format!("RUNTIME: {e:#}"),
         })
 }
 
@@ -300,7 +300,7 @@ proptest! {
         let config = dir.path().join("leadsync.toml");
         std::fs::write(&config, &main).unwrap();
         std::fs::write(dir.path().join("targets/t.toml"), &target).unwrap();
-        let _ = leadsync::app::load(&config);
+        let _ = leadsync::wiring::load(&config);
     }
 
     #[test]

@@ -21,5 +21,5 @@ fuzz_target!(|data: &[u8]| {
     {
         return;
     }
-    let _ = leadsync::app::load(&config);
+    let _ = leadsync::wiring::load(&config);
 });

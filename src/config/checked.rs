@@ -5,13 +5,12 @@
 //! target filter's decision ([`TargetFilter::admits`]); it must not read files or the
 //! environment (that is `mod.rs`) nor validate raw input (that is `validate.rs`).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use leadsync_core::mapping::RawRule;
+use leadsync_core::mapping::MappingOverrides;
 use leadsync_core::{Action, KeyScope, Lead, Origin, SecretRef};
 
 /// The whole validated configuration: `leadsync.toml` and every `targets/*.toml`.
@@ -256,11 +255,8 @@ pub struct TargetSettings {
     /// The `[connection]` table, for the connector to validate (`{}` when absent).
     pub connection: serde_json::Value,
     pub filter: TargetFilter,
-    /// `true`: only `mapping_fields` are written, not the connector's default mapping.
-    pub mapping_replace_defaults: bool,
-    /// CRM field name (case kept) -> rule; each entry was checked with
-    /// `FieldRule::from_raw` (except `omit = true` ones).
-    pub mapping_fields: BTreeMap<String, RawRule>,
+    /// `[mapping]`, validated: what the target changes in its connector's default mapping.
+    pub mapping: MappingOverrides,
     pub limits: Limits,
     pub retry: RetryPolicy,
     pub key_scope: KeyScope,

@@ -1,7 +1,7 @@
 //! Tests of loading whole configurations from files, as an operator writes them.
 
 use super::*;
-use leadsync_core::mapping::RawRule;
+use leadsync_core::mapping::{FieldOverride, FieldRule};
 use std::sync::Mutex;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -206,8 +206,9 @@ fn shipped_example_comments_are_valid_settings() {
     let t = &s.targets[0];
     assert_eq!(t.filter.actions.as_ref().map(Vec::len), Some(2));
     assert_eq!(t.filter.origins.as_ref().map(Vec::len), Some(2));
-    assert!(t.mapping_fields.contains_key("Full Name"));
-    assert!(t.mapping_fields.contains_key("Phone"));
+    let named: Vec<&str> = t.mapping.field_names().collect();
+    assert!(named.contains(&"Full Name"));
+    assert!(named.contains(&"Phone"));
     assert_eq!(t.limits.batch_size, Some(100));
     assert_eq!(t.limits.lease, Some(Duration::from_secs(300)));
 }
@@ -252,7 +253,7 @@ fn minimal_config_gets_defaults() {
     );
     assert_eq!(t.key_scope, leadsync_core::KeyScope::Lead);
     assert_eq!(t.key_namespace, "crm");
-    assert!(!t.mapping_replace_defaults);
+    assert!(!t.mapping.replace_defaults);
     assert!(t.filter.marks_dnc());
 }
 
@@ -340,24 +341,20 @@ fn mapping_field_names_keep_their_case() {
     );
     let s = f.load().unwrap();
     let t = &s.targets[0];
-    let names: Vec<&str> = t.mapping_fields.keys().map(String::as_str).collect();
+    let names: Vec<&str> = t.mapping.field_names().collect();
     assert_eq!(
         names,
         ["FirstName", "Lead Source", "OldField", "Topic", "lastName"]
     );
     assert_eq!(
-        t.mapping_fields["FirstName"],
-        RawRule::Field("first_name".into())
+        t.mapping.fields[0],
+        FieldOverride::Set(FieldRule::field("FirstName", "first_name").unwrap())
     );
-    assert!(t.mapping_replace_defaults);
+    assert_eq!(t.mapping.fields[2], FieldOverride::Omit("OldField".into()));
+    assert!(t.mapping.replace_defaults);
     assert_eq!(t.connection["Headers"]["X-Api-Version"], "2");
-    // The rules build a mapping as the connector will.
-    let m = leadsync_core::Mapping::with_overrides(
-        leadsync_core::Mapping::default(),
-        t.mapping_replace_defaults,
-        &t.mapping_fields,
-    )
-    .unwrap();
+    // The checked rules build a mapping as the connector will.
+    let m = t.mapping.apply_to(leadsync_core::Mapping::default());
     assert_eq!(m.rules.len(), 4);
 }
 

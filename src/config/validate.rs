@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use config::{Map, Value, ValueKind};
-use leadsync_core::mapping::{FieldRule, RawRule, RawRuleSpec};
+use leadsync_core::mapping::{FieldOverride, MappingOverrides, RawRule, RawRuleSpec};
 use leadsync_core::{Action, KeyScope, Origin};
 use serde::de::DeserializeOwned;
 
@@ -656,25 +656,18 @@ fn check_secret(
     }
 }
 
-/// An Azure table name (default `MarketplaceLeads`): 3 to 63 letters and digits, starting
-/// with a letter.
+/// An Azure table name (default `MarketplaceLeads`), checked by the Azure Table crate's own
+/// rule, the one its target uses. A build without that crate rejects the source kind itself.
 fn check_table_name(fc: &mut FileCheck<'_>, path: &[&str], raw: Option<&str>) -> Option<String> {
     let name = raw.map(str::trim).unwrap_or("MarketplaceLeads");
-    let ok = (3..=63).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name.chars().all(|c| c.is_ascii_alphanumeric());
-    if ok {
-        Some(name.to_string())
-    } else {
-        fc.err(
-            path,
-            format!(
-                "expected a table name of 3 to 63 letters and digits starting with a letter, \
-                 such as \"MarketplaceLeads\", found {name:?}"
-            ),
-        );
-        None
+    #[cfg(feature = "azure-table")]
+    if let Err(message) = leadsync_azure_table::check_table_name(name) {
+        fc.err(path, message);
+        return None;
     }
+    #[cfg(not(feature = "azure-table"))]
+    let _ = (&fc, path);
+    Some(name.to_string())
 }
 
 fn check_timezone(fc: &mut FileCheck<'_>, path: &[&str], raw: Option<&str>) -> bool {
@@ -758,7 +751,7 @@ pub(crate) fn check_target(
 
     let name = name?;
     let (key_scope, namespace) = idempotency?;
-    let (mapping_replace_defaults, mapping_fields) = mapping?;
+    let mapping = mapping?;
     if !top_ok {
         return None;
     }
@@ -772,8 +765,7 @@ pub(crate) fn check_target(
         schedule: schedule?,
         connection: connection?,
         filter: filter?,
-        mapping_replace_defaults,
-        mapping_fields,
+        mapping,
         limits: limits?,
         retry: retry?,
         key_scope,
@@ -907,9 +899,7 @@ fn check_list<T>(
     out
 }
 
-type CheckedMapping = (bool, BTreeMap<String, RawRule>);
-
-fn check_mapping(fc: &mut FileCheck<'_>) -> Option<CheckedMapping> {
+fn check_mapping(fc: &mut FileCheck<'_>) -> Option<MappingOverrides> {
     let raw: RawMapping = fc.read(&keys(&["mapping"]))?;
     let fields_path = keys(&["mapping", "fields"]);
     let table = match lookup(fc.root, &fields_path) {
@@ -928,20 +918,21 @@ fn check_mapping(fc: &mut FileCheck<'_>) -> Option<CheckedMapping> {
         }
     };
     let table: BTreeMap<String, Value> = table.into_iter().collect();
-    let mut fields = Some(BTreeMap::new());
+    let mut fields = Some(Vec::new());
     for (crm_field, value) in table {
         let mut path = fields_path.clone();
         path.push(Segment::Key(crm_field.clone()));
         let rule = check_rule(fc, &path, &crm_field, value);
         match (rule, &mut fields) {
-            (Some(r), Some(f)) => {
-                f.insert(crm_field, r);
-            }
+            (Some(r), Some(f)) => f.push(r),
             (Some(_), None) => {}
             (None, _) => fields = None,
         }
     }
-    Some((raw.replace_defaults.unwrap_or(false), fields?))
+    Some(MappingOverrides {
+        replace_defaults: raw.replace_defaults.unwrap_or(false),
+        fields: fields?,
+    })
 }
 
 fn check_rule(
@@ -949,7 +940,7 @@ fn check_rule(
     path: &[Segment],
     crm_field: &str,
     value: Value,
-) -> Option<RawRule> {
+) -> Option<FieldOverride> {
     if crm_field.trim().is_empty() {
         fc.err_at(path, "a CRM field name cannot be empty");
         return None;
@@ -975,11 +966,8 @@ fn check_rule(
             return None;
         }
     };
-    if matches!(&rule, RawRule::Spec(spec) if spec.omit) {
-        return Some(rule);
-    }
-    match FieldRule::from_raw(crm_field, rule.clone()) {
-        Ok(_) => Some(rule),
+    match FieldOverride::from_raw(crm_field, &rule) {
+        Ok(checked) => Some(checked),
         Err(e) => {
             fc.err_at(path, e.reason);
             None

@@ -16,6 +16,7 @@ mod contract;
 pub mod postgres;
 pub mod sqlite;
 
+pub use leadsync_core::QuarantinedRecord;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -59,14 +60,6 @@ pub struct PlannedDelivery {
 pub struct StagedLead {
     pub lead: Lead,
     pub deliveries: Vec<PlannedDelivery>,
-}
-
-/// A record the source could not turn into a lead, quarantined with its reason.
-#[derive(Debug, Clone)]
-pub struct QuarantinedRecord {
-    /// Where it came from, e.g. `spool/inbox/leads.jsonl:3` (no personal data).
-    pub origin: String,
-    pub reason: String,
 }
 
 /// What one source pull hands the ledger, committed in one transaction.

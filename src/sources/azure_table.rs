@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::{Source, SourceBatch, SourceError};
-use crate::ledger::QuarantinedRecord;
+use leadsync_core::QuarantinedRecord;
 
 pub struct AzureTableSource {
     name: String,

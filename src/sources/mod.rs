@@ -13,7 +13,7 @@ pub mod spool;
 use async_trait::async_trait;
 use leadsync_core::Lead;
 
-use crate::ledger::QuarantinedRecord;
+use leadsync_core::QuarantinedRecord;
 
 /// One bounded batch from a source.
 #[derive(Debug, Default)]

@@ -30,22 +30,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::{Source, SourceBatch, SourceError};
-use crate::ledger::QuarantinedRecord;
+use crate::config::AfterRead;
+use leadsync_core::QuarantinedRecord;
 
 /// A `.json` file larger than this is refused whole: use `.jsonl` for big drops.
 pub const MAX_JSON_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
-/// What happens to a file once it is staged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AfterStaging {
-    Move,
-    Keep,
-}
-
 pub struct SpoolSource {
     name: String,
     dir: PathBuf,
-    after: AfterStaging,
+    after: AfterRead,
     settle: Duration,
     /// Files of the current pull still to read.
     queue: VecDeque<PathBuf>,
@@ -89,7 +83,7 @@ struct OpenFile {
 }
 
 impl SpoolSource {
-    pub fn new(name: String, dir: PathBuf, after: AfterStaging, settle: Duration) -> Self {
+    pub fn new(name: String, dir: PathBuf, after: AfterRead, settle: Duration) -> Self {
         SpoolSource {
             name,
             dir,
@@ -206,7 +200,7 @@ impl SpoolSource {
 
     fn write_out(&mut self, f: FinishedFile) -> Result<(), SourceError> {
         let name = Self::file_label(&f.path);
-        if self.after == AfterStaging::Keep {
+        if self.after == AfterRead::Keep {
             self.seen.insert(f.path, f.fingerprint);
             return Ok(());
         }
@@ -571,7 +565,7 @@ mod tests {
         let mut src = SpoolSource::new(
             "inbox".into(),
             d.to_path_buf(),
-            AfterStaging::Move,
+            AfterRead::Move,
             Duration::ZERO,
         );
         let (leads, q) = drain(&mut src, 2).await;
@@ -608,16 +602,12 @@ mod tests {
         let mut src = SpoolSource::new(
             "s".into(),
             d.to_path_buf(),
-            AfterStaging::Keep,
+            AfterRead::Keep,
             Duration::from_secs(60),
         );
         assert!(src.next_batch(None, 10).await.unwrap().is_none());
-        let mut src = SpoolSource::new(
-            "s".into(),
-            d.to_path_buf(),
-            AfterStaging::Keep,
-            Duration::ZERO,
-        );
+        let mut src =
+            SpoolSource::new("s".into(), d.to_path_buf(), AfterRead::Keep, Duration::ZERO);
         let (leads, q) = drain(&mut src, 10).await;
         assert_eq!((leads.len(), q.len()), (1, 1));
         let a = spool_lead_id(&serde_json::json!({"b": 1, "a": {"y": 2, "x": 1}}));
@@ -640,12 +630,8 @@ mod tests {
         text.push_str(&"A".repeat(MAX_RECORD_BYTES + 10));
         text.push_str("\"}\n{\"ActionCode\":\"PLT\"}\n");
         std::fs::write(d.join("big.jsonl"), text).unwrap();
-        let mut src = SpoolSource::new(
-            "s".into(),
-            d.to_path_buf(),
-            AfterStaging::Move,
-            Duration::ZERO,
-        );
+        let mut src =
+            SpoolSource::new("s".into(), d.to_path_buf(), AfterRead::Move, Duration::ZERO);
         let (leads, q) = drain(&mut src, 100).await;
         assert_eq!(leads.len(), 2);
         assert_eq!(q.len(), 1);

@@ -20,6 +20,6 @@ pub use conn::{Account, AccountKey, ConnError, Credential};
 pub use entity::{check_property_name, sanitize_key, Oversize};
 pub use error::TableError;
 pub use target::{
-    check_table_name, client_from_connection_string, default_mapping, AzureTableConnector,
+    build, check_table_name, client_from_connection_string, default_mapping, AzureTableConnector,
     AzureTableError, AzureTableSettings, PartitionBy, MAX_BATCH,
 };

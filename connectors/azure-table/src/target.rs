@@ -12,18 +12,19 @@
 use async_trait::async_trait;
 use leadsync_core::http::{build_client, HttpSettings};
 use leadsync_core::{
-    CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome, FailureClass, FieldRule,
-    Mapping, OutboundRecord, SecretRef,
+    BuildContext, BuildError, CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome,
+    FailureClass, FieldRule, Mapping, OutboundRecord, SecretRef,
 };
 use serde::Deserialize;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::sync::Mutex;
 
 use crate::auth::SharedKeyScheme;
 use crate::client::{BatchOp, BatchOutcome, TableClient, MAX_BATCH_BYTES, MAX_BATCH_OPS};
 use crate::conn::{Account, Credential};
-use crate::entity::{build_entity, sanitize_key, Oversize};
+use crate::entity::{build_entity, check_property_name, sanitize_key, Oversize};
 use crate::error::TableError;
 
 /// Records one `push` accepts.
@@ -145,6 +146,22 @@ pub fn default_mapping(_settings: &AzureTableSettings) -> Mapping {
     Mapping::new(rules.into_iter().filter_map(Result::ok).collect())
 }
 
+/// Build an Azure Table target from its settings (the registry's entry for kind
+/// `azure_table`): every mapped CRM field must be a valid property name.
+pub fn build(ctx: &BuildContext<'_>) -> Result<Arc<dyn Connector>, BuildError> {
+    let settings: AzureTableSettings = ctx.settings()?;
+    let mapping = ctx.mapping(default_mapping(&settings));
+    for r in &mapping.rules {
+        check_property_name(&r.crm_field)
+            .map_err(|m| BuildError::new(format!("mapping.fields.{}", r.crm_field), m))?;
+    }
+    let mut connector = AzureTableConnector::try_new(settings, ctx.base_dir)
+        .map_err(|e| BuildError::in_connection(e.key, e.message))?;
+    connector.mapping = mapping;
+    connector.target_name = ctx.target.to_string();
+    Ok(Arc::new(connector))
+}
+
 /// The Azure Table target.
 pub struct AzureTableConnector {
     client: TableClient,
@@ -153,6 +170,7 @@ pub struct AzureTableConnector {
     partition_by: PartitionBy,
     oversize: Oversize,
     create_table: bool,
+    mapping: Mapping,
     target_name: String,
     /// Whether the table is known to exist (checked or created once).
     ready: Mutex<bool>,
@@ -188,10 +206,11 @@ impl AzureTableConnector {
         let secret = settings
             .connection_string
             .resolve(base_dir)
-            .map_err(|message| AzureTableError {
+            .map_err(|e| AzureTableError {
                 key: "connection_string",
-                message,
+                message: e.to_string(),
             })?;
+        let mapping = default_mapping(&settings);
         let client = client_from_connection_string(
             secret.expose(),
             settings.auth_scheme,
@@ -205,16 +224,11 @@ impl AzureTableConnector {
             partition_by: settings.partition_by,
             oversize: settings.oversize,
             create_table: settings.create_table,
+            mapping,
             target_name: String::new(),
             ready: Mutex::new(false),
             sas_batches_refused: AtomicBool::new(false),
         })
-    }
-
-    /// Name the target in this connector's own log lines.
-    pub fn with_target_name(mut self, name: &str) -> Self {
-        self.target_name = name.to_string();
-        self
     }
 
     pub fn client(&self) -> &TableClient {
@@ -437,6 +451,10 @@ impl Connector for AzureTableConnector {
 
     fn max_batch(&self) -> usize {
         MAX_BATCH
+    }
+
+    fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
 
     async fn check(&self, connect: bool) -> Result<CheckReport, CheckError> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::lead::Lead;
-use crate::mapping::MappedRecord;
+use crate::mapping::{truncate_in_place, FieldLimit, MappedRecord, Mapping};
 
 /// How the pipeline must treat a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -113,13 +113,6 @@ pub struct OutboundRecord {
     pub fields: MappedRecord,
 }
 
-/// The declared maximum length of one CRM field, in characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldLimit {
-    pub field: String,
-    pub max_chars: usize,
-}
-
 /// What `check` found.
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
@@ -144,6 +137,10 @@ pub trait Connector: Send + Sync {
     /// The largest batch one `push` accepts.
     fn max_batch(&self) -> usize;
 
+    /// The effective mapping: the connector's defaults with the target's `[mapping]` applied
+    /// (see [`crate::build::BuildContext::mapping`]). The pipeline maps each lead with it.
+    fn mapping(&self) -> &Mapping;
+
     /// Field lengths the CRM enforces; the mapping truncates to them.
     fn field_limits(&self) -> Vec<FieldLimit> {
         Vec::new()
@@ -161,15 +158,4 @@ pub trait Connector: Send + Sync {
     /// Write a batch (at most [`Connector::max_batch`] records) idempotently. Returns exactly
     /// one outcome per record, in order.
     async fn push(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome>;
-}
-
-/// Truncate a string to at most `max_chars` characters, on a char boundary.
-pub fn truncate_in_place(s: &mut String, max_chars: usize) -> bool {
-    match s.char_indices().nth(max_chars) {
-        Some((idx, _)) => {
-            s.truncate(idx);
-            true
-        }
-        None => false,
-    }
 }

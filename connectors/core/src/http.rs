@@ -132,7 +132,7 @@ pub fn build_client(
         (Some(cert), key) => {
             let mut pem = cert
                 .resolve(base_dir)
-                .map_err(HttpSetupError::ClientCert)?
+                .map_err(|e| HttpSetupError::ClientCert(e.to_string()))?
                 .expose()
                 .as_bytes()
                 .to_vec();
@@ -140,7 +140,7 @@ pub fn build_client(
                 pem.push(b'\n');
                 pem.extend_from_slice(
                     key.resolve(base_dir)
-                        .map_err(HttpSetupError::ClientCert)?
+                        .map_err(|e| HttpSetupError::ClientCert(e.to_string()))?
                         .expose()
                         .as_bytes(),
                 );

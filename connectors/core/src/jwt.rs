@@ -6,6 +6,17 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sha1::Digest as _;
 
+/// Why a key could not be loaded or a JWT signed. Never carries key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwtError {
+    #[error("private key is not an RSA key in PEM: {0}")]
+    Key(String),
+    #[error("certificate: no PEM CERTIFICATE block found")]
+    NoCertificate,
+    #[error("signing a JWT: {0}")]
+    Sign(String),
+}
+
 /// Signs RS256 JWTs with one private key, naming its certificate (when given) in the
 /// `x5t` / `x5t#S256` headers as Entra ID expects.
 pub struct RsaSigner {
@@ -36,14 +47,13 @@ fn first_certificate_der(pem: &str) -> Option<Vec<u8>> {
 impl RsaSigner {
     /// `key_pem`: an RSA private key (PKCS#1 or PKCS#8 PEM). `cert_pem`: its certificate, for
     /// the thumbprint headers (may be the same text as the key when both are in one file).
-    pub fn from_pem(key_pem: &str, cert_pem: Option<&str>) -> Result<Self, String> {
+    pub fn from_pem(key_pem: &str, cert_pem: Option<&str>) -> Result<Self, JwtError> {
         let key = EncodingKey::from_rsa_pem(key_pem.as_bytes())
-            .map_err(|e| format!("private key is not an RSA key in PEM: {e}"))?;
+            .map_err(|e| JwtError::Key(e.to_string()))?;
         let (x5t, x5t_s256) = match cert_pem {
             None => (None, None),
             Some(pem) => {
-                let der = first_certificate_der(pem)
-                    .ok_or_else(|| "certificate: no PEM CERTIFICATE block found".to_string())?;
+                let der = first_certificate_der(pem).ok_or(JwtError::NoCertificate)?;
                 let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
                 (
                     Some(b64.encode(sha1::Sha1::digest(&der))),
@@ -55,10 +65,10 @@ impl RsaSigner {
     }
 
     /// Sign `claims` (a JSON object) with RS256.
-    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, String> {
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, JwtError> {
         let mut header = Header::new(Algorithm::RS256);
         header.x5t = self.x5t.clone();
         header.x5t_s256 = self.x5t_s256.clone();
-        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| format!("signing a JWT: {e}"))
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| JwtError::Sign(e.to_string()))
     }
 }

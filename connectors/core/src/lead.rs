@@ -246,6 +246,35 @@ impl Lead {
         self.redacted = true;
     }
 
+    /// `message` with this lead's personal values replaced by `[redacted]`: CRMs echo what
+    /// they refuse (Salesforce: "invalid email address: <the address>"), and such a message is
+    /// stored in the ledger and shown by `dead-letters list` and `trace`.
+    pub fn scrub_personal_values(&self, message: &str) -> String {
+        let c = &self.customer;
+        let mut out = message.to_string();
+        for v in [
+            &c.email,
+            &c.first_name,
+            &c.last_name,
+            &c.phone,
+            &c.company,
+            &c.title,
+            &c.unparsed,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let v = v.expose().trim();
+            if v.chars().count() < 3 {
+                continue;
+            }
+            for form in [v.to_string(), v.to_lowercase()] {
+                out = replace_whole(&out, &form, "[redacted]");
+            }
+        }
+        out
+    }
+
     /// The customer's e-mail, lower-cased and trimmed, when there is one.
     pub fn email_normalised(&self) -> Option<String> {
         self.customer
@@ -259,6 +288,41 @@ impl Lead {
     pub fn is_do_not_contact(&self) -> bool {
         matches!(self.action, Some(Action::DoNotContact))
     }
+}
+
+/// Replace `needle` where it stands as a whole value: not inside a longer word, so that a
+/// person titled "title" does not turn Dataverse's `jobtitle` into `job[redacted]`.
+fn replace_whole(hay: &str, needle: &str, with: &str) -> String {
+    if needle.is_empty() || !hay.contains(needle) {
+        return hay.to_string();
+    }
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let starts_word = needle.chars().next().is_some_and(|c| c.is_alphanumeric());
+    let ends_word = needle
+        .chars()
+        .next_back()
+        .is_some_and(|c| c.is_alphanumeric());
+    let mut out = String::with_capacity(hay.len());
+    let mut rest = hay;
+    while let Some(i) = rest.find(needle) {
+        let before = rest[..i].chars().next_back();
+        let after = rest[i + needle.len()..].chars().next();
+        let inside = (starts_word && word(before)) || (ends_word && word(after));
+        out.push_str(&rest[..i]);
+        out.push_str(if inside { needle } else { with });
+        rest = &rest[i + needle.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A record a source could not turn into a lead, quarantined with its reason (a
+/// [`ReadError`] and where the record was).
+#[derive(Debug, Clone)]
+pub struct QuarantinedRecord {
+    /// Where it came from, e.g. `spool/inbox/leads.jsonl:3` (no personal data).
+    pub origin: String,
+    pub reason: String,
 }
 
 /// Why a record could not become a lead. Messages carry no personal data.
@@ -674,6 +738,22 @@ impl<'a> CaseInsensitive<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn personal_values_are_scrubbed_as_whole_words_only() {
+        let lead = read_lead(
+            "l".into(),
+            &serde_json::json!({"UserDetails": {"FirstName": "Ada", "Email": "Ada.L@Example.com", "Title": "title"}}),
+        )
+        .unwrap();
+        let m = lead.scrub_personal_values(
+            "invalid email address: ada.l@example.com; the length of the 'jobtitle' attribute; title too long; Adam",
+        );
+        assert_eq!(
+            m,
+            "invalid email address: [redacted]; the length of the 'jobtitle' attribute; [redacted] too long; Adam"
+        );
+    }
     use serde_json::json;
 
     #[test]

@@ -1,11 +1,14 @@
 //! leadsync-core: what every part of leadsync shares.
 //!
-//! The lead model and its readers ([`lead`]), the connector contract and failure classes
-//! ([`connector`]), the field-mapping engine ([`mapping`]), idempotency keys ([`key`]),
-//! redaction of personal data and secrets ([`pii`]), secret references ([`secret_ref`]),
+//! The lead model, its readers and the quarantine record of what could not be read
+//! ([`lead`]), the connector contract and failure classes ([`connector`]), how a connector is
+//! built from a target's settings ([`build`]), the field-mapping engine ([`mapping`]),
+//! idempotency keys ([`key`]), redaction of personal data and secrets ([`pii`]), secret
+//! references ([`secret_ref`]),
 //! `Retry-After` parsing ([`retry_after`]), and the HTTP pieces every HTTP connector shares:
 //! client setup and status classification ([`http`]) and the OAuth token cache ([`oauth`]).
 
+pub mod build;
 pub mod connector;
 pub mod http;
 pub mod jwt;
@@ -17,12 +20,18 @@ pub mod pii;
 pub mod retry_after;
 pub mod secret_ref;
 
+pub use build::{BuildContext, BuildError, BuildFn};
 pub use connector::{
-    CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome, FailureClass, FieldLimit,
+    CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome, FailureClass,
     OutboundRecord,
 };
 pub use key::{idempotency_key, KeyScope};
-pub use lead::{read_lead, Action, Customer, Lead, LeadSource, Offer, Origin, ReadError};
-pub use mapping::{FieldRule, MappedRecord, Mapping, MappingError, RawRule};
+pub use lead::{
+    read_lead, Action, Customer, Lead, LeadSource, Offer, Origin, QuarantinedRecord, ReadError,
+};
+pub use mapping::{
+    truncate_in_place, FieldLimit, FieldOverride, FieldRule, MappedRecord, Mapping, MappingError,
+    MappingOverrides, RawRule,
+};
 pub use pii::{Pii, Secret};
-pub use secret_ref::SecretRef;
+pub use secret_ref::{SecretError, SecretRef};

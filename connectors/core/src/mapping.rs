@@ -12,8 +12,25 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::connector::{truncate_in_place, FieldLimit};
 use crate::lead::Lead;
+
+/// The declared maximum length of one CRM field, in characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldLimit {
+    pub field: String,
+    pub max_chars: usize,
+}
+
+/// Truncate a string to at most `max_chars` characters, on a char boundary.
+pub fn truncate_in_place(s: &mut String, max_chars: usize) -> bool {
+    match s.char_indices().nth(max_chars) {
+        Some((idx, _)) => {
+            s.truncate(idx);
+            true
+        }
+        None => false,
+    }
+}
 
 /// A lead field a mapping can read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -427,38 +444,14 @@ impl Mapping {
         Mapping { rules }
     }
 
-    /// Merge the TOML table over a connector's defaults: entries override fields of the
-    /// same name (case-sensitive, as CRMs are), add new ones, or drop them with `omit`.
+    /// Merge the TOML table over a connector's defaults (see [`MappingOverrides`]); for
+    /// tests and callers that hold the raw table.
     pub fn with_overrides(
         defaults: Mapping,
         replace_defaults: bool,
         overrides: &BTreeMap<String, RawRule>,
     ) -> Result<Mapping, MappingError> {
-        let mut rules = if replace_defaults {
-            Vec::new()
-        } else {
-            defaults.rules
-        };
-        for (crm_field, raw) in overrides {
-            if crm_field.trim().is_empty() {
-                return Err(MappingError {
-                    field: crm_field.clone(),
-                    reason: "a CRM field name cannot be empty".into(),
-                });
-            }
-            if let RawRule::Spec(spec) = raw {
-                if spec.omit {
-                    rules.retain(|r| &r.crm_field != crm_field);
-                    continue;
-                }
-            }
-            let rule = FieldRule::from_raw(crm_field, raw.clone())?;
-            match rules.iter_mut().find(|r| &r.crm_field == crm_field) {
-                Some(existing) => *existing = rule,
-                None => rules.push(rule),
-            }
-        }
-        Ok(Mapping { rules })
+        Ok(MappingOverrides::from_raw(replace_defaults, overrides)?.apply_to(defaults))
     }
 
     /// Map one lead. String values are truncated to the rule's `max_chars`, else to the
@@ -494,6 +487,92 @@ impl Mapping {
             out.fields.push((rule.crm_field.clone(), v));
         }
         (out, truncations)
+    }
+}
+
+/// One entry of a target's `[mapping.fields]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldOverride {
+    /// Write this field by this rule, replacing a default of the same name.
+    Set(FieldRule),
+    /// Drop the default of this name (`{ omit = true }`).
+    Omit(String),
+}
+
+/// A target's `[mapping]` table, validated once when the configuration is checked: what to
+/// change in its connector's default mapping. Applying it cannot fail.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MappingOverrides {
+    /// `true`: only these fields are written, not the connector's defaults.
+    pub replace_defaults: bool,
+    pub fields: Vec<FieldOverride>,
+}
+
+impl MappingOverrides {
+    /// Validate the TOML table, naming the CRM field of the first mistake.
+    pub fn from_raw(
+        replace_defaults: bool,
+        table: &BTreeMap<String, RawRule>,
+    ) -> Result<MappingOverrides, MappingError> {
+        let fields = table
+            .iter()
+            .map(|(crm_field, raw)| FieldOverride::from_raw(crm_field, raw))
+            .collect::<Result<_, _>>()?;
+        Ok(MappingOverrides {
+            replace_defaults,
+            fields,
+        })
+    }
+
+    /// No `[mapping.fields]` entries (the connector's defaults as they are).
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The CRM fields the table names (set or omitted), in order.
+    pub fn field_names(&self) -> impl Iterator<Item = &str> {
+        self.fields.iter().map(|f| match f {
+            FieldOverride::Set(rule) => rule.crm_field.as_str(),
+            FieldOverride::Omit(name) => name.as_str(),
+        })
+    }
+
+    /// The effective mapping: entries override fields of the same name (case-sensitive, as
+    /// CRMs are), add new ones, or drop them.
+    pub fn apply_to(&self, defaults: Mapping) -> Mapping {
+        let mut rules = if self.replace_defaults {
+            Vec::new()
+        } else {
+            defaults.rules
+        };
+        for change in &self.fields {
+            match change {
+                FieldOverride::Omit(name) => rules.retain(|r| &r.crm_field != name),
+                FieldOverride::Set(rule) => {
+                    match rules.iter_mut().find(|r| r.crm_field == rule.crm_field) {
+                        Some(existing) => *existing = rule.clone(),
+                        None => rules.push(rule.clone()),
+                    }
+                }
+            }
+        }
+        Mapping { rules }
+    }
+}
+
+impl FieldOverride {
+    /// Validate one `[mapping.fields]` entry.
+    pub fn from_raw(crm_field: &str, raw: &RawRule) -> Result<FieldOverride, MappingError> {
+        if crm_field.trim().is_empty() {
+            return Err(MappingError {
+                field: crm_field.to_string(),
+                reason: "a CRM field name cannot be empty".into(),
+            });
+        }
+        match raw {
+            RawRule::Spec(spec) if spec.omit => Ok(FieldOverride::Omit(crm_field.to_string())),
+            raw => FieldRule::from_raw(crm_field, raw.clone()).map(FieldOverride::Set),
+        }
     }
 }
 

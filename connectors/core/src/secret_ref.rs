@@ -19,45 +19,67 @@ pub enum SecretRef {
     Inline(String),
 }
 
+/// Why a secret could not be read. Names where it was looked for, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    EnvUnset(String),
+    #[error("secret file {path} cannot be read: {reason}")]
+    File { path: String, reason: String },
+    #[error("credential name {0:?} is not a plain name")]
+    CredentialName(String),
+    #[error(
+        "credential {0:?} requested but $CREDENTIALS_DIRECTORY is not set \
+         (use LoadCredential= in the systemd unit)"
+    )]
+    NoCredentialsDirectory(String),
+    #[error("credential {name:?} cannot be read from {path}: {reason}")]
+    Credential {
+        name: String,
+        path: String,
+        reason: String,
+    },
+    #[error("the secret is empty")]
+    Empty,
+}
+
 impl SecretRef {
     /// Read the secret. `base_dir` resolves relative `file` paths. Trailing newlines of a
     /// file or credential are dropped (editors add them).
-    pub fn resolve(&self, base_dir: &Path) -> Result<Secret, String> {
+    pub fn resolve(&self, base_dir: &Path) -> Result<Secret, SecretError> {
         let trim = |s: String| s.trim_end_matches(['\r', '\n']).to_string();
-        let value =
-            match self {
-                SecretRef::Inline(s) => s.clone(),
-                SecretRef::Env { env } => std::env::var(env)
-                    .map_err(|_| format!("environment variable {env} is not set"))?,
-                SecretRef::File { file } => {
-                    let path = base_dir.join(file);
-                    trim(std::fs::read_to_string(&path).map_err(|e| {
-                        format!("secret file {} cannot be read: {e}", path.display())
-                    })?)
+        let value = match self {
+            SecretRef::Inline(s) => s.clone(),
+            SecretRef::Env { env } => {
+                std::env::var(env).map_err(|_| SecretError::EnvUnset(env.clone()))?
+            }
+            SecretRef::File { file } => {
+                let path = base_dir.join(file);
+                trim(
+                    std::fs::read_to_string(&path).map_err(|e| SecretError::File {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
+            SecretRef::Credential { credential } => {
+                if credential.contains('/') || credential.is_empty() {
+                    return Err(SecretError::CredentialName(credential.clone()));
                 }
-                SecretRef::Credential { credential } => {
-                    if credential.contains('/') || credential.is_empty() {
-                        return Err(format!(
-                            "credential name {credential:?} is not a plain name"
-                        ));
-                    }
-                    let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                        format!(
-                        "credential {credential:?} requested but $CREDENTIALS_DIRECTORY is not set \
-                         (use LoadCredential= in the systemd unit)"
-                    )
-                    })?;
-                    let path = Path::new(&dir).join(credential);
-                    trim(std::fs::read_to_string(&path).map_err(|e| {
-                        format!(
-                            "credential {credential:?} cannot be read from {}: {e}",
-                            path.display()
-                        )
-                    })?)
-                }
-            };
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+                    .ok_or_else(|| SecretError::NoCredentialsDirectory(credential.clone()))?;
+                let path = Path::new(&dir).join(credential);
+                trim(
+                    std::fs::read_to_string(&path).map_err(|e| SecretError::Credential {
+                        name: credential.clone(),
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
+        };
         if value.is_empty() {
-            return Err("the secret is empty".to_string());
+            return Err(SecretError::Empty);
         }
         Ok(Secret::new(value))
     }
@@ -80,9 +102,14 @@ mod tests {
         assert!(e
             .resolve(&dir)
             .unwrap_err()
+            .to_string()
             .contains("LEADSYNC_TEST_SURELY_UNSET"));
         let m: SecretRef = serde_json::from_str(r#"{"file":"missing.txt"}"#).unwrap();
-        assert!(m.resolve(&dir).unwrap_err().contains("missing.txt"));
+        assert!(m
+            .resolve(&dir)
+            .unwrap_err()
+            .to_string()
+            .contains("missing.txt"));
         assert!(serde_json::from_str::<SecretRef>(r#"{"vault":"x"}"#).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -57,11 +57,13 @@ impl TokenSource for AssertionTokenSource {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let assertion = Secret::new(
-            self.signer
-                .sign(&self.claims(now))
-                .map_err(|e| token_error(FailureClass::Rejected, "token_assertion_sign", e))?,
-        );
+        let assertion = Secret::new(self.signer.sign(&self.claims(now)).map_err(|e| {
+            token_error(
+                FailureClass::Rejected,
+                "token_assertion_sign",
+                e.to_string(),
+            )
+        })?);
         // The same form POST as the client-secret grant, with the assertion for a secret.
         FormTokenSource {
             client: self.client.clone(),

@@ -19,8 +19,8 @@ use leadsync_core::http::{body_excerpt, build_client, class_of_status, HttpSetti
 use leadsync_core::oauth::{AccessToken, FormTokenSource, TokenCache};
 use leadsync_core::retry_after::parse_retry_after;
 use leadsync_core::{
-    CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome, FailureClass, FieldLimit,
-    FieldRule, Mapping, OutboundRecord, Secret, SecretRef,
+    BuildContext, BuildError, CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome,
+    FailureClass, FieldLimit, FieldRule, Mapping, OutboundRecord, Secret, SecretRef,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -182,6 +182,17 @@ impl DynamicsError {
     }
 }
 
+/// Build a Dynamics 365 target from its settings (the registry's entry for kind `dynamics`).
+pub fn build(ctx: &BuildContext<'_>) -> Result<Arc<dyn Connector>, BuildError> {
+    let settings: DynamicsSettings = ctx.settings()?;
+    let mapping = ctx.mapping(default_mapping(&settings));
+    let connector = DynamicsConnector::try_new(settings, ctx.base_dir)
+        .map_err(|e| BuildError::in_connection(&e.key, e.reason))?
+        .with_batch_size(ctx.batch_size)
+        .with_mapping(mapping);
+    Ok(Arc::new(connector))
+}
+
 /// The default mapping onto `lead` (spec §1.8 names). The key column gets the idempotency
 /// key; `leadqualitycode` gets the action code, turned into an option value by
 /// `lead_quality` at push time; the do-not-contact flags get the `DNC` marker.
@@ -226,7 +237,7 @@ pub struct DynamicsConnector {
     mode: WriteMode,
     lead_quality: BTreeMap<String, i64>,
     batch_size: usize,
-    mapped_fields: Vec<String>,
+    mapping: Mapping,
 }
 
 fn is_loopback(url: &reqwest::Url) -> bool {
@@ -471,7 +482,8 @@ impl DynamicsConnector {
             .map_err(|e| DynamicsError::new("http", e.to_string()))?;
         let default_lifetime = Duration::from_secs(3000);
         let resolve = |key: &str, r: &SecretRef| -> Result<Secret, DynamicsError> {
-            r.resolve(base_dir).map_err(|e| DynamicsError::new(key, e))
+            r.resolve(base_dir)
+                .map_err(|e| DynamicsError::new(key, e.to_string()))
         };
         let (source, auth_kind): (Box<dyn leadsync_core::oauth::TokenSource>, &'static str) = match (
             &settings.client_secret,
@@ -518,7 +530,7 @@ impl DynamicsConnector {
                     })?;
                 let signer =
                     leadsync_core::jwt::RsaSigner::from_pem(&key_pem, Some(cert_pem.expose()))
-                        .map_err(|e| DynamicsError::new("certificate", e))?;
+                        .map_err(|e| DynamicsError::new("certificate", e.to_string()))?;
                 (
                     Box::new(auth::AssertionTokenSource {
                         client: client.clone(),
@@ -557,7 +569,7 @@ impl DynamicsConnector {
             mode: settings.mode,
             lead_quality,
             batch_size: DEFAULT_BATCH,
-            mapped_fields: Vec::new(),
+            mapping: Mapping::default(),
         })
     }
 
@@ -568,9 +580,10 @@ impl DynamicsConnector {
         self
     }
 
-    /// The CRM fields of the effective mapping, for `check --connect` to verify.
-    pub fn with_mapped_fields(mut self, fields: Vec<String>) -> Self {
-        self.mapped_fields = fields;
+    /// The effective mapping, whose CRM fields `check --connect` verifies. For tests; the
+    /// registry goes through [`build`].
+    pub fn with_mapping(mut self, mapping: Mapping) -> Self {
+        self.mapping = mapping;
         self
     }
 
@@ -892,6 +905,10 @@ impl Connector for DynamicsConnector {
         self.batch_size
     }
 
+    fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
     fn field_limits(&self) -> Vec<FieldLimit> {
         LEAD_LIMITS
             .iter()
@@ -988,7 +1005,12 @@ impl Connector for DynamicsConnector {
             .as_array()
             .map(|a| a.iter().filter_map(|x| x["LogicalName"].as_str()).collect())
             .unwrap_or_default();
-        let mut wanted: Vec<&str> = self.mapped_fields.iter().map(String::as_str).collect();
+        let mut wanted: Vec<&str> = self
+            .mapping
+            .rules
+            .iter()
+            .map(|r| r.crm_field.as_str())
+            .collect();
         wanted.push(&self.key_column);
         wanted.sort_unstable();
         wanted.dedup();

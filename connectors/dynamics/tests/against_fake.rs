@@ -2,7 +2,9 @@
 //! `$batch`, created vs updated, token expiry, throttling, partial batch failures,
 //! create-only mode after ambiguous failures, certificate auth and `check --connect`.
 
-use leadsync_core::{read_lead, Connector, DeliveryOutcome, FailureClass, Mapping, OutboundRecord};
+use leadsync_core::{
+    read_lead, Connector, DeliveryOutcome, FailureClass, FieldRule, Mapping, OutboundRecord,
+};
 use leadsync_dynamics::{default_mapping, DynamicsConnector, DynamicsSettings};
 use leadsync_fakes::dataverse::{AssertionKey, DataverseConfig, FakeDataverse};
 use serde_json::{json, Value};
@@ -36,10 +38,9 @@ struct Target {
 fn target(fake: &FakeDataverse, extra: Value) -> Target {
     let s = settings(fake, extra);
     let mapping = default_mapping(&s);
-    let fields = mapping.rules.iter().map(|r| r.crm_field.clone()).collect();
     let connector = DynamicsConnector::try_new(s, std::path::Path::new("."))
         .unwrap()
-        .with_mapped_fields(fields);
+        .with_mapping(mapping.clone());
     Target { connector, mapping }
 }
 
@@ -345,7 +346,10 @@ async fn check_connect_verifies_token_whoami_key_and_columns() {
 
     let bad = target(&fake, json!({}))
         .connector
-        .with_mapped_fields(vec!["firstname".into(), "new_nosuch".into()]);
+        .with_mapping(Mapping::new(vec![
+            FieldRule::field("firstname", "first_name").unwrap(),
+            FieldRule::field("new_nosuch", "email").unwrap(),
+        ]));
     let e = bad.check(true).await.unwrap_err();
     assert_eq!(e.what, "mapping");
     assert!(e.reason.contains("new_nosuch"));

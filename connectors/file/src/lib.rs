@@ -12,8 +12,8 @@
 
 use async_trait::async_trait;
 use leadsync_core::{
-    CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome, FieldRule, Mapping,
-    OutboundRecord,
+    BuildContext, BuildError, CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome,
+    FieldRule, Mapping, OutboundRecord,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -83,10 +83,20 @@ pub fn default_mapping() -> Mapping {
     Mapping::new(rules.into_iter().filter_map(Result::ok).collect())
 }
 
+/// Build a file target from its settings (the registry's entry for kind `file`).
+pub fn build(ctx: &BuildContext<'_>) -> Result<Arc<dyn Connector>, BuildError> {
+    let settings: FileSettings = ctx.settings()?;
+    let mapping = ctx.mapping(default_mapping());
+    let connector = FileConnector::try_new(settings, ctx.base_dir, mapping)
+        .map_err(|e| BuildError::new("connection.path", e.to_string()))?;
+    Ok(Arc::new(connector))
+}
+
 /// A CSV or JSONL file target.
 pub struct FileConnector {
     path: PathBuf,
     format: FileFormat,
+    mapping: Mapping,
     /// CSV header: the mapping's field names, then [`KEY_COLUMN`].
     columns: Arc<Vec<String>>,
     state: Arc<Mutex<Option<FileState>>>,
@@ -101,12 +111,12 @@ struct FileState {
 }
 
 impl FileConnector {
-    /// `columns` are the CRM field names of the target's effective mapping, in order: they
-    /// make the CSV header even when a lead has no value for some of them.
+    /// The CRM field names of the effective `mapping`, in order, make the CSV header even
+    /// when a lead has no value for some of them.
     pub fn try_new(
         settings: FileSettings,
         base_dir: &Path,
-        columns: Vec<String>,
+        mapping: Mapping,
     ) -> Result<Self, FileTargetError> {
         let path = base_dir.join(&settings.path);
         if settings.path.as_os_str().is_empty() || path.is_dir() {
@@ -116,12 +126,15 @@ impl FileConnector {
             path,
             format: settings.format,
             columns: Arc::new(
-                columns
-                    .into_iter()
+                mapping
+                    .rules
+                    .iter()
+                    .map(|r| r.crm_field.clone())
                     .filter(|c| c != KEY_COLUMN)
                     .chain(std::iter::once(KEY_COLUMN.to_string()))
                     .collect(),
             ),
+            mapping,
             state: Arc::new(Mutex::new(None)),
         })
     }
@@ -346,6 +359,10 @@ impl Connector for FileConnector {
         MAX_BATCH
     }
 
+    fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
     async fn check(&self, _connect: bool) -> Result<CheckReport, CheckError> {
         let dir = self
             .path
@@ -445,11 +462,7 @@ mod tests {
                 format,
             },
             dir,
-            default_mapping()
-                .rules
-                .iter()
-                .map(|r| r.crm_field.clone())
-                .collect(),
+            default_mapping(),
         )
         .unwrap()
     }

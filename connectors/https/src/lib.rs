@@ -19,8 +19,8 @@ pub mod signature;
 use async_trait::async_trait;
 use leadsync_core::http::{self, HttpSettings, HttpSetupError};
 use leadsync_core::{
-    CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome, FailureClass, FieldRule,
-    Mapping, OutboundRecord, Secret, SecretRef,
+    BuildContext, BuildError, CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome,
+    FailureClass, FieldRule, Mapping, OutboundRecord, Secret, SecretRef,
 };
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION};
 use reqwest::{StatusCode, Url};
@@ -30,6 +30,7 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// Records per push at most: one request each, or one array in batch mode.
 pub const MAX_BATCH: usize = 100;
@@ -149,6 +150,22 @@ impl HttpsError {
     }
 }
 
+/// Build an HTTPS target from its settings (the registry's entry for kind `https`).
+pub fn build(ctx: &BuildContext<'_>) -> Result<Arc<dyn Connector>, BuildError> {
+    let settings: HttpsSettings = ctx.settings()?;
+    if !settings.uses_mapping() && !ctx.mapping.is_empty() {
+        return Err(BuildError::new(
+            "mapping.fields",
+            "the marketplace body is fixed and uses no mapping; set connection.body = \"mapped\" to send mapped fields",
+        ));
+    }
+    let mapping = ctx.mapping(default_mapping(&settings));
+    let mut connector = HttpsConnector::try_new(settings, ctx.base_dir)
+        .map_err(|e| BuildError::new(e.key(), e.to_string()))?;
+    connector.mapping = mapping;
+    Ok(Arc::new(connector))
+}
+
 /// The default mapping, used only with `body = "mapped"`: marketplace-style names, flat.
 /// With the marketplace body it is empty: that body is fixed.
 pub fn default_mapping(settings: &HttpsSettings) -> Mapping {
@@ -199,6 +216,8 @@ pub struct HttpsConnector {
     client: reqwest::Client,
     /// The full URL: a secret. Never logged; see `shown_url`.
     url: Url,
+    /// Shapes the body only with `body = "mapped"`.
+    mapping: Mapping,
     shown_url: String,
     body: BodyShape,
     extended: bool,
@@ -240,7 +259,10 @@ const RESERVED: &[&str] = &["content-type", "idempotency-key", "authorization", 
 impl HttpsConnector {
     pub fn try_new(settings: HttpsSettings, base_dir: &Path) -> Result<Self, HttpsError> {
         // The URL: resolved and parsed without ever putting its text in an error.
-        let raw = settings.url.resolve(base_dir).map_err(HttpsError::Url)?;
+        let raw = settings
+            .url
+            .resolve(base_dir)
+            .map_err(|e| HttpsError::Url(e.to_string()))?;
         let url = Url::parse(raw.expose().trim())
             .map_err(|e| HttpsError::Url(format!("not a valid URL: {e}")))?;
         match url.scheme() {
@@ -270,7 +292,10 @@ impl HttpsConnector {
         let (auth, auth_kind) = match &settings.auth {
             None => (None, "none"),
             Some(a) => {
-                let resolve = |s: &SecretRef| s.resolve(base_dir).map_err(HttpsError::Auth);
+                let resolve = |s: &SecretRef| {
+                    s.resolve(base_dir)
+                        .map_err(|e| HttpsError::Auth(e.to_string()))
+                };
                 let (name, value, kind) = match a {
                     AuthSettings::Bearer { token } => (
                         reqwest::header::AUTHORIZATION,
@@ -308,7 +333,10 @@ impl HttpsConnector {
         let signer = match &settings.signature {
             None => None,
             Some(s) => Some(Signer {
-                secret: s.secret.resolve(base_dir).map_err(HttpsError::Signature)?,
+                secret: s
+                    .secret
+                    .resolve(base_dir)
+                    .map_err(|e| HttpsError::Signature(e.to_string()))?,
                 timestamp_header: header_name(&s.timestamp_header, HttpsError::Signature)?,
                 signature_header: header_name(&s.signature_header, HttpsError::Signature)?,
             }),
@@ -332,6 +360,7 @@ impl HttpsConnector {
 
         Ok(HttpsConnector {
             client,
+            mapping: default_mapping(&settings),
             shown_url: http::redact_url(&url),
             url,
             body: settings.body,
@@ -582,6 +611,10 @@ impl Connector for HttpsConnector {
 
     fn max_batch(&self) -> usize {
         MAX_BATCH
+    }
+
+    fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
 
     async fn check(&self, connect: bool) -> Result<CheckReport, CheckError> {

@@ -21,8 +21,8 @@ use leadsync_core::jwt::RsaSigner;
 use leadsync_core::mapping::ValueSource;
 use leadsync_core::oauth::{AccessToken, FormTokenSource, TokenCache, TokenError, TokenSource};
 use leadsync_core::{
-    CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome, FailureClass, FieldLimit,
-    FieldRule, Mapping, OutboundRecord, Secret, SecretRef,
+    BuildContext, BuildError, CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome,
+    FailureClass, FieldLimit, FieldRule, Mapping, OutboundRecord, Secret, SecretRef,
 };
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode, Url};
@@ -167,6 +167,16 @@ impl SalesforceError {
     }
 }
 
+/// Build a Salesforce target from its settings (the registry's entry for kind `salesforce`).
+pub fn build(ctx: &BuildContext<'_>) -> Result<Arc<dyn Connector>, BuildError> {
+    let settings: SalesforceSettings = ctx.settings()?;
+    let mapping = ctx.mapping(default_mapping(&settings));
+    let connector = SalesforceConnector::try_new(settings, ctx.base_dir)
+        .map_err(|e| BuildError::new(e.key, e.message))?
+        .with_mapping(mapping);
+    Ok(Arc::new(connector))
+}
+
 /// The default mapping (spec §2.6 field names). Overridable field by field in TOML.
 pub fn default_mapping(settings: &SalesforceSettings) -> Mapping {
     let field = FieldRule::field;
@@ -272,7 +282,7 @@ impl TokenSource for JwtTokenSource {
         let assertion = self.signer.sign(&claims).map_err(|e| TokenError {
             class: FailureClass::Rejected,
             code: "token_jwt_signing".into(),
-            message: e,
+            message: e.to_string(),
             retry_after: None,
         })?;
         FormTokenSource {
@@ -395,7 +405,7 @@ impl SalesforceConnector {
         let client_id = settings
             .client_id
             .resolve(base_dir)
-            .map_err(|e| SalesforceError::new("client_id", e))?;
+            .map_err(|e| SalesforceError::new("client_id", e.to_string()))?;
         let source: Box<dyn TokenSource> = match settings.auth {
             AuthKind::ClientCredentials => {
                 let secret = settings
@@ -408,7 +418,7 @@ impl SalesforceConnector {
                         )
                     })?
                     .resolve(base_dir)
-                    .map_err(|e| SalesforceError::new("client_secret", e))?;
+                    .map_err(|e| SalesforceError::new("client_secret", e.to_string()))?;
                 Box::new(FormTokenSource {
                     client: client.clone(),
                     url: token_url.clone(),
@@ -435,9 +445,9 @@ impl SalesforceConnector {
                         SalesforceError::new("private_key", "required with auth = \"jwt_bearer\"")
                     })?
                     .resolve(base_dir)
-                    .map_err(|e| SalesforceError::new("private_key", e))?;
+                    .map_err(|e| SalesforceError::new("private_key", e.to_string()))?;
                 let signer = RsaSigner::from_pem(key.expose(), None)
-                    .map_err(|e| SalesforceError::new("private_key", e))?;
+                    .map_err(|e| SalesforceError::new("private_key", e.to_string()))?;
                 if settings.client_secret.is_some() {
                     return Err(SalesforceError::new(
                         "client_secret",
@@ -472,7 +482,7 @@ impl SalesforceConnector {
     }
 
     /// Give the connector the target's effective mapping, so `check --connect` can verify
-    /// the mapped fields against the org.
+    /// the mapped fields against the org. For tests; the registry goes through [`build`].
     pub fn with_mapping(mut self, mapping: Mapping) -> Self {
         self.mapping = mapping;
         self
@@ -931,6 +941,10 @@ impl Connector for SalesforceConnector {
 
     fn max_batch(&self) -> usize {
         MAX_BATCH
+    }
+
+    fn mapping(&self) -> &Mapping {
+        &self.mapping
     }
 
     fn field_limits(&self) -> Vec<FieldLimit> {

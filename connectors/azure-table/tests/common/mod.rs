@@ -63,9 +63,7 @@ pub fn settings(conn: &str, table: &str, extra: Value) -> AzureTableSettings {
 }
 
 pub fn connector(settings: AzureTableSettings) -> AzureTableConnector {
-    AzureTableConnector::try_new(settings, std::path::Path::new("."))
-        .unwrap()
-        .with_target_name("test-target")
+    AzureTableConnector::try_new(settings, std::path::Path::new(".")).unwrap()
 }
 
 /// A record for lead `n` through the default mapping; `key` is its idempotency key.

@@ -1,0 +1,170 @@
+//! The command handlers, one file per group: `sync`, `status` and `trace`, `dead-letters`,
+//! `replay`/`send-test`/`forget`, `check`; `run` is the daemon (`daemon.rs`). [`Command`] is
+//! the one command enum: `main.rs` derives the command line from it.
+//!
+//! This is the edge where errors become messages and exit codes:
+//! 0 ok · 78 configuration error (EX_CONFIG) · 1 runtime failure · 2 a delivery ended dead
+//! in `sync --once` · 75 deliveries still pending after `sync --once` (EX_TEMPFAIL).
+
+mod check;
+mod dead_letters;
+mod operator;
+mod status;
+mod sync;
+
+use clap::Subcommand;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::telemetry;
+use crate::wiring::{self, Loaded, WiringError};
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_RUNTIME: u8 = 1;
+pub const EXIT_DEAD: u8 = 2;
+pub const EXIT_TEMPFAIL: u8 = 75;
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: pull sources and push targets on their schedules.
+    Run,
+    /// Validate the configuration (and with --connect, each target's credentials).
+    Check {
+        #[arg(long)]
+        connect: bool,
+    },
+    /// One full cycle: pull every source, push every target until done, then exit.
+    Sync {
+        /// Required: run once and exit (the daemon is `run`).
+        #[arg(long, required = true)]
+        once: bool,
+        /// How long to wait for retries that come due (e.g. `30s`, `0s`).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Per target: pending, delivered, dead, oldest pending age.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One lead's path through every target.
+    Trace {
+        lead: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliveries that failed for good.
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(DeadLetterCommand),
+    /// Deliver again what a target already has, for leads staged since a date.
+    Replay {
+        #[arg(long)]
+        target: String,
+        /// RFC 3339 time or a date (YYYY-MM-DD, UTC midnight).
+        #[arg(long)]
+        since: String,
+    },
+    /// Send a marked test lead to one target end to end; exits non-zero unless it arrives.
+    SendTest {
+        #[arg(long)]
+        target: String,
+        /// How long to wait for it to arrive.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wait: Duration,
+    },
+    /// Erase a person's data from the ledger (the CRMs keep their own copies).
+    Forget {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// List dead deliveries with the CRM's reason.
+    List {
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead deliveries back in the queue (all, or by target and/or lead).
+    Retry {
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        lead: Option<String>,
+    },
+}
+
+/// Run one command; returns the process exit code.
+pub fn main(config_path: &Path, log_level: Option<&str>, command: Command) -> u8 {
+    // Logging needs the config's telemetry section, but a config error must still be
+    // reported: fall back to defaults when it cannot be read.
+    let loaded = wiring::load(config_path);
+    let (format, level) = match &loaded {
+        Ok(l) => (
+            l.settings.telemetry.log_format,
+            log_level
+                .unwrap_or(&l.settings.telemetry.log_level)
+                .to_string(),
+        ),
+        Err(_) => (
+            telemetry::LogFormat::Auto,
+            log_level.unwrap_or("info").to_string(),
+        ),
+    };
+    telemetry::init(format, &level);
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => return report(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return report(WiringError::Runtime(e.into())),
+    };
+    match runtime.block_on(dispatch(loaded, command)) {
+        Ok(code) => code,
+        Err(e) => report(e),
+    }
+}
+
+fn report(e: WiringError) -> u8 {
+    match e {
+        WiringError::Config(msg) => {
+            eprintln!("configuration error:\n{msg}");
+            EXIT_CONFIG
+        }
+        WiringError::Runtime(err) => {
+            tracing::error!(error = %format!("{err:#}"), "failed");
+            eprintln!("error: {err:#}");
+            EXIT_RUNTIME
+        }
+    }
+}
+
+async fn dispatch(loaded: Loaded, command: Command) -> Result<u8, WiringError> {
+    match command {
+        Command::Run => crate::daemon::run(loaded)
+            .await
+            .map(|()| EXIT_OK)
+            .map_err(WiringError::Runtime),
+        Command::Check { connect } => check::check(&loaded, connect).await,
+        Command::Sync { once: _, wait } => sync::sync_once(&loaded, wait).await,
+        Command::Status { json } => status::status(&loaded, json).await,
+        Command::Trace { lead, json } => status::trace(&loaded, &lead, json).await,
+        Command::DeadLetters(DeadLetterCommand::List { target, json }) => {
+            dead_letters::list(&loaded, target.as_deref(), json).await
+        }
+        Command::DeadLetters(DeadLetterCommand::Retry { target, lead }) => {
+            dead_letters::retry(&loaded, target, lead).await
+        }
+        Command::Replay { target, since } => operator::replay(&loaded, &target, &since).await,
+        Command::SendTest { target, wait } => operator::send_test(&loaded, &target, wait).await,
+        Command::Forget { email } => operator::forget(&loaded, &email).await,
+    }
+}

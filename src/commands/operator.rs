@@ -1,0 +1,165 @@
+//! `replay`, `send-test` and `forget`: the operator's commands that change what the ledger
+//! holds for a target or a person. `send-test` stages its lead through the target's own
+//! planning and pushes it with the pipeline, like any lead.
+
+use anyhow::Context;
+use chrono::Utc;
+use std::time::Duration;
+
+use super::{EXIT_DEAD, EXIT_OK, EXIT_TEMPFAIL};
+use crate::ledger::OpenMode;
+use crate::pipeline;
+use crate::wiring::{self, Loaded, WiringError};
+
+/// `2026-11-01` (UTC midnight) or an RFC 3339 time.
+fn parse_since(since: &str) -> Result<chrono::DateTime<Utc>, WiringError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(since.trim()) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    chrono::NaiveDate::parse_from_str(since.trim(), "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .ok_or_else(|| {
+            WiringError::Runtime(anyhow::anyhow!(
+                "--since {since:?}: expected a date (2026-11-01) or an RFC 3339 time"
+            ))
+        })
+}
+
+pub(super) async fn replay(loaded: &Loaded, target: &str, since: &str) -> Result<u8, WiringError> {
+    let t = loaded.target(target)?;
+    let since = parse_since(since)?;
+    let ledger = wiring::open_ledger(&loaded.settings, OpenMode::Shared).await?;
+    let n = ledger
+        .replay(&t.name, since, Utc::now())
+        .await
+        .context("replaying deliveries")?;
+    println!(
+        "{n} delivered lead(s) of {} staged since {} queued again; the CRM writes are \
+         idempotent, so existing records are updated, not duplicated",
+        t.name,
+        since.to_rfc3339()
+    );
+    Ok(EXIT_OK)
+}
+
+/// The lead `send-test` sends: flagged as a marketplace test lead, no real person.
+fn send_test_lead() -> anyhow::Result<leadsync_core::Lead> {
+    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let record = serde_json::json!({
+        "UserDetails": {
+            "FirstName": "MSFT_TEST_leadsync",
+            "LastName": format!("send-test {stamp}"),
+            "Email": "msft_test_leadsync@example.invalid",
+            "Company": "MSFT_TEST leadsync",
+            "Country": "US",
+        },
+        "LeadSource": "AzureMarketplace",
+        "ActionCode": "INS",
+        "OfferTitle": "leadsync send-test",
+        "Description": format!("MSFT_TEST lead sent by `leadsync send-test` at {stamp}"),
+    });
+    leadsync_core::read_lead(format!("send-test:{stamp}"), &record)
+        .map_err(|e| anyhow::anyhow!("building the test lead: {e}"))
+}
+
+pub(super) async fn send_test(
+    loaded: &Loaded,
+    target: &str,
+    wait: Duration,
+) -> Result<u8, WiringError> {
+    use crate::ledger::{DeliveryState, StageBatch, StagedLead};
+    let t = loaded.target(target)?;
+    let lead = send_test_lead()?;
+    let lead_id = lead.id.clone();
+    // Works beside a running daemon: claims are transactional, so either process may
+    // deliver it, never both.
+    let ledger = wiring::open_ledger(&loaded.settings, OpenMode::SharedOrCreate).await?;
+    ledger
+        .stage(StageBatch {
+            source: "send-test".into(),
+            leads: vec![StagedLead {
+                deliveries: vec![t.delivery_of(&lead)],
+                lead,
+            }],
+            ..Default::default()
+        })
+        .await
+        .context("staging the test lead")?;
+    println!("test lead {lead_id} staged for {}", t.name);
+    let deadline = tokio::time::Instant::now() + wait;
+    let owner = wiring::instance_id();
+    loop {
+        pipeline::push_round(ledger.as_ref(), t, &owner, Utc::now())
+            .await
+            .context("pushing")?;
+        let (_, _, deliveries) = ledger
+            .trace(&lead_id)
+            .await
+            .context("reading the ledger")?
+            .ok_or_else(|| anyhow::anyhow!("the test lead vanished from the ledger"))?;
+        let Some(d) = deliveries.into_iter().next() else {
+            return Err(WiringError::Runtime(anyhow::anyhow!(
+                "the test lead has no delivery"
+            )));
+        };
+        match d.state {
+            DeliveryState::Delivered => {
+                println!(
+                    "delivered to {} after {} attempt(s){}",
+                    t.name,
+                    d.attempts,
+                    d.crm_ref
+                        .map(|r| format!(": CRM record {r}"))
+                        .unwrap_or_default()
+                );
+                return Ok(EXIT_OK);
+            }
+            DeliveryState::Dead => {
+                println!(
+                    "FAILED: {} refused the test lead: {} {}",
+                    t.name,
+                    d.error_code.as_deref().unwrap_or("-"),
+                    d.error.as_deref().unwrap_or("")
+                );
+                return Ok(EXIT_DEAD);
+            }
+            DeliveryState::Pending if tokio::time::Instant::now() >= deadline => {
+                println!(
+                    "FAILED: not delivered within {}; last error {}: {}",
+                    humantime::format_duration(wait),
+                    d.error_code.as_deref().unwrap_or("-"),
+                    d.error.as_deref().unwrap_or("-")
+                );
+                return Ok(EXIT_TEMPFAIL);
+            }
+            DeliveryState::Pending => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+pub(super) async fn forget(loaded: &Loaded, email: &str) -> Result<u8, WiringError> {
+    let ledger = wiring::open_ledger(&loaded.settings, OpenMode::Shared).await?;
+    let erased = ledger
+        .forget_email(email)
+        .await
+        .context("erasing personal data")?;
+    if erased.is_empty() {
+        println!("no lead in the ledger carries that e-mail address");
+    } else {
+        println!(
+            "erased the personal data (names, e-mail, phone, company, title, description, \
+             unknown columns, CRM error texts) of {} lead(s):",
+            erased.len()
+        );
+        for id in &erased {
+            println!("  {id}");
+        }
+        println!(
+            "the CRMs keep their own copies: erase the person there too (e.g. by the ids \
+             `leadsync trace <lead>` shows)"
+        );
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,172 @@
+//! Wiring: build what a command needs from the checked configuration — the targets (through
+//! the registry), the sources, the ledger, and this process's identity.
+//!
+//! It owns no behaviour of its own: commands (`commands/`) and the daemon (`daemon.rs`) call
+//! it, and it calls nothing of theirs, so there is no import circle between them. Errors are
+//! [`WiringError`]s: a configuration mistake (exit 78) or a runtime failure.
+
+use anyhow::Context;
+use chrono::Utc;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{self, Settings, SourceKind};
+use crate::ledger::{InstanceInfo, Ledger, OpenMode};
+use crate::pipeline::Target;
+use crate::registry;
+use crate::sources::spool::SpoolSource;
+use crate::sources::Source;
+
+/// Why a command could not be set up or run, sorted by exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    /// A configuration mistake, naming the file and key (exit 78).
+    #[error("{0}")]
+    Config(String),
+    /// Anything else (exit 1).
+    #[error("{0:#}")]
+    Runtime(#[from] anyhow::Error),
+}
+
+/// What a loaded configuration yields: settings plus built targets.
+pub struct Loaded {
+    pub settings: Settings,
+    pub targets: Vec<Arc<Target>>,
+}
+
+impl Loaded {
+    /// The enabled target named `name`, or a configuration error listing the known ones.
+    pub fn target(&self, name: &str) -> Result<&Arc<Target>, WiringError> {
+        self.targets.iter().find(|t| t.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.targets.iter().map(|t| t.name.as_str()).collect();
+            WiringError::Config(format!(
+                "no enabled target named {name:?}; enabled targets: {}",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })
+    }
+}
+
+/// Load and validate everything a command needs from the configuration, without I/O on
+/// the ledger or the network.
+pub fn load(config_path: &Path) -> Result<Loaded, WiringError> {
+    let settings = config::load(config_path, &registry::known_kinds())
+        .map_err(|e| WiringError::Config(e.to_string()))?;
+    let mut targets = Vec::new();
+    let mut errors = Vec::new();
+    for t in settings.targets.iter().filter(|t| t.enabled) {
+        match registry::build_target(t, settings.ledger.lease) {
+            Ok(target) => targets.push(Arc::new(target)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(WiringError::Config(errors.join("\n")));
+    }
+    // Sources are built for real when a command runs; building them here reports a bad
+    // connection string or missing secret as a configuration error (exit 78).
+    build_sources(&settings)?;
+    Ok(Loaded { settings, targets })
+}
+
+/// The configured sources, ready to pull.
+pub fn build_sources(settings: &Settings) -> Result<Vec<Box<dyn Source>>, WiringError> {
+    settings
+        .sources
+        .iter()
+        .map(|s| -> Result<Box<dyn Source>, WiringError> {
+            Ok(match &s.kind {
+                SourceKind::Spool(spool) => Box::new(SpoolSource::new(
+                    s.name.clone(),
+                    spool.dir.clone(),
+                    spool.after,
+                    spool.settle,
+                )),
+                SourceKind::AzureTable(a) => build_azure_table_source(settings, &s.name, a)?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(feature = "azure-table")]
+fn build_azure_table_source(
+    settings: &Settings,
+    name: &str,
+    a: &config::AzureTableSourceSettings,
+) -> Result<Box<dyn Source>, WiringError> {
+    let err = |key: &str, message: String| {
+        WiringError::Config(format!(
+            "{}: key `sources.{name}.{key}`: {message}",
+            settings.config_path.display()
+        ))
+    };
+    let secret = a
+        .connection
+        .resolve(&settings.config_dir)
+        .map_err(|e| err("connection", e.to_string()))?;
+    let client = leadsync_azure_table::client_from_connection_string(
+        secret.expose(),
+        leadsync_azure_table::SharedKeyScheme::SharedKey,
+        &leadsync_core::http::HttpSettings::default(),
+        &settings.config_dir,
+    )
+    .map_err(|e| err("connection", e.message))?;
+    Ok(Box::new(
+        crate::sources::azure_table::AzureTableSource::new(
+            name.to_string(),
+            client,
+            a.table.clone(),
+            a.overlap,
+            a.page_size,
+        ),
+    ))
+}
+
+#[cfg(not(feature = "azure-table"))]
+fn build_azure_table_source(
+    settings: &Settings,
+    name: &str,
+    _a: &config::AzureTableSourceSettings,
+) -> Result<Box<dyn Source>, WiringError> {
+    Err(WiringError::Config(format!(
+        "{}: key `sources.{name}.kind`: this build has no Azure Table support \
+         (build with the `azure-table` feature)",
+        settings.config_path.display()
+    )))
+}
+
+/// This process's lease owner name.
+pub fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}
+
+/// The process's heartbeat identity: its lease owner name, host and pid.
+pub fn instance_info(started_at: chrono::DateTime<Utc>) -> InstanceInfo {
+    let id = instance_id();
+    let host = id
+        .rsplit_once(':')
+        .map_or(id.as_str(), |(h, _)| h)
+        .to_string();
+    InstanceInfo {
+        id,
+        host,
+        pid: std::process::id(),
+        started_at,
+    }
+}
+
+/// Open the ledger the settings name (SQLite file or PostgreSQL) in `mode`: `Exclusive`
+/// for the daemon and `sync`, `Shared` beside a running daemon for operator commands,
+/// `SharedOrCreate` for `send-test`.
+pub async fn open_ledger(settings: &Settings, mode: OpenMode) -> anyhow::Result<Arc<dyn Ledger>> {
+    crate::ledger::open(&settings.ledger, &settings.config_dir, mode)
+        .await
+        .with_context(|| format!("opening the ledger {}", settings.ledger.location.describe()))
+}
