@@ -36,6 +36,8 @@ pub(super) const ROWS_PER_INSERT: usize = 500;
 /// a transaction); a call that runs several takes the caller's connection or transaction.
 pub(super) struct Statements<DB>(PhantomData<DB>);
 
+// What the shared statements ask of a database: executors, `$n`/placeholder arguments, and
+// the `i64`/`String` columns of the schema. SQLite and PostgreSQL both meet it.
 impl<DB> Statements<DB>
 where
     DB: Database,
