@@ -1,10 +1,17 @@
 //! Row codecs shared by the ledger backends: unix-millisecond timestamps, counters, delivery
-//! states and lead bodies (JSON text). It owns only these conversions; it must not run SQL.
+//! states, lead bodies (JSON text), and the row types (`#[derive(sqlx::FromRow)]`, read alike
+//! from SQLite and PostgreSQL rows) that turn into the public results: claimed deliveries,
+//! trace rows, dead letters, target counts and sources.
+//!
+//! It owns only these conversions; it must not run SQL (that is `sql.rs` and the backends).
 
 use chrono::{DateTime, Utc};
 use leadsync_core::Lead;
 
-use super::{DeliveryState, LedgerError};
+use super::{
+    ClaimedDelivery, DeadLetter, DeliveryState, DeliveryTrace, LedgerError, SourceStatus,
+    StagedLead, TargetStatus,
+};
 
 pub(super) fn to_ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -70,4 +77,173 @@ pub(super) fn decode_lead(lead_id: &str, body: &str) -> Result<Lead, LedgerError
         });
     }
     Ok(lead)
+}
+
+/// The leads of a batch as JSON text, in batch order (encoded before any lock is taken: it
+/// is the CPU-heavy part of staging).
+pub(super) fn encode_leads(leads: &[StagedLead]) -> Result<Vec<String>, LedgerError> {
+    leads
+        .iter()
+        .map(|staged| encode_lead(&staged.lead))
+        .collect()
+}
+
+// Rows as both backends return them. The column types are the ones SQLite and PostgreSQL
+// share (`i64` for INTEGER/BIGINT, `String` for TEXT), so `#[derive(sqlx::FromRow)]` reads
+// them from a `SqliteRow` and a `PgRow` alike; each row turns into the public type here.
+
+/// A claimed delivery with its lead: the columns `claim` returns on both backends.
+#[derive(sqlx::FromRow)]
+pub(super) struct ClaimRow {
+    id: i64,
+    target: String,
+    idempotency_key: String,
+    attempts: i64,
+    age_from: i64,
+    lead_id: String,
+    staged_at: i64,
+    body: String,
+}
+
+impl ClaimRow {
+    pub(super) fn decode(self) -> Result<ClaimedDelivery, LedgerError> {
+        Ok(ClaimedDelivery {
+            delivery_id: self.id,
+            target: self.target,
+            idempotency_key: self.idempotency_key,
+            attempts: to_u32(self.attempts),
+            age_from: from_ms(self.age_from, &self.lead_id)?,
+            staged_at: from_ms(self.staged_at, &self.lead_id)?,
+            lead: decode_lead(&self.lead_id, &self.body)?,
+        })
+    }
+}
+
+/// A lead's id and stored body (erasure reads these).
+#[derive(sqlx::FromRow)]
+pub(super) struct LeadBodyRow {
+    pub(super) id: String,
+    body: String,
+}
+
+impl LeadBodyRow {
+    pub(super) fn decode(&self) -> Result<Lead, LedgerError> {
+        decode_lead(&self.id, &self.body)
+    }
+}
+
+/// One lead for `trace`: when it was staged and its body.
+#[derive(sqlx::FromRow)]
+pub(super) struct StagedLeadRow {
+    staged_at: i64,
+    body: String,
+}
+
+impl StagedLeadRow {
+    pub(super) fn decode(self, lead_id: &str) -> Result<(Lead, DateTime<Utc>), LedgerError> {
+        let staged_at = from_ms(self.staged_at, lead_id)?;
+        Ok((decode_lead(lead_id, &self.body)?, staged_at))
+    }
+}
+
+/// One delivery row for `trace`.
+#[derive(sqlx::FromRow)]
+pub(super) struct TraceRow {
+    target: String,
+    state: String,
+    idempotency_key: String,
+    attempts: i64,
+    next_attempt_at: Option<i64>,
+    crm_ref: Option<String>,
+    error_code: Option<String>,
+    error: Option<String>,
+    updated_at: i64,
+}
+
+impl TraceRow {
+    pub(super) fn decode(self, lead_id: &str) -> Result<DeliveryTrace, LedgerError> {
+        Ok(DeliveryTrace {
+            state: parse_state(&self.state, lead_id)?,
+            target: self.target,
+            idempotency_key: self.idempotency_key,
+            attempts: to_u32(self.attempts),
+            next_attempt_at: opt_from_ms(self.next_attempt_at, lead_id)?,
+            crm_ref: self.crm_ref,
+            error_code: self.error_code,
+            error: self.error,
+            updated_at: from_ms(self.updated_at, lead_id)?,
+        })
+    }
+}
+
+/// One dead delivery for `dead-letters list`.
+#[derive(sqlx::FromRow)]
+pub(super) struct DeadLetterRow {
+    id: i64,
+    target: String,
+    lead_id: String,
+    idempotency_key: String,
+    attempts: i64,
+    error_code: Option<String>,
+    error: Option<String>,
+    updated_at: i64,
+}
+
+impl DeadLetterRow {
+    pub(super) fn decode(self) -> Result<DeadLetter, LedgerError> {
+        Ok(DeadLetter {
+            delivery_id: self.id,
+            target: self.target,
+            updated_at: from_ms(self.updated_at, &self.lead_id)?,
+            lead_id: self.lead_id,
+            idempotency_key: self.idempotency_key,
+            attempts: to_u32(self.attempts),
+            error_code: self.error_code,
+            error: self.error,
+        })
+    }
+}
+
+/// One target's delivery counts for `status` (the backend's own count query).
+#[derive(sqlx::FromRow)]
+pub(super) struct TargetCountsRow {
+    target: String,
+    pending: i64,
+    retrying: i64,
+    delivered: i64,
+    dead: i64,
+}
+
+impl TargetCountsRow {
+    /// The counts; the other fields are filled in afterwards.
+    pub(super) fn decode(self) -> TargetStatus {
+        TargetStatus {
+            target: self.target,
+            pending: to_u64(self.pending),
+            retrying: to_u64(self.retrying),
+            delivered: to_u64(self.delivered),
+            dead: to_u64(self.dead),
+            ..TargetStatus::default()
+        }
+    }
+}
+
+/// One source's cursor row for `status`.
+#[derive(sqlx::FromRow)]
+pub(super) struct SourceRow {
+    source: String,
+    cursor: Option<String>,
+    updated_at: i64,
+    last_error: Option<String>,
+}
+
+impl SourceRow {
+    pub(super) fn decode(self) -> Result<SourceStatus, LedgerError> {
+        Ok(SourceStatus {
+            updated_at: from_ms(self.updated_at, &self.source)?,
+            source: self.source,
+            cursor: self.cursor,
+            last_error: self.last_error,
+        })
+    }
 }

@@ -7,6 +7,13 @@
 //! pass the same scenarios (`contract.rs`), so the SQL stays portable (no SQLite-only upserts
 //! beyond `ON CONFLICT ... DO NOTHING/UPDATE`).
 //!
+//! What the backends have in common is written once: `sql.rs` runs every statement whose text
+//! is the same on both (generic over the sqlx database, in the pool or transaction the backend
+//! passes), and `codec.rs` holds the conversions and the row types (`#[derive(sqlx::FromRow)]`)
+//! that turn rows into the public types. `sqlite.rs` and `postgres.rs` keep only what differs:
+//! opening, transactions and locking, claims, recording outcomes, schema handling, leases and
+//! heartbeats, and the statements written in their own dialect.
+//!
 //! It must not decide *when* to retry: the pipeline computes `next_attempt_at` and the ledger
 //! stores it.
 
@@ -14,6 +21,7 @@ mod codec;
 #[cfg(test)]
 mod contract;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 pub use leadsync_core::QuarantinedRecord;

@@ -28,33 +28,44 @@
 //! old row versions' space is reclaimed; PostgreSQL does not zero that space (there is no
 //! `secure_delete`), and WAL archives and backups keep their own copies until they expire.
 //!
+//! The statements SQLite runs with the same text are in `sql.rs`; this file keeps what is
+//! PostgreSQL's own: the pool and schema, claims, outcomes (`UNNEST` arrays), deadlock
+//! retries, snapshots (`REPEATABLE READ READ ONLY`), erasure's row locks and `VACUUM`, and the
+//! instances in `status`.
+//!
 //! It must not decide when to retry (the pipeline passes `next_attempt_at` in).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use leadsync_core::Lead;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, Connection, Executor, Postgres, QueryBuilder, Row};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Executor, Postgres, Row};
 
-use super::codec::{
-    decode_lead, encode_lead, from_ms, ms_after, opt_from_ms, parse_state, to_ms, to_u32, to_u64,
-};
+use super::codec::{encode_leads, from_ms, ms_after, to_ms, to_u32, to_u64, ClaimRow};
+use super::sql::{self, log_staged};
 use super::{
     ClaimedDelivery, DeadLetter, DeadLetterFilter, DeliveryTrace, InstanceInfo, InstanceStatus,
-    Ledger, LedgerError, LedgerStatus, PlannedDelivery, RecordedOutcome, SourceStatus, StageBatch,
-    StageReport, StagedLead, TargetStatus, INSTANCE_ALIVE,
+    Ledger, LedgerError, LedgerStatus, RecordedOutcome, StageBatch, StageReport, StagedLead,
+    INSTANCE_ALIVE,
 };
+
+/// The statements whose text both backends share.
+type Sql = sql::Statements<Postgres>;
 
 /// The schema, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// Rows per multi-row INSERT while staging (at most 9 parameters a row, far below
-/// PostgreSQL's limit of 65,535 parameters a statement).
-const ROWS_PER_INSERT: usize = 500;
+/// Per-target counts for `status` (`$1`: now).
+const TARGET_COUNTS: &str = "SELECT target, \
+        COUNT(*) FILTER (WHERE state = 'pending') AS pending, \
+        COUNT(*) FILTER (WHERE state = 'pending' AND next_attempt_at > $1) AS retrying, \
+        COUNT(*) FILTER (WHERE state = 'delivered') AS delivered, \
+        COUNT(*) FILTER (WHERE state = 'dead') AS dead \
+    FROM deliveries GROUP BY target ORDER BY target";
 /// How long to wait for a pooled connection before failing the call.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A transaction that lost a deadlock (SQLSTATE 40P01) is run again this many times.
@@ -188,88 +199,14 @@ impl PostgresLedger {
         bodies: &[String],
         now: i64,
     ) -> Result<StageReport, LedgerError> {
-        let mut report = StageReport::default();
         let mut tx = self.pool.begin().await?;
-
         // Rows go in id order, so that two transactions staging overlapping leads wait on
         // each other instead of deadlocking.
         let mut leads: Vec<(&StagedLead, &String)> = batch.leads.iter().zip(bodies).collect();
         leads.sort_by(|a, b| a.0.lead.id.cmp(&b.0.lead.id));
-        let mut inserted: HashSet<String> = HashSet::new();
-        for chunk in leads.chunks(ROWS_PER_INSERT) {
-            let mut insert =
-                QueryBuilder::<Postgres>::new("INSERT INTO leads (id, source, staged_at, body) ");
-            insert.push_values(chunk, |mut row, (staged, body)| {
-                row.push_bind(staged.lead.id.as_str())
-                    .push_bind(batch.source.as_str())
-                    .push_bind(now)
-                    .push_bind(body.as_str());
-            });
-            insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-            let ids: Vec<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
-            inserted.extend(ids);
-        }
-        report.staged = inserted.len() as u64;
-        report.already_known = leads.len() as u64 - report.staged;
-
-        // The deliveries of each new lead, taken from its first occurrence in the batch only.
-        let deliveries: Vec<(&str, &PlannedDelivery)> = batch
-            .leads
-            .iter()
-            .filter(|staged| inserted.remove(staged.lead.id.as_str()))
-            .flat_map(|staged| {
-                staged
-                    .deliveries
-                    .iter()
-                    .map(move |d| (staged.lead.id.as_str(), d))
-            })
-            .collect();
-        for chunk in deliveries.chunks(ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Postgres>::new(
-                "INSERT INTO deliveries (lead_id, target, idempotency_key, state, attempts, \
-                 next_attempt_at, age_from, created_at, updated_at) ",
-            );
-            insert.push_values(chunk, |mut row, (lead_id, delivery)| {
-                row.push_bind(*lead_id)
-                    .push_bind(delivery.target.as_str())
-                    .push_bind(delivery.idempotency_key.as_str())
-                    .push("'pending'")
-                    .push("0")
-                    .push_bind(now)
-                    .push_bind(now)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            insert.push(" ON CONFLICT (lead_id, target) DO NOTHING");
-            report.deliveries += insert.build().execute(&mut *tx).await?.rows_affected();
-        }
-
-        for chunk in batch.quarantined.chunks(ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Postgres>::new(
-                "INSERT INTO quarantine (source, origin, reason, at) ",
-            );
-            insert.push_values(chunk, |mut row, record| {
-                row.push_bind(batch.source.as_str())
-                    .push_bind(record.origin.as_str())
-                    .push_bind(record.reason.as_str())
-                    .push_bind(now);
-            });
-            insert.push(" ON CONFLICT (source, origin, reason) DO NOTHING");
-            report.quarantined += insert.build().execute(&mut *tx).await?.rows_affected();
-        }
-        if let Some(cursor) = &batch.cursor {
-            sqlx::query(
-                "INSERT INTO source_cursors (source, cursor, updated_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (source) DO UPDATE \
-                 SET cursor = excluded.cursor, updated_at = excluded.updated_at",
-            )
-            .bind(batch.source.as_str())
-            .bind(cursor.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let report = Sql::stage(&mut tx, batch, &leads, now).await?;
         tx.commit().await?;
+        log_staged(&batch.source, &report);
         Ok(report)
     }
 
@@ -399,25 +336,6 @@ impl PostgresLedger {
         Ok(changed)
     }
 
-    /// Redact one lead's body and clear its deliveries' error texts, inside `tx`.
-    async fn redact(
-        tx: &mut sqlx::Transaction<'_, Postgres>,
-        id: &str,
-        mut lead: Lead,
-    ) -> Result<(), LedgerError> {
-        lead.redact();
-        sqlx::query("UPDATE leads SET body = $1 WHERE id = $2")
-            .bind(encode_lead(&lead)?)
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query("UPDATE deliveries SET error = NULL WHERE lead_id = $1")
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
-    }
-
     /// Reclaim the space of erased row versions (best effort: the erasure itself is done).
     async fn vacuum(&self) {
         if let Err(e) = self.pool.execute("VACUUM leads, deliveries").await {
@@ -450,21 +368,12 @@ async fn create_schema(connect: &PgConnectOptions, schema: &str) -> Result<(), L
     Ok(())
 }
 
-fn claimed_from_row(row: &PgRow) -> Result<(i64, ClaimedDelivery), LedgerError> {
-    let lead_id: String = row.try_get("lead_id")?;
-    let body: String = row.try_get("body")?;
-    Ok((
-        row.try_get("next_attempt_at")?,
-        ClaimedDelivery {
-            delivery_id: row.try_get("id")?,
-            target: row.try_get("target")?,
-            idempotency_key: row.try_get("idempotency_key")?,
-            attempts: to_u32(row.try_get("attempts")?),
-            age_from: from_ms(row.try_get("age_from")?, &lead_id)?,
-            staged_at: from_ms(row.try_get("staged_at")?, &lead_id)?,
-            lead: decode_lead(&lead_id, &body)?,
-        },
-    ))
+/// What a claim returns: the shared columns, and the due time it is sorted by.
+#[derive(sqlx::FromRow)]
+struct PgClaimRow {
+    next_attempt_at: i64,
+    #[sqlx(flatten)]
+    claim: ClaimRow,
 }
 
 /// `host:pid` split back, for lease owners that never sent a heartbeat (`sync --once`).
@@ -478,37 +387,19 @@ fn split_owner(owner: &str) -> (String, u32) {
 #[async_trait]
 impl Ledger for PostgresLedger {
     async fn stage(&self, batch: StageBatch) -> Result<StageReport, LedgerError> {
-        let bodies = batch
-            .leads
-            .iter()
-            .map(|staged| encode_lead(&staged.lead))
-            .collect::<Result<Vec<_>, _>>()?;
+        let bodies = encode_leads(&batch.leads)?;
         let now = to_ms(Utc::now());
         let mut attempt = 0;
-        let report = loop {
+        loop {
             match self.stage_once(&batch, &bodies, now).await {
                 Err(e) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => attempt += 1,
-                other => break other?,
+                other => return other,
             }
-        };
-        tracing::debug!(
-            source = %batch.source,
-            staged = report.staged,
-            already_known = report.already_known,
-            deliveries = report.deliveries,
-            quarantined = report.quarantined,
-            "staged batch"
-        );
-        Ok(report)
+        }
     }
 
     async fn cursor(&self, source: &str) -> Result<Option<String>, LedgerError> {
-        let cursor: Option<Option<String>> =
-            sqlx::query_scalar("SELECT cursor FROM source_cursors WHERE source = $1")
-                .bind(source)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(cursor.flatten())
+        Sql::cursor(&self.pool, source).await
     }
 
     async fn claim(
@@ -527,7 +418,7 @@ impl Ledger for PostgresLedger {
         let mut tx = self.pool.begin().await?;
         // Pick and lease in one statement; rows another instance is claiming right now are
         // skipped rather than waited for. An expired lease counts as no lease.
-        let rows = sqlx::query(
+        let rows: Vec<PgClaimRow> = sqlx::query_as(
             "WITH picked AS ( \
                  SELECT id FROM deliveries \
                  WHERE target = $1 AND state = 'pending' AND next_attempt_at <= $2 \
@@ -550,9 +441,9 @@ impl Ledger for PostgresLedger {
         .await?;
         // Decode everything before committing: a corrupt row rolls the whole claim back.
         let mut claimed = rows
-            .iter()
-            .map(claimed_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+            .into_iter()
+            .map(|row| Ok((row.next_attempt_at, row.claim.decode()?)))
+            .collect::<Result<Vec<_>, LedgerError>>()?;
         tx.commit().await?;
         claimed.sort_by_key(|(due, d)| (*due, d.delivery_id));
         tracing::trace!(target = %target, claimed = claimed.len(), "claimed deliveries under lease");
@@ -581,18 +472,8 @@ impl Ledger for PostgresLedger {
         Ok(())
     }
 
-    /// The earliest time a pending delivery of `target` can be claimed: its
-    /// `next_attempt_at`, or the end of its lease if it is leased beyond that.
     async fn next_due(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
-        let due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at \
-                        THEN lease_until ELSE next_attempt_at END) \
-             FROM deliveries WHERE target = $1 AND state = 'pending'",
-        )
-        .bind(target)
-        .fetch_one(&self.pool)
-        .await?;
-        opt_from_ms(due, target)
+        Sql::next_due(&self.pool, target).await
     }
 
     async fn pause_target(
@@ -601,17 +482,7 @@ impl Ledger for PostgresLedger {
         until: DateTime<Utc>,
         reason: &str,
     ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO target_pauses (target, paused_until, reason) VALUES ($1, $2, $3) \
-             ON CONFLICT (target) DO UPDATE \
-             SET paused_until = excluded.paused_until, reason = excluded.reason",
-        )
-        .bind(target)
-        .bind(to_ms(until))
-        .bind(reason)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        Sql::pause_target(&self.pool, target, until, reason).await
     }
 
     async fn set_source_error(
@@ -620,31 +491,7 @@ impl Ledger for PostgresLedger {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        match error {
-            // A failure creates the row if the source never stored a cursor (a spool).
-            Some(e) => {
-                sqlx::query(
-                    "INSERT INTO source_cursors (source, cursor, updated_at, last_error) \
-                     VALUES ($1, NULL, $2, $3) \
-                     ON CONFLICT (source) DO UPDATE SET last_error = excluded.last_error",
-                )
-                .bind(source)
-                .bind(to_ms(now))
-                .bind(e)
-                .execute(&self.pool)
-                .await?;
-            }
-            None => {
-                sqlx::query(
-                    "UPDATE source_cursors SET last_error = NULL \
-                     WHERE source = $1 AND last_error IS NOT NULL",
-                )
-                .bind(source)
-                .execute(&self.pool)
-                .await?;
-            }
-        }
-        Ok(())
+        Sql::set_source_error(&self.pool, source, error, now).await
     }
 
     async fn set_target_note(
@@ -653,25 +500,11 @@ impl Ledger for PostgresLedger {
         note: &str,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        sqlx::query(
-            "INSERT INTO target_notes (target, note, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (target) DO UPDATE SET note = excluded.note, updated_at = excluded.updated_at",
-        )
-        .bind(target)
-        .bind(note)
-        .bind(to_ms(now))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        Sql::set_target_note(&self.pool, target, note, now).await
     }
 
     async fn paused_until(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
-        let until: Option<i64> =
-            sqlx::query_scalar("SELECT paused_until FROM target_pauses WHERE target = $1")
-                .bind(target)
-                .fetch_optional(&self.pool)
-                .await?;
-        opt_from_ms(until, target)
+        Sql::paused_until(&self.pool, target).await
     }
 
     async fn status(&self, now: DateTime<Utc>) -> Result<LedgerStatus, LedgerError> {
@@ -681,87 +514,7 @@ impl Ledger for PostgresLedger {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-
-        let rows = sqlx::query(
-            "SELECT target, \
-                    COUNT(*) FILTER (WHERE state = 'pending') AS pending, \
-                    COUNT(*) FILTER (WHERE state = 'pending' AND next_attempt_at > $1) \
-                        AS retrying, \
-                    COUNT(*) FILTER (WHERE state = 'delivered') AS delivered, \
-                    COUNT(*) FILTER (WHERE state = 'dead') AS dead \
-             FROM deliveries GROUP BY target ORDER BY target",
-        )
-        .bind(now_ms)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut targets = Vec::with_capacity(rows.len());
-        for row in &rows {
-            targets.push(TargetStatus {
-                target: row.try_get("target")?,
-                pending: to_u64(row.try_get("pending")?),
-                retrying: to_u64(row.try_get("retrying")?),
-                delivered: to_u64(row.try_get("delivered")?),
-                dead: to_u64(row.try_get("dead")?),
-                ..TargetStatus::default()
-            });
-        }
-        for status in &mut targets {
-            let oldest: Option<i64> = sqlx::query_scalar(
-                "SELECT MIN(l.staged_at) FROM deliveries d JOIN leads l ON l.id = d.lead_id \
-                 WHERE d.target = $1 AND d.state = 'pending'",
-            )
-            .bind(status.target.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            status.oldest_pending_staged_at = opt_from_ms(oldest, &status.target)?;
-
-            let paused: Option<i64> = sqlx::query_scalar(
-                "SELECT paused_until FROM target_pauses WHERE target = $1 AND paused_until > $2",
-            )
-            .bind(status.target.as_str())
-            .bind(now_ms)
-            .fetch_optional(&mut *tx)
-            .await?;
-            status.paused_until = opt_from_ms(paused, &status.target)?;
-
-            status.note = sqlx::query_scalar("SELECT note FROM target_notes WHERE target = $1")
-                .bind(status.target.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-
-            let last_error: Option<Option<String>> = sqlx::query_scalar(
-                "SELECT error_code FROM deliveries \
-                 WHERE target = $1 AND state IN ('pending', 'dead') AND error IS NOT NULL \
-                 ORDER BY updated_at DESC, id DESC LIMIT 1",
-            )
-            .bind(status.target.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            status.last_error_code = last_error.flatten();
-        }
-
-        let leads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leads")
-            .fetch_one(&mut *tx)
-            .await?;
-        let quarantined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine")
-            .fetch_one(&mut *tx)
-            .await?;
-        let rows = sqlx::query(
-            "SELECT source, cursor, updated_at, last_error FROM source_cursors ORDER BY source",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut sources = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let source: String = row.try_get("source")?;
-            let updated_at = from_ms(row.try_get("updated_at")?, &source)?;
-            sources.push(SourceStatus {
-                cursor: row.try_get("cursor")?,
-                last_error: row.try_get("last_error")?,
-                source,
-                updated_at,
-            });
-        }
+        let mut status = Sql::status(&mut tx, TARGET_COUNTS, now_ms).await?;
 
         // Instances: every heartbeat, plus lease owners that never sent one.
         let mut instances: BTreeMap<String, InstanceStatus> = BTreeMap::new();
@@ -829,41 +582,12 @@ impl Ledger for PostgresLedger {
                 .delivery_leases = to_u64(row.try_get("n")?);
         }
         tx.commit().await?;
-
-        Ok(LedgerStatus {
-            targets,
-            leads: to_u64(leads),
-            quarantined: to_u64(quarantined),
-            sources,
-            instances: instances.into_values().collect(),
-        })
+        status.instances = instances.into_values().collect();
+        Ok(status)
     }
 
     async fn dead_letters(&self, target: Option<&str>) -> Result<Vec<DeadLetter>, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT id, target, lead_id, idempotency_key, attempts, error_code, error, \
-             updated_at FROM deliveries \
-             WHERE state = 'dead' AND ($1::TEXT IS NULL OR target = $1) \
-             ORDER BY updated_at, id",
-        )
-        .bind(target)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let lead_id: String = row.try_get("lead_id")?;
-                Ok(DeadLetter {
-                    delivery_id: row.try_get("id")?,
-                    target: row.try_get("target")?,
-                    idempotency_key: row.try_get("idempotency_key")?,
-                    attempts: to_u32(row.try_get("attempts")?),
-                    error_code: row.try_get("error_code")?,
-                    error: row.try_get("error")?,
-                    updated_at: from_ms(row.try_get("updated_at")?, &lead_id)?,
-                    lead_id,
-                })
-            })
-            .collect()
+        Sql::dead_letters(&self.pool, target).await
     }
 
     async fn retry_dead(
@@ -871,20 +595,7 @@ impl Ledger for PostgresLedger {
         filter: &DeadLetterFilter,
         now: DateTime<Utc>,
     ) -> Result<u64, LedgerError> {
-        // The error fields stay: they say why it died before the operator brought it back.
-        let n = sqlx::query(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, \
-             age_from = $1, lease_owner = NULL, lease_until = NULL, updated_at = $1 \
-             WHERE state = 'dead' AND ($2::TEXT IS NULL OR target = $2) \
-               AND ($3::TEXT IS NULL OR lead_id = $3)",
-        )
-        .bind(to_ms(now))
-        .bind(filter.target.as_deref())
-        .bind(filter.lead_id.as_deref())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n)
+        Sql::retry_dead(&self.pool, filter, now).await
     }
 
     async fn replay(
@@ -893,19 +604,7 @@ impl Ledger for PostgresLedger {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, LedgerError> {
-        let n = sqlx::query(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, \
-                    age_from = $1, updated_at = $1, lease_owner = NULL, lease_until = NULL \
-             WHERE target = $2 AND state = 'delivered' \
-               AND lead_id IN (SELECT id FROM leads WHERE staged_at >= $3)",
-        )
-        .bind(to_ms(now))
-        .bind(target)
-        .bind(to_ms(since))
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(n)
+        Sql::replay(&self.pool, target, since, now).await
     }
 
     async fn forget_email(&self, email: &str) -> Result<Vec<String>, LedgerError> {
@@ -916,23 +615,13 @@ impl Ledger for PostgresLedger {
         let mut tx = self.pool.begin().await?;
         // The e-mail lives inside the JSON body: a substring match narrows the scan (strpos,
         // so no LIKE wildcard or escape in an address matters), decoding confirms it.
-        let rows = sqlx::query(
+        let erased = Sql::forget_email(
+            &mut tx,
             "SELECT id, body FROM leads WHERE strpos(lower(body), $1) > 0 ORDER BY id FOR UPDATE",
+            &wanted,
+            &wanted,
         )
-        .bind(&wanted)
-        .fetch_all(&mut *tx)
         .await?;
-        let mut erased = Vec::new();
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let body: String = row.try_get("body")?;
-            let lead = decode_lead(&id, &body)?;
-            if lead.email_normalised().as_deref() != Some(wanted.as_str()) {
-                continue;
-            }
-            Self::redact(&mut tx, &id, lead).await?;
-            erased.push(id);
-        }
         tx.commit().await?;
         if !erased.is_empty() {
             self.vacuum().await;
@@ -946,28 +635,22 @@ impl Ledger for PostgresLedger {
         loop {
             let mut tx = self.pool.begin().await?;
             // SKIP LOCKED: instances purging at the same time share the work.
-            let rows = sqlx::query(
+            let n = Sql::purge(
+                &mut tx,
                 "SELECT l.id, l.body FROM leads l \
                  WHERE l.staged_at < $1 AND l.body NOT LIKE '%\"redacted\":true}' \
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.lead_id = l.id \
                         AND (d.state <> 'delivered' OR d.delivered_at IS NULL \
                              OR d.delivered_at >= $1)) \
                  ORDER BY l.id LIMIT 500 FOR UPDATE OF l SKIP LOCKED",
+                before,
             )
-            .bind(before)
-            .fetch_all(&mut *tx)
             .await?;
-            if rows.is_empty() {
+            if n == 0 {
                 break;
             }
-            for row in &rows {
-                let id: String = row.try_get("id")?;
-                let body: String = row.try_get("body")?;
-                let lead = decode_lead(&id, &body)?;
-                Self::redact(&mut tx, &id, lead).await?;
-            }
             tx.commit().await?;
-            purged += rows.len() as u64;
+            purged += n;
         }
         if purged > 0 {
             self.vacuum().await;
@@ -979,16 +662,7 @@ impl Ledger for PostgresLedger {
         &self,
         staged_before: DateTime<Utc>,
     ) -> Result<Vec<(String, u64)>, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT d.target, COUNT(*) AS n FROM deliveries d JOIN leads l ON l.id = d.lead_id \
-             WHERE d.state = 'pending' AND l.staged_at < $1 GROUP BY d.target ORDER BY d.target",
-        )
-        .bind(to_ms(staged_before))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("target")?, to_u64(r.try_get("n")?))))
-            .collect()
+        Sql::overdue(&self.pool, staged_before).await
     }
 
     async fn trace(
@@ -999,42 +673,11 @@ impl Ledger for PostgresLedger {
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
-        let Some(row) = sqlx::query("SELECT staged_at, body FROM leads WHERE id = $1")
-            .bind(lead_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let Some((lead, staged_at)) = Sql::staged_lead(&mut *tx, lead_id).await? else {
             return Ok(None);
         };
-        let staged_at = from_ms(row.try_get("staged_at")?, lead_id)?;
-        let body: String = row.try_get("body")?;
-        let lead = decode_lead(lead_id, &body)?;
-        let rows = sqlx::query(
-            "SELECT target, state, idempotency_key, attempts, next_attempt_at, crm_ref, \
-                    error_code, error, updated_at \
-             FROM deliveries WHERE lead_id = $1 ORDER BY target, id",
-        )
-        .bind(lead_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let deliveries = Sql::delivery_traces(&mut *tx, lead_id).await?;
         tx.commit().await?;
-        let deliveries = rows
-            .iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                Ok(DeliveryTrace {
-                    target: row.try_get("target")?,
-                    state: parse_state(&state, lead_id)?,
-                    idempotency_key: row.try_get("idempotency_key")?,
-                    attempts: to_u32(row.try_get("attempts")?),
-                    next_attempt_at: opt_from_ms(row.try_get("next_attempt_at")?, lead_id)?,
-                    crm_ref: row.try_get("crm_ref")?,
-                    error_code: row.try_get("error_code")?,
-                    error: row.try_get("error")?,
-                    updated_at: from_ms(row.try_get("updated_at")?, lead_id)?,
-                })
-            })
-            .collect::<Result<Vec<_>, LedgerError>>()?;
         Ok(Some((lead, staged_at, deliveries)))
     }
 

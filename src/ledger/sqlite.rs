@@ -7,6 +7,11 @@
 //! `BEGIN IMMEDIATE`. Timestamps are stored as INTEGER unix milliseconds (UTC) and leads as
 //! JSON text.
 //!
+//! The statements PostgreSQL runs with the same text are in `sql.rs` (this file passes them
+//! its write transaction or its pool); here are the SQLite-only parts: the lock file, the
+//! write mutex and `BEGIN IMMEDIATE`, claiming (select, then lease) and recording outcomes,
+//! the status counts, erasure's `LIKE` prefilter and the WAL checkpoints after it.
+//!
 //! It must not decide when to retry (the pipeline passes `next_attempt_at` in), and its SQL
 //! stays close to what PostgreSQL accepts (`$n` parameters, `ON CONFLICT`, `CASE` instead of
 //! SQLite-only functions).
@@ -21,20 +26,20 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use leadsync_core::Lead;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
-use tokio::sync::Mutex;
+use sqlx::{QueryBuilder, Sqlite, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
 
-use super::codec::{
-    decode_lead, encode_lead, from_ms, opt_from_ms, parse_state, to_ms, to_u32, to_u64,
-};
+use super::codec::{encode_leads, ms_after, to_ms, ClaimRow};
+use super::sql::{self, log_staged, ROWS_PER_INSERT};
 use super::{
     ClaimedDelivery, DeadLetter, DeadLetterFilter, DeliveryTrace, InstanceInfo, Ledger,
-    LedgerError, LedgerStatus, PlannedDelivery, RecordedOutcome, SourceStatus, StageBatch,
-    StageReport, StagedLead, TargetStatus,
+    LedgerError, LedgerStatus, RecordedOutcome, StageBatch, StageReport, StagedLead,
 };
+
+/// The statements whose text both backends share.
+type Sql = sql::Statements<Sqlite>;
 
 /// The schema, embedded in the binary.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -46,9 +51,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Every write transaction takes the write lock up front, so that no reader ever has to
 /// upgrade (the source of `SQLITE_BUSY` deadlocks).
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
-/// Rows per multi-row INSERT while staging (at most 7 parameters a row, far below SQLite's
-/// limit of 32,766 parameters a statement).
-const ROWS_PER_INSERT: usize = 500;
+/// Per-target counts for `status` (`$1`: now).
+const TARGET_COUNTS: &str = "SELECT target, \
+        SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) AS pending, \
+        SUM(CASE WHEN state = 'pending' AND next_attempt_at > $1 THEN 1 ELSE 0 END) AS retrying, \
+        SUM(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) AS delivered, \
+        SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END) AS dead \
+    FROM deliveries GROUP BY target ORDER BY target";
 
 /// The ledger in one SQLite file, held exclusively by this process.
 #[derive(Debug)]
@@ -150,6 +159,23 @@ impl SqliteLedger {
     pub async fn close(self) {
         self.pool.close().await;
     }
+
+    /// Start a write: the in-process write lock, then SQLite's own (`BEGIN IMMEDIATE`).
+    async fn begin_write(
+        &self,
+    ) -> Result<(MutexGuard<'_, ()>, Transaction<'_, Sqlite>), LedgerError> {
+        let guard = self.write.lock().await;
+        Ok((guard, self.pool.begin_with(BEGIN_WRITE).await?))
+    }
+
+    /// Write the WAL back into the database file and truncate it: old page images of erased
+    /// rows live on in the WAL until then.
+    async fn checkpoint(&self) -> Result<(), LedgerError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }
 
 /// `<db path>.lock`, beside the database.
@@ -233,134 +259,21 @@ async fn record_delivered(
     Ok(())
 }
 
-fn claimed_from_row(row: &SqliteRow) -> Result<ClaimedDelivery, LedgerError> {
-    let lead_id: String = row.try_get("lead_id")?;
-    let body: String = row.try_get("body")?;
-    Ok(ClaimedDelivery {
-        delivery_id: row.try_get("id")?,
-        target: row.try_get("target")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        attempts: to_u32(row.try_get("attempts")?),
-        age_from: from_ms(row.try_get("age_from")?, &lead_id)?,
-        staged_at: from_ms(row.try_get("staged_at")?, &lead_id)?,
-        lead: decode_lead(&lead_id, &body)?,
-    })
-}
-
 #[async_trait]
 impl Ledger for SqliteLedger {
     async fn stage(&self, batch: StageBatch) -> Result<StageReport, LedgerError> {
-        // Encode outside the write lock: it is the CPU-heavy part of staging.
-        let bodies = batch
-            .leads
-            .iter()
-            .map(|staged| encode_lead(&staged.lead))
-            .collect::<Result<Vec<_>, _>>()?;
-        let now = to_ms(Utc::now());
-        let mut report = StageReport::default();
-
-        let _guard = self.write.lock().await;
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-
-        // Multi-row inserts: one statement per chunk rather than one per row, since each
-        // statement is a round trip to the connection's worker thread.
-        let mut inserted: HashSet<String> = HashSet::new();
+        let bodies = encode_leads(&batch.leads)?;
         let leads: Vec<(&StagedLead, &String)> = batch.leads.iter().zip(&bodies).collect();
-        for chunk in leads.chunks(ROWS_PER_INSERT) {
-            let mut insert =
-                QueryBuilder::<Sqlite>::new("INSERT INTO leads (id, source, staged_at, body) ");
-            insert.push_values(chunk, |mut row, (staged, body)| {
-                row.push_bind(staged.lead.id.as_str())
-                    .push_bind(batch.source.as_str())
-                    .push_bind(now)
-                    .push_bind(body.as_str());
-            });
-            insert.push(" ON CONFLICT (id) DO NOTHING RETURNING id");
-            // Only the rows actually inserted come back.
-            let ids: Vec<String> = insert.build_query_scalar().fetch_all(&mut *tx).await?;
-            inserted.extend(ids);
-        }
-        report.staged = inserted.len() as u64;
-        report.already_known = leads.len() as u64 - report.staged;
-
-        // The deliveries of each new lead, taken from its first occurrence in the batch only.
-        let deliveries: Vec<(&str, &PlannedDelivery)> = batch
-            .leads
-            .iter()
-            .filter(|staged| inserted.remove(staged.lead.id.as_str()))
-            .flat_map(|staged| {
-                staged
-                    .deliveries
-                    .iter()
-                    .map(move |d| (staged.lead.id.as_str(), d))
-            })
-            .collect();
-        for chunk in deliveries.chunks(ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO deliveries (lead_id, target, idempotency_key, state, attempts, \
-                 next_attempt_at, age_from, created_at, updated_at) ",
-            );
-            insert.push_values(chunk, |mut row, (lead_id, delivery)| {
-                row.push_bind(*lead_id)
-                    .push_bind(delivery.target.as_str())
-                    .push_bind(delivery.idempotency_key.as_str())
-                    .push("'pending'")
-                    .push("0")
-                    .push_bind(now)
-                    .push_bind(now)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            // A target planned twice for one lead is one delivery.
-            insert.push(" ON CONFLICT (lead_id, target) DO NOTHING");
-            report.deliveries += insert.build().execute(&mut *tx).await?.rows_affected();
-        }
-
-        for chunk in batch.quarantined.chunks(ROWS_PER_INSERT) {
-            let mut insert =
-                QueryBuilder::<Sqlite>::new("INSERT INTO quarantine (source, origin, reason, at) ");
-            insert.push_values(chunk, |mut row, record| {
-                row.push_bind(batch.source.as_str())
-                    .push_bind(record.origin.as_str())
-                    .push_bind(record.reason.as_str())
-                    .push_bind(now);
-            });
-            // The same record seen again (a re-read file) is one quarantine entry.
-            insert.push(" ON CONFLICT (source, origin, reason) DO NOTHING");
-            report.quarantined += insert.build().execute(&mut *tx).await?.rows_affected();
-        }
-        if let Some(cursor) = &batch.cursor {
-            sqlx::query(
-                "INSERT INTO source_cursors (source, cursor, updated_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (source) DO UPDATE \
-                 SET cursor = excluded.cursor, updated_at = excluded.updated_at",
-            )
-            .bind(batch.source.as_str())
-            .bind(cursor.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let now = to_ms(Utc::now());
+        let (_guard, mut tx) = self.begin_write().await?;
+        let report = Sql::stage(&mut tx, &batch, &leads, now).await?;
         tx.commit().await?;
-
-        tracing::debug!(
-            source = %batch.source,
-            staged = report.staged,
-            already_known = report.already_known,
-            deliveries = report.deliveries,
-            quarantined = report.quarantined,
-            "staged batch"
-        );
+        log_staged(&batch.source, &report);
         Ok(report)
     }
 
     async fn cursor(&self, source: &str) -> Result<Option<String>, LedgerError> {
-        let cursor: Option<Option<String>> =
-            sqlx::query_scalar("SELECT cursor FROM source_cursors WHERE source = $1")
-                .bind(source)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(cursor.flatten())
+        Sql::cursor(&self.pool, source).await
     }
 
     async fn claim(
@@ -375,11 +288,10 @@ impl Ledger for SqliteLedger {
             return Ok(Vec::new());
         }
         let now = to_ms(now);
-        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let until = ms_after(now, lease);
 
-        let _guard = self.write.lock().await;
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let rows = sqlx::query(
+        let (_guard, mut tx) = self.begin_write().await?;
+        let rows: Vec<ClaimRow> = sqlx::query_as(
             "SELECT d.id, d.target, d.idempotency_key, d.attempts, d.age_from, \
                     l.id AS lead_id, l.staged_at, l.body \
              FROM deliveries d JOIN leads l ON l.id = d.lead_id \
@@ -395,8 +307,8 @@ impl Ledger for SqliteLedger {
         .await?;
         // Decode everything before leasing anything: a corrupt row rolls the claim back.
         let claimed = rows
-            .iter()
-            .map(claimed_from_row)
+            .into_iter()
+            .map(ClaimRow::decode)
             .collect::<Result<Vec<_>, _>>()?;
         // One statement per chunk: a statement is a round trip to the connection's thread,
         // and one per row made claiming the slowest part of a push (see README, Performance).
@@ -424,8 +336,7 @@ impl Ledger for SqliteLedger {
         }
         let now = to_ms(Utc::now());
 
-        let _guard = self.write.lock().await;
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let (_guard, mut tx) = self.begin_write().await?;
         // Deliveries (the common outcome) are written a chunk per statement, in order with
         // the other outcomes; see `record_delivered`.
         let mut delivered: Vec<(i64, Option<&str>)> = Vec::new();
@@ -513,19 +424,8 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 
-    /// The earliest time a pending delivery of `target` can be claimed: its
-    /// `next_attempt_at`, or the end of its lease if it is leased beyond that (so a loop
-    /// waiting on this does not spin on deliveries already in flight).
     async fn next_due(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
-        let due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at \
-                        THEN lease_until ELSE next_attempt_at END) \
-             FROM deliveries WHERE target = $1 AND state = 'pending'",
-        )
-        .bind(target)
-        .fetch_one(&self.pool)
-        .await?;
-        opt_from_ms(due, target)
+        Sql::next_due(&self.pool, target).await
     }
 
     async fn pause_target(
@@ -534,20 +434,9 @@ impl Ledger for SqliteLedger {
         until: DateTime<Utc>,
         reason: &str,
     ) -> Result<(), LedgerError> {
-        let _guard = self.write.lock().await;
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        sqlx::query(
-            "INSERT INTO target_pauses (target, paused_until, reason) VALUES ($1, $2, $3) \
-             ON CONFLICT (target) DO UPDATE \
-             SET paused_until = excluded.paused_until, reason = excluded.reason",
-        )
-        .bind(target)
-        .bind(to_ms(until))
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let (_guard, mut tx) = self.begin_write().await?;
+        Sql::pause_target(&mut *tx, target, until, reason).await?;
+        Ok(tx.commit().await?)
     }
 
     async fn set_source_error(
@@ -556,34 +445,9 @@ impl Ledger for SqliteLedger {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        let _guard = self.write.lock().await;
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        match error {
-            // A failure creates the row if the source never stored a cursor (a spool).
-            Some(e) => {
-                sqlx::query(
-                    "INSERT INTO source_cursors (source, cursor, updated_at, last_error) \
-                     VALUES ($1, NULL, $2, $3) \
-                     ON CONFLICT (source) DO UPDATE SET last_error = excluded.last_error",
-                )
-                .bind(source)
-                .bind(to_ms(now))
-                .bind(e)
-                .execute(&mut *tx)
-                .await?;
-            }
-            None => {
-                sqlx::query(
-                    "UPDATE source_cursors SET last_error = NULL \
-                     WHERE source = $1 AND last_error IS NOT NULL",
-                )
-                .bind(source)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        let (_guard, mut tx) = self.begin_write().await?;
+        Sql::set_source_error(&mut *tx, source, error, now).await?;
+        Ok(tx.commit().await?)
     }
 
     async fn set_target_note(
@@ -592,157 +456,26 @@ impl Ledger for SqliteLedger {
         note: &str,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
-        let _guard = self.write.lock().await;
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        sqlx::query(
-            "INSERT INTO target_notes (target, note, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (target) DO UPDATE SET note = excluded.note, updated_at = excluded.updated_at",
-        )
-        .bind(target)
-        .bind(note)
-        .bind(to_ms(now))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let (_guard, mut tx) = self.begin_write().await?;
+        Sql::set_target_note(&mut *tx, target, note, now).await?;
+        Ok(tx.commit().await?)
     }
 
     async fn paused_until(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
-        let until: Option<i64> =
-            sqlx::query_scalar("SELECT paused_until FROM target_pauses WHERE target = $1")
-                .bind(target)
-                .fetch_optional(&self.pool)
-                .await?;
-        opt_from_ms(until, target)
+        Sql::paused_until(&self.pool, target).await
     }
 
     async fn status(&self, now: DateTime<Utc>) -> Result<LedgerStatus, LedgerError> {
-        let now = to_ms(now);
-        // One read transaction: every number comes from the same snapshot.
+        // One read transaction: every number comes from the same snapshot. One process
+        // holds a SQLite ledger: there are no instances to show.
         let mut tx = self.pool.begin().await?;
-
-        let rows = sqlx::query(
-            "SELECT target, \
-                    SUM(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) AS pending, \
-                    SUM(CASE WHEN state = 'pending' AND next_attempt_at > $1 \
-                        THEN 1 ELSE 0 END) AS retrying, \
-                    SUM(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) AS delivered, \
-                    SUM(CASE WHEN state = 'dead' THEN 1 ELSE 0 END) AS dead \
-             FROM deliveries GROUP BY target ORDER BY target",
-        )
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut targets = Vec::with_capacity(rows.len());
-        for row in &rows {
-            targets.push(TargetStatus {
-                target: row.try_get("target")?,
-                pending: to_u64(row.try_get("pending")?),
-                retrying: to_u64(row.try_get("retrying")?),
-                delivered: to_u64(row.try_get("delivered")?),
-                dead: to_u64(row.try_get("dead")?),
-                ..TargetStatus::default()
-            });
-        }
-
-        for status in &mut targets {
-            let oldest: Option<i64> = sqlx::query_scalar(
-                "SELECT MIN(l.staged_at) FROM deliveries d JOIN leads l ON l.id = d.lead_id \
-                 WHERE d.target = $1 AND d.state = 'pending'",
-            )
-            .bind(status.target.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            status.oldest_pending_staged_at = opt_from_ms(oldest, &status.target)?;
-
-            let paused: Option<i64> = sqlx::query_scalar(
-                "SELECT paused_until FROM target_pauses WHERE target = $1 AND paused_until > $2",
-            )
-            .bind(status.target.as_str())
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            status.paused_until = opt_from_ms(paused, &status.target)?;
-
-            status.note = sqlx::query_scalar("SELECT note FROM target_notes WHERE target = $1")
-                .bind(status.target.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-
-            let last_error: Option<Option<String>> = sqlx::query_scalar(
-                "SELECT error_code FROM deliveries \
-                 WHERE target = $1 AND state IN ('pending', 'dead') AND error IS NOT NULL \
-                 ORDER BY updated_at DESC, id DESC LIMIT 1",
-            )
-            .bind(status.target.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            status.last_error_code = last_error.flatten();
-        }
-
-        let leads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM leads")
-            .fetch_one(&mut *tx)
-            .await?;
-        let quarantined: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM quarantine")
-            .fetch_one(&mut *tx)
-            .await?;
-        let rows = sqlx::query(
-            "SELECT source, cursor, updated_at, last_error FROM source_cursors ORDER BY source",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut sources = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let source: String = row.try_get("source")?;
-            let updated_at = from_ms(row.try_get("updated_at")?, &source)?;
-            sources.push(SourceStatus {
-                cursor: row.try_get("cursor")?,
-                last_error: row.try_get("last_error")?,
-                source,
-                updated_at,
-            });
-        }
+        let status = Sql::status(&mut tx, TARGET_COUNTS, to_ms(now)).await?;
         tx.commit().await?;
-
-        Ok(LedgerStatus {
-            targets,
-            leads: to_u64(leads),
-            quarantined: to_u64(quarantined),
-            sources,
-            // One process holds a SQLite ledger: there is no one else to show.
-            instances: Vec::new(),
-        })
+        Ok(status)
     }
 
     async fn dead_letters(&self, target: Option<&str>) -> Result<Vec<DeadLetter>, LedgerError> {
-        let mut sql = String::from(
-            "SELECT id, target, lead_id, idempotency_key, attempts, error_code, error, \
-             updated_at FROM deliveries WHERE state = 'dead'",
-        );
-        if target.is_some() {
-            sql.push_str(" AND target = $1");
-        }
-        sql.push_str(" ORDER BY updated_at, id");
-        let mut query = sqlx::query(&sql);
-        if let Some(target) = target {
-            query = query.bind(target);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                let lead_id: String = row.try_get("lead_id")?;
-                Ok(DeadLetter {
-                    delivery_id: row.try_get("id")?,
-                    target: row.try_get("target")?,
-                    idempotency_key: row.try_get("idempotency_key")?,
-                    attempts: to_u32(row.try_get("attempts")?),
-                    error_code: row.try_get("error_code")?,
-                    error: row.try_get("error")?,
-                    updated_at: from_ms(row.try_get("updated_at")?, &lead_id)?,
-                    lead_id,
-                })
-            })
-            .collect()
+        Sql::dead_letters(&self.pool, target).await
     }
 
     async fn retry_dead(
@@ -750,32 +483,8 @@ impl Ledger for SqliteLedger {
         filter: &DeadLetterFilter,
         now: DateTime<Utc>,
     ) -> Result<u64, LedgerError> {
-        // The error fields stay: they say why it died before the operator brought it back.
-        let mut sql = String::from(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, \
-             age_from = $1, lease_owner = NULL, lease_until = NULL, updated_at = $1 \
-             WHERE state = 'dead'",
-        );
-        let mut n = 1;
-        if filter.target.is_some() {
-            n += 1;
-            sql.push_str(&format!(" AND target = ${n}"));
-        }
-        if filter.lead_id.is_some() {
-            n += 1;
-            sql.push_str(&format!(" AND lead_id = ${n}"));
-        }
-        let mut query = sqlx::query(&sql).bind(to_ms(now));
-        if let Some(target) = &filter.target {
-            query = query.bind(target.as_str());
-        }
-        if let Some(lead_id) = &filter.lead_id {
-            query = query.bind(lead_id.as_str());
-        }
-
-        let _guard = self.write.lock().await;
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let count = query.execute(&mut *tx).await?.rows_affected();
+        let (_guard, mut tx) = self.begin_write().await?;
+        let count = Sql::retry_dead(&mut *tx, filter, now).await?;
         tx.commit().await?;
         Ok(count)
     }
@@ -786,60 +495,27 @@ impl Ledger for SqliteLedger {
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<u64, LedgerError> {
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-        let n = sqlx::query(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = $1, \
-                    age_from = $1, updated_at = $1, lease_owner = NULL, lease_until = NULL \
-             WHERE target = $2 AND state = 'delivered' \
-               AND lead_id IN (SELECT id FROM leads WHERE staged_at >= $3)",
-        )
-        .bind(to_ms(now))
-        .bind(target)
-        .bind(to_ms(since))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let (_guard, mut tx) = self.begin_write().await?;
+        let n = Sql::replay(&mut *tx, target, since, now).await?;
         tx.commit().await?;
         Ok(n)
     }
 
     async fn forget_email(&self, email: &str) -> Result<Vec<String>, LedgerError> {
         let wanted = email.trim().to_lowercase();
-        let _write = self.write.lock().await;
-        let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
+        let (_guard, mut tx) = self.begin_write().await?;
         // The e-mail lives inside the JSON body; a LIKE on the lower-cased body narrows the
         // scan, and decoding confirms the match exactly.
-        let rows = sqlx::query("SELECT id, body FROM leads WHERE lower(body) LIKE $1")
-            .bind(format!("%{}%", wanted.replace(['%', '_'], "")))
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut erased = Vec::new();
-        for row in rows {
-            let id: String = row.try_get("id")?;
-            let body: String = row.try_get("body")?;
-            let mut lead = decode_lead(&id, &body)?;
-            if lead.email_normalised().as_deref() != Some(wanted.as_str()) {
-                continue;
-            }
-            lead.redact();
-            let body = encode_lead(&lead)?;
-            sqlx::query("UPDATE leads SET body = $1 WHERE id = $2")
-                .bind(body)
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("UPDATE deliveries SET error = NULL WHERE lead_id = $1")
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            erased.push(id);
-        }
+        let pattern = format!("%{}%", wanted.replace(['%', '_'], ""));
+        let erased = Sql::forget_email(
+            &mut tx,
+            "SELECT id, body FROM leads WHERE lower(body) LIKE $1",
+            &pattern,
+            &wanted,
+        )
+        .await?;
         tx.commit().await?;
-        // Old page images of the erased rows live on in the WAL until it is checkpointed.
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await?;
+        self.checkpoint().await?;
         Ok(erased)
     }
 
@@ -847,43 +523,25 @@ impl Ledger for SqliteLedger {
         let before = to_ms(before);
         let mut purged = 0u64;
         loop {
-            let _write = self.write.lock().await;
-            let mut tx = self.pool.begin_with(BEGIN_WRITE).await?;
-            let rows = sqlx::query(
+            let (_guard, mut tx) = self.begin_write().await?;
+            let n = Sql::purge(
+                &mut tx,
                 "SELECT l.id, l.body FROM leads l \
                  WHERE l.staged_at < $1 AND l.body NOT LIKE '%\"redacted\":true}' \
                    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.lead_id = l.id \
                         AND (d.state <> 'delivered' OR d.delivered_at IS NULL OR d.delivered_at >= $1)) \
                  LIMIT 500",
+                before,
             )
-            .bind(before)
-            .fetch_all(&mut *tx)
             .await?;
-            if rows.is_empty() {
+            if n == 0 {
                 break;
             }
-            for row in &rows {
-                let id: String = row.try_get("id")?;
-                let body: String = row.try_get("body")?;
-                let mut lead = decode_lead(&id, &body)?;
-                lead.redact();
-                sqlx::query("UPDATE leads SET body = $1 WHERE id = $2")
-                    .bind(encode_lead(&lead)?)
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("UPDATE deliveries SET error = NULL WHERE lead_id = $1")
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
-            }
             tx.commit().await?;
-            purged += rows.len() as u64;
+            purged += n;
         }
         if purged > 0 {
-            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&self.pool)
-                .await?;
+            self.checkpoint().await?;
         }
         Ok(purged)
     }
@@ -892,16 +550,7 @@ impl Ledger for SqliteLedger {
         &self,
         staged_before: DateTime<Utc>,
     ) -> Result<Vec<(String, u64)>, LedgerError> {
-        let rows = sqlx::query(
-            "SELECT d.target, COUNT(*) AS n FROM deliveries d JOIN leads l ON l.id = d.lead_id \
-             WHERE d.state = 'pending' AND l.staged_at < $1 GROUP BY d.target ORDER BY d.target",
-        )
-        .bind(to_ms(staged_before))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("target")?, to_u64(r.try_get("n")?))))
-            .collect()
+        Sql::overdue(&self.pool, staged_before).await
     }
 
     async fn trace(
@@ -909,44 +558,11 @@ impl Ledger for SqliteLedger {
         lead_id: &str,
     ) -> Result<Option<(Lead, DateTime<Utc>, Vec<DeliveryTrace>)>, LedgerError> {
         let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query("SELECT staged_at, body FROM leads WHERE id = $1")
-            .bind(lead_id)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
+        let Some((lead, staged_at)) = Sql::staged_lead(&mut *tx, lead_id).await? else {
             return Ok(None);
         };
-        let staged_at = from_ms(row.try_get("staged_at")?, lead_id)?;
-        let body: String = row.try_get("body")?;
-        let lead = decode_lead(lead_id, &body)?;
-
-        let rows = sqlx::query(
-            "SELECT target, state, idempotency_key, attempts, next_attempt_at, crm_ref, \
-                    error_code, error, updated_at \
-             FROM deliveries WHERE lead_id = $1 ORDER BY target, id",
-        )
-        .bind(lead_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let deliveries = Sql::delivery_traces(&mut *tx, lead_id).await?;
         tx.commit().await?;
-
-        let deliveries = rows
-            .iter()
-            .map(|row| {
-                let state: String = row.try_get("state")?;
-                Ok(DeliveryTrace {
-                    target: row.try_get("target")?,
-                    state: parse_state(&state, lead_id)?,
-                    idempotency_key: row.try_get("idempotency_key")?,
-                    attempts: to_u32(row.try_get("attempts")?),
-                    next_attempt_at: opt_from_ms(row.try_get("next_attempt_at")?, lead_id)?,
-                    crm_ref: row.try_get("crm_ref")?,
-                    error_code: row.try_get("error_code")?,
-                    error: row.try_get("error")?,
-                    updated_at: from_ms(row.try_get("updated_at")?, lead_id)?,
-                })
-            })
-            .collect::<Result<Vec<_>, LedgerError>>()?;
         Ok(Some((lead, staged_at, deliveries)))
     }
 
