@@ -69,6 +69,57 @@ impl LedgerLocation {
     }
 }
 
+impl LedgerLocation {
+    /// Where the ledger is, for messages: the SQLite path, or the PostgreSQL host and
+    /// database (never the password).
+    pub fn describe(&self) -> String {
+        match self {
+            LedgerLocation::Sqlite(path) => path.display().to_string(),
+            LedgerLocation::Postgres(pg) => format!(
+                "PostgreSQL ({}{})",
+                match &pg.url {
+                    leadsync_core::SecretRef::Inline(url) => redact_database_url(url),
+                    other => format!("url from {}", describe_secret_ref(other)),
+                },
+                pg.schema
+                    .as_deref()
+                    .map(|s| format!(", schema {s}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+fn describe_secret_ref(r: &leadsync_core::SecretRef) -> String {
+    use leadsync_core::SecretRef;
+    match r {
+        SecretRef::Env { env } => format!("environment variable {env}"),
+        SecretRef::File { file } => format!("file {}", file.display()),
+        SecretRef::Credential { credential } => format!("credential {credential}"),
+        SecretRef::Inline(_) => "the configuration".to_string(),
+    }
+}
+
+/// `postgres://user:***@host/db` for messages: the password never shows.
+pub fn redact_database_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "postgres://…".to_string();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let tail = tail.split('?').next().unwrap_or_default();
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split(':').next().unwrap_or_default();
+            format!("{user}@{host}")
+        }
+        None => authority.to_string(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostgresLedgerSettings {
     /// `postgres://user:password@host:5432/db`; a secret, since it may carry a password.
@@ -117,22 +168,37 @@ pub struct CronSchedule {
     schedule: croner::Cron,
 }
 
+/// Why a schedule is not a cron expression the daemon can run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    #[error(
+        "expected a cron expression with seconds, 6 or 7 fields \
+         (sec min hour day-of-month month day-of-week [year]) such as {default:?}, \
+         found {expr:?} ({fields} field{plural})",
+        default = CronSchedule::DEFAULT,
+        plural = if *fields == 1 { "" } else { "s" }
+    )]
+    FieldCount { expr: String, fields: usize },
+    #[error(
+        "expected a cron expression with seconds such as {default:?}, found {expr:?} ({reason})",
+        default = CronSchedule::DEFAULT
+    )]
+    Invalid { expr: String, reason: String },
+}
+
 impl CronSchedule {
     /// The default schedule of sources and targets: every ten seconds.
     pub const DEFAULT: &'static str = "*/10 * * * * *";
 
     /// Parse a cron expression with seconds; the error says what was expected.
-    pub fn parse(expr: &str) -> Result<CronSchedule, String> {
+    pub fn parse(expr: &str) -> Result<CronSchedule, ScheduleError> {
         let trimmed = expr.trim();
         let fields = trimmed.split_whitespace().count();
         if !trimmed.starts_with('@') && !(6..=7).contains(&fields) {
-            return Err(format!(
-                "expected a cron expression with seconds, 6 or 7 fields \
-                 (sec min hour day-of-month month day-of-week [year]) such as {:?}, \
-                 found {expr:?} ({fields} field{})",
-                Self::DEFAULT,
-                if fields == 1 { "" } else { "s" }
-            ));
+            return Err(ScheduleError::FieldCount {
+                expr: expr.to_string(),
+                fields,
+            });
         }
         // The same parser, with the same options, as tokio-cron-scheduler uses to run it: an
         // expression accepted here is one the daemon can schedule.
@@ -146,10 +212,10 @@ impl CronSchedule {
                 expr: trimmed.to_string(),
                 schedule,
             }),
-            Err(e) => Err(format!(
-                "expected a cron expression with seconds such as {:?}, found {expr:?} ({e})",
-                Self::DEFAULT
-            )),
+            Err(e) => Err(ScheduleError::Invalid {
+                expr: expr.to_string(),
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -379,6 +445,23 @@ fn same_origin(a: &Origin, b: &Origin) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_redacted_for_messages() {
+        assert_eq!(
+            redact_database_url(
+                "postgres://leadsync:s3cret@db.internal:5432/leads?sslmode=require"
+            ),
+            "postgres://leadsync@db.internal:5432/leads"
+        );
+        assert_eq!(
+            redact_database_url("postgresql://db.internal/leads"),
+            "postgresql://db.internal/leads"
+        );
+        assert_eq!(redact_database_url("not a url s3cret"), "postgres://…");
+        assert_eq!(redact_database_url("postgres://u:p@h"), "postgres://u@h");
+    }
+
     use leadsync_core::read_lead;
     use serde_json::json;
 
@@ -459,7 +542,7 @@ mod tests {
             "*/10 * * * * *"
         );
         assert!(CronSchedule::parse("0 0 * * * * 2030").is_ok());
-        let e = CronSchedule::parse("*/5 * * * *").unwrap_err();
+        let e = CronSchedule::parse("*/5 * * * *").unwrap_err().to_string();
         assert!(e.contains("6 or 7 fields"), "{e}");
         assert!(e.contains("5 fields"), "{e}");
         assert!(CronSchedule::parse("61 * * * * *").is_err());

@@ -178,8 +178,8 @@ impl FileCheck<'_> {
     fn cron(&mut self, path: &[&str], raw: Option<&str>) -> Option<CronSchedule> {
         match CronSchedule::parse(raw.unwrap_or(CronSchedule::DEFAULT)) {
             Ok(c) => Some(c),
-            Err(m) => {
-                self.err(path, m);
+            Err(e) => {
+                self.err(path, e.to_string());
                 None
             }
         }

@@ -1064,14 +1064,14 @@ async fn pg_ledger(test: &str) -> Option<PostgresLedger> {
             leadsync_fakes::announce_skip(&format!(
                 "{test}: PostgreSQL at {} is unreachable ({e}); \
                  set LEADSYNC_REQUIRE_SERVICES=1 to make this a failure",
-                super::postgres::redact_url(&url)
+                crate::config::redact_database_url(&url)
             ));
             return None;
         }
         Err(_) if !services_required() => {
             leadsync_fakes::announce_skip(&format!(
                 "{test}: PostgreSQL at {} did not answer within 5 s",
-                super::postgres::redact_url(&url)
+                crate::config::redact_database_url(&url)
             ));
             return None;
         }

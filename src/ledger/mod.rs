@@ -421,34 +421,3 @@ pub async fn open(
         }
     }
 }
-
-impl LedgerLocation {
-    /// Where the ledger is, for messages: the SQLite path, or the PostgreSQL host and
-    /// database (never the password).
-    pub fn describe(&self) -> String {
-        match self {
-            LedgerLocation::Sqlite(path) => path.display().to_string(),
-            LedgerLocation::Postgres(pg) => format!(
-                "PostgreSQL ({}{})",
-                match &pg.url {
-                    leadsync_core::SecretRef::Inline(url) => postgres::redact_url(url),
-                    other => format!("url from {}", describe_secret_ref(other)),
-                },
-                pg.schema
-                    .as_deref()
-                    .map(|s| format!(", schema {s}"))
-                    .unwrap_or_default()
-            ),
-        }
-    }
-}
-
-fn describe_secret_ref(r: &leadsync_core::SecretRef) -> String {
-    use leadsync_core::SecretRef;
-    match r {
-        SecretRef::Env { env } => format!("environment variable {env}"),
-        SecretRef::File { file } => format!("file {}", file.display()),
-        SecretRef::Credential { credential } => format!("credential {credential}"),
-        SecretRef::Inline(_) => "the configuration".to_string(),
-    }
-}

@@ -45,6 +45,8 @@ use leadsync_core::Lead;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, Postgres, Row};
 
+use crate::config::redact_database_url;
+
 use super::codec::{encode_leads, from_ms, ms_after, to_ms, to_u32, to_u64, ClaimRow};
 use super::sql::{self, log_staged};
 use super::{
@@ -108,26 +110,6 @@ fn valid_schema(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// `postgres://user:***@host/db` for messages: the password never shows.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "postgres://…".to_string();
-    };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let tail = tail.split('?').next().unwrap_or_default();
-    let authority = match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split(':').next().unwrap_or_default();
-            format!("{user}@{host}")
-        }
-        None => authority.to_string(),
-    };
-    format!("{scheme}://{authority}{tail}")
-}
-
 fn is_deadlock(e: &LedgerError) -> bool {
     matches!(e, LedgerError::Database(sqlx::Error::Database(db))
         if matches!(db.code().as_deref(), Some("40P01") | Some("40001")))
@@ -141,7 +123,7 @@ impl PostgresLedger {
             .map_err(|e| {
                 LedgerError::Settings(format!(
                     "ledger.url {} is not a usable PostgreSQL URL: {e}",
-                    redact_url(url)
+                    redact_database_url(url)
                 ))
             })?
             .application_name("leadsync");
@@ -751,20 +733,6 @@ impl Ledger for PostgresLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_redacted_for_messages() {
-        assert_eq!(
-            redact_url("postgres://leadsync:s3cret@db.internal:5432/leads?sslmode=require"),
-            "postgres://leadsync@db.internal:5432/leads"
-        );
-        assert_eq!(
-            redact_url("postgresql://db.internal/leads"),
-            "postgresql://db.internal/leads"
-        );
-        assert_eq!(redact_url("not a url s3cret"), "postgres://…");
-        assert_eq!(redact_url("postgres://u:p@h"), "postgres://u@h");
-    }
 
     #[test]
     fn schema_names_are_checked() {
