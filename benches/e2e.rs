@@ -181,7 +181,7 @@ impl InProcess {
     /// Push the (only) target until nothing is due; returns (delivered, seconds).
     async fn drain(&self) -> (u64, f64) {
         let t = Instant::now();
-        let r = drain_target(self.ledger.as_ref(), &self.targets[0], "bench", Utc::now())
+        let r = drain_target(&self.ledger, &self.targets[0], "bench", Utc::now())
             .await
             .expect("drain");
         let secs = t.elapsed().as_secs_f64();

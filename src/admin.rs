@@ -1,6 +1,6 @@
 //! The admin endpoint (off unless `[admin] listen` is set): `/metrics` in Prometheus format,
-//! `/healthz` (the scheduler loop is making progress) and `/readyz` (the ledger is open and
-//! every target's last check passed).
+//! `/healthz` (the scheduler loop is making progress) and `/readyz` (the ledger is open, no
+//! target is down and every target's last check passed).
 //!
 //! It serves no personal data: metrics carry target and source names only. It has no
 //! authentication, so it belongs on a local or private address.
@@ -29,6 +29,19 @@ pub struct Health {
     pub last_tick_ms: AtomicI64,
     /// Per target: `None` = check passed, `Some(reason)` = failed or not yet run.
     pub checks: Mutex<BTreeMap<String, Option<String>>>,
+    /// Targets whose circuit is open (down), with the reason.
+    pub down: Mutex<BTreeMap<String, String>>,
+}
+
+impl crate::pipeline::HealthSink for Health {
+    fn target_down(&self, target: &str, reason: Option<&str>) {
+        if let Ok(mut d) = self.down.lock() {
+            match reason {
+                Some(r) => d.insert(target.to_string(), r.to_string()),
+                None => d.remove(target),
+            };
+        }
+    }
 }
 
 impl Health {
@@ -47,6 +60,21 @@ impl Health {
         if let Ok(mut c) = self.checks.lock() {
             c.insert(target.to_string(), result);
         }
+    }
+
+    /// Targets that are down or whose last check did not pass, with the reason.
+    pub fn not_ready(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .down
+            .lock()
+            .map(|d| {
+                d.iter()
+                    .map(|(t, r)| (t.clone(), format!("down: {r}")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.extend(self.failing_checks());
+        out
     }
 
     /// Targets whose last check did not pass, with the reason.
@@ -156,7 +184,7 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if let Err(e) = s.ledger.status(Utc::now()).await {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("ledger: {e}\n"));
     }
-    let failing = s.health.failing_checks();
+    let failing = s.health.not_ready();
     if failing.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
     } else {

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Health};
 use crate::ledger::{InstanceInfo, Ledger, OpenMode};
-use crate::pipeline::{self, PullOutcome, SourceLease, Target};
+use crate::pipeline::{self, HealthSink, PullOutcome, SourceLease, Target, TargetEngine};
 use crate::sources::Source;
 use crate::wiring::{self, build_sources, instance_id, Loaded};
 
@@ -46,12 +46,57 @@ fn process_started() -> chrono::DateTime<Utc> {
     *STARTED.get_or_init(Utc::now)
 }
 
-/// One target's push job: the mutex keeps the job from overlapping itself, `dirty` records
-/// that new work arrived while a push was running so the push loops once more.
+/// One target's push job: its engine (circuit and concurrency live there across pushes),
+/// a mutex that keeps the job from overlapping itself, `dirty` for new work that arrived
+/// while a push was running (the push loops once more), and one pending wake-up for the end
+/// of a pause or the next probe of a down target, so those need no cron tick.
 struct PushJob {
-    target: Arc<Target>,
+    engine: Arc<TargetEngine>,
     running: Mutex<()>,
     dirty: AtomicBool,
+    wake_pending: AtomicBool,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl PushJob {
+    /// Push until nothing is due now. Skips if the job is already running (it will see the
+    /// dirty flag).
+    async fn push(self: Arc<Self>) {
+        self.dirty.store(true, Ordering::SeqCst);
+        let Ok(_guard) = self.running.try_lock() else {
+            return;
+        };
+        while self.dirty.swap(false, Ordering::SeqCst) && !self.stop.is_cancelled() {
+            if let Err(e) = self.engine.push_due(&self.stop, true).await {
+                let target = &self.engine.target().name;
+                tracing::error!(target = %target, error = %e, "push failed");
+            }
+        }
+        self.wake_later();
+    }
+
+    /// Come back when the pause ends or the next probe is due, once.
+    fn wake_later(self: &Arc<Self>) {
+        let Some(at) = self.engine.next_wake() else {
+            return;
+        };
+        if self.wake_pending.swap(true, Ordering::SeqCst) || self.stop.is_cancelled() {
+            return;
+        }
+        let job = Arc::clone(self);
+        let wait = (at - Utc::now()).to_std().unwrap_or_default();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = job.stop.cancelled() => return,
+            }
+            job.wake_pending.store(false, Ordering::SeqCst);
+            let push: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+                Box::pin(Arc::clone(&job).push());
+            push.await;
+        });
+    }
 }
 
 /// What the jobs of one configuration generation share.
@@ -74,34 +119,6 @@ struct Shared {
 }
 
 impl Shared {
-    /// Push `job` until nothing is due now. Skips if the job is already running (it will
-    /// see the dirty flag).
-    async fn push(&self, job: &PushJob) {
-        job.dirty.store(true, Ordering::SeqCst);
-        let Ok(_guard) = job.running.try_lock() else {
-            return;
-        };
-        while job.dirty.swap(false, Ordering::SeqCst) && !self.stop.is_cancelled() {
-            loop {
-                let round = pipeline::push_round(
-                    self.ledger.as_ref(),
-                    &job.target,
-                    &self.owner,
-                    Utc::now(),
-                )
-                .await;
-                match round {
-                    Ok(r) if r.attempted > 0 && !self.stop.is_cancelled() => continue,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::error!(target = %job.target.name, error = %e, "push failed");
-                        break;
-                    }
-                }
-            }
-        }
-    }
-
     async fn pull(&self, source: &Mutex<Box<dyn Source>>) {
         let Ok(mut source) = source.try_lock() else {
             return;
@@ -119,7 +136,7 @@ impl Shared {
         match pulled {
             Ok(PullOutcome::Pulled(r)) if r.deliveries > 0 => {
                 // Push at once rather than wait for each target's next tick.
-                futures::future::join_all(self.pushes.iter().map(|job| self.push(job))).await;
+                futures::future::join_all(self.pushes.iter().map(|job| Arc::clone(job).push())).await;
             }
             Ok(_) => {}
             Err(e) => tracing::error!(source = %name, error = %e, "pull failed"),
@@ -225,27 +242,36 @@ impl Generation {
         health: Arc<Health>,
     ) -> anyhow::Result<Generation> {
         let settings = &loaded.settings;
+        let owner = instance_id();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let pushes = loaded
+            .targets
+            .iter()
+            .map(|t| {
+                let engine = TargetEngine::new(Arc::clone(t), Arc::clone(&ledger), &owner)
+                    .with_health(Arc::clone(&health) as Arc<dyn HealthSink>);
+                Arc::new(PushJob {
+                    engine: Arc::new(engine),
+                    running: Mutex::new(()),
+                    dirty: AtomicBool::new(false),
+                    wake_pending: AtomicBool::new(false),
+                    tracker: tracker.clone(),
+                    stop: stop.clone(),
+                })
+            })
+            .collect();
         let shared = Arc::new(Shared {
             ledger,
-            owner: instance_id(),
+            owner,
             instance: wiring::instance_info(process_started()),
             source_ttl: settings.ledger.lease.max(Duration::from_secs(1)),
             source_names: settings.sources.iter().map(|s| s.name.clone()).collect(),
             last_beat: std::sync::Mutex::new(None),
             beating: AtomicBool::new(false),
             targets: loaded.targets.clone(),
-            pushes: loaded
-                .targets
-                .iter()
-                .map(|t| {
-                    Arc::new(PushJob {
-                        target: Arc::clone(t),
-                        running: Mutex::new(()),
-                        dirty: AtomicBool::new(false),
-                    })
-                })
-                .collect(),
-            stop: CancellationToken::new(),
+            pushes,
+            stop,
             health: Arc::clone(&health),
         });
         if let Ok(mut c) = health.checks.lock() {
@@ -258,7 +284,6 @@ impl Generation {
         let scheduler = JobScheduler::new()
             .await
             .context("starting the scheduler")?;
-        let tracker = TaskTracker::new();
         let sources = build_sources(settings).map_err(|e| anyhow::anyhow!("{e}"))?;
         for (src, source) in settings.sources.iter().zip(sources) {
             let source = Arc::new(Mutex::new(source));
@@ -288,10 +313,7 @@ impl Generation {
                 &format!("target {}", t.name),
                 &shared,
                 &tracker,
-                move |s| {
-                    let job = Arc::clone(&job);
-                    async move { s.push(&job).await }
-                },
+                move |_| Arc::clone(&job).push(),
             )
             .await?;
         }

@@ -26,6 +26,10 @@ pub const PENDING: &str = "leadsync_pending";
 pub const DEAD: &str = "leadsync_dead";
 /// Age of the oldest pending delivery's lead, seconds (0 when none). Label `target`.
 pub const OLDEST_PENDING_AGE: &str = "leadsync_oldest_pending_age_seconds";
+/// 1 while the target is up, 0 while its circuit is open (down). Label `target`.
+pub const TARGET_UP: &str = "leadsync_target_up";
+/// Times the target's circuit opened. Labels `target`, `reason` (the failure code).
+pub const CIRCUIT_OPENED: &str = "leadsync_target_circuit_opened_total";
 /// Pending deliveries older than the follow-up SLA (`telemetry.followup_sla`). Label `target`.
 pub const FOLLOWUP_OVERDUE: &str = "leadsync_followup_overdue";
 
@@ -52,6 +56,8 @@ pub fn install() -> Option<PrometheusHandle> {
         "Seconds from staging to delivery"
     );
     metrics::describe_gauge!(THROTTLED, "1 while the target is paused by throttling");
+    metrics::describe_gauge!(TARGET_UP, "1 while the target is up, 0 while it is down");
+    metrics::describe_counter!(CIRCUIT_OPENED, "Times the target went down, by reason");
     metrics::describe_gauge!(PENDING, "Deliveries not yet delivered");
     metrics::describe_gauge!(DEAD, "Deliveries that failed for good");
     metrics::describe_gauge!(

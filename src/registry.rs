@@ -116,6 +116,7 @@ pub fn build_target_from(
         key_namespace: t.key_namespace.clone(),
         batch_size,
         concurrency: t.limits.concurrency.max(1),
+        adaptive: false,
         max_age: t.limits.max_age,
         lease: t.limits.lease.unwrap_or(default_lease),
         retry: t.retry,

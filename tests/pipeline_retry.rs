@@ -92,8 +92,8 @@ fn t0() -> DateTime<Utc> {
     *T0.get_or_init(|| Utc::now() + CDuration::minutes(1))
 }
 
-fn target(conn: Arc<Scripted>, batch_size: usize, concurrency: usize) -> Target {
-    Target {
+fn target(conn: Arc<Scripted>, batch_size: usize, concurrency: usize) -> Arc<Target> {
+    Arc::new(Target {
         name: "crm".into(),
         connector: conn,
         mapping: Mapping::default(),
@@ -110,12 +110,14 @@ fn target(conn: Arc<Scripted>, batch_size: usize, concurrency: usize) -> Target 
             max_delay: Duration::from_secs(900),
             max_retry_after: Duration::from_secs(3600),
         },
-    }
+        adaptive: false,
+    })
 }
 
-async fn ledger_with(n: usize) -> (tempfile::TempDir, SqliteLedger) {
+async fn ledger_with(n: usize) -> (tempfile::TempDir, Arc<dyn Ledger>) {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = SqliteLedger::open(&dir.path().join("l.db")).await.unwrap();
+    let ledger: Arc<dyn Ledger> =
+        Arc::new(SqliteLedger::open(&dir.path().join("l.db")).await.unwrap());
     let leads = (0..n)
         .map(|i| {
             let lead = read_lead(
@@ -143,7 +145,7 @@ async fn ledger_with(n: usize) -> (tempfile::TempDir, SqliteLedger) {
     (dir, ledger)
 }
 
-async fn next_attempt(ledger: &SqliteLedger, lead: &str) -> DateTime<Utc> {
+async fn next_attempt(ledger: &Arc<dyn Ledger>, lead: &str) -> DateTime<Utc> {
     let (_, _, d) = ledger.trace(lead).await.unwrap().unwrap();
     d[0].next_attempt_at.unwrap()
 }
@@ -320,7 +322,7 @@ async fn a_lead_past_max_age_is_given_up() {
         "timed out",
     ))]);
     let mut t = target(conn.clone(), 10, 1);
-    t.max_age = Duration::from_secs(3600);
+    Arc::make_mut(&mut t).max_age = Duration::from_secs(3600);
     // Staged "now" (wall clock); fail it two hours later.
     let later = Utc::now() + CDuration::hours(2);
     let r = push_round(&ledger, &t, "me", later).await.unwrap();

@@ -91,7 +91,7 @@ pub(super) async fn send_test(
     let deadline = tokio::time::Instant::now() + wait;
     let owner = wiring::instance_id();
     loop {
-        pipeline::push_round(ledger.as_ref(), t, &owner, Utc::now())
+        pipeline::push_round(&ledger, t, &owner, Utc::now())
             .await
             .context("pushing")?;
         let (_, _, deliveries) = ledger

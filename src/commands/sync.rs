@@ -53,7 +53,7 @@ pub(super) async fn sync_once(loaded: &Loaded, wait: Duration) -> Result<u8, Wir
         let ledger = Arc::clone(&ledger);
         let owner = owner.clone();
         async move {
-            let r = pipeline::drain_target(ledger.as_ref(), t, &owner, wait_until).await;
+            let r = pipeline::drain_target(&ledger, t, &owner, wait_until).await;
             (t.name.clone(), r)
         }
     });

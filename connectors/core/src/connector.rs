@@ -26,6 +26,10 @@ pub enum FailureClass {
     AuthExpired,
     /// The CRM refused the record itself: dead letter, never retried by itself.
     Rejected,
+    /// The target, not the record: its token endpoint refuses the client
+    /// (`invalid_client`), the connection is refused, DNS or TLS fails. The pipeline opens
+    /// the target's circuit (pauses it as a whole and probes it) and charges no lead.
+    TargetDown,
 }
 
 impl FailureClass {
@@ -35,6 +39,7 @@ impl FailureClass {
             FailureClass::Throttled => "throttled",
             FailureClass::AuthExpired => "auth_expired",
             FailureClass::Rejected => "rejected",
+            FailureClass::TargetDown => "target_down",
         }
     }
 }
@@ -49,6 +54,10 @@ pub struct DeliveryFailure {
     pub message: String,
     /// What the CRM asked us to wait, when it said.
     pub retry_after: Option<Duration>,
+    /// A throttle that says too many requests were in flight at once (Salesforce's
+    /// concurrent long-request limit), not too many over time: the pipeline lowers the
+    /// target's concurrency as well as pausing it.
+    pub concurrency_limit: bool,
 }
 
 impl DeliveryFailure {
@@ -60,6 +69,7 @@ impl DeliveryFailure {
             code: code.into(),
             message,
             retry_after: None,
+            concurrency_limit: false,
         }
     }
     pub fn transient(code: impl Into<String>, message: impl Into<String>) -> Self {
@@ -79,6 +89,14 @@ impl DeliveryFailure {
     }
     pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
         self.retry_after = retry_after;
+        self
+    }
+    pub fn target_down(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(FailureClass::TargetDown, code, message)
+    }
+    /// Mark a throttle as a concurrency limit (see [`DeliveryFailure::concurrency_limit`]).
+    pub fn limiting_concurrency(mut self) -> Self {
+        self.concurrency_limit = true;
         self
     }
 }
@@ -149,6 +167,14 @@ pub trait Connector: Send + Sync {
     /// A one-line report of the connector's own state worth showing in `status` (e.g. an
     /// API quota the CRM reported), if any. No personal data, no secrets.
     fn status_note(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether the target would take a request now, asked by the pipeline while the
+    /// target's circuit is open, once per backoff step: connectors with a token endpoint ask
+    /// it for a token (one request) and answer `Some`. `None` (the default) means there is
+    /// nothing to ask: the probe is the single small batch the pipeline sends next.
+    async fn probe(&self) -> Option<Result<(), DeliveryFailure>> {
         None
     }
 

@@ -219,21 +219,42 @@ pub fn failure_from_response(
     .with_retry_after(retry_after(headers))
 }
 
-/// A failure for a request that got no response: timeouts and connection errors are
+/// A failure for a request that got no response. A request that could not connect at all
+/// (refused, no such host, a certificate that does not verify) says the target is down, not
+/// the record: [`FailureClass::TargetDown`]. Timeouts and resets after connecting are
 /// transient (the write may or may not have happened: idempotent writes make a retry safe).
 pub fn failure_from_transport(err: &reqwest::Error) -> DeliveryFailure {
+    // reqwest's Display includes the URL; strip it to keep signed query strings out.
+    let text = err.without_url_ref();
+    if err.is_connect() {
+        let code = connect_failure_code(&text);
+        return DeliveryFailure::target_down(code, format!("{code}: {text}"));
+    }
     let code = if err.is_timeout() {
         "timeout"
-    } else if err.is_connect() {
-        "connect_error"
     } else if err.is_body() || err.is_decode() {
         "body_error"
     } else {
         "transport_error"
     };
-    // reqwest's Display includes the URL; strip it to keep signed query strings out.
-    let err = err.without_url_ref();
-    DeliveryFailure::transient(code, format!("{code}: {err}"))
+    DeliveryFailure::transient(code, format!("{code}: {text}"))
+}
+
+/// A short code for why a connection could not be made, read from the error chain's text
+/// (hyper and rustls expose no stable kinds for these).
+fn connect_failure_code(text: &str) -> &'static str {
+    let t = text.to_ascii_lowercase();
+    if t.contains("dns error") || t.contains("failed to lookup") || t.contains("name or service") {
+        "dns_error"
+    } else if t.contains("certificate") || t.contains("tls") || t.contains("handshake") {
+        "tls_error"
+    } else if t.contains("refused") {
+        "connection_refused"
+    } else if t.contains("timed out") || t.contains("timeout") {
+        "connect_timeout"
+    } else {
+        "connect_error"
+    }
 }
 
 trait WithoutUrl {
@@ -279,6 +300,24 @@ mod tests {
         );
         let u = reqwest::Url::parse("http://127.0.0.1:8080/x?sig=1").unwrap();
         assert_eq!(redact_url(&u), "http://127.0.0.1:8080/x");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_a_target_down_failure() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/x?sig=SECRET"))
+            .send()
+            .await
+            .unwrap_err();
+        let f = failure_from_transport(&err);
+        assert_eq!(f.class, FailureClass::TargetDown);
+        assert_eq!(f.code, "connection_refused");
+        assert!(!f.message.contains("SECRET"));
     }
 
     #[test]

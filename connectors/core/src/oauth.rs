@@ -46,11 +46,11 @@ pub struct TokenError {
 impl TokenError {
     /// Turn into a per-record failure.
     pub fn to_failure(&self) -> crate::connector::DeliveryFailure {
-        // A refused credential is a configuration problem, not the lead's: retrying later
-        // (after an operator fixed it) must still be possible, so it is transient with a
-        // clear code rather than a dead letter for every lead.
+        // A refused credential (`invalid_client`, an expired secret) is about the target,
+        // not the lead: the pipeline pauses the target and probes it until an operator fixes
+        // it, and no lead spends an attempt or becomes a dead letter meanwhile.
         let class = match self.class {
-            FailureClass::Rejected | FailureClass::AuthExpired => FailureClass::Transient,
+            FailureClass::Rejected | FailureClass::AuthExpired => FailureClass::TargetDown,
             other => other,
         };
         crate::connector::DeliveryFailure::new(class, self.code.clone(), self.message.clone())
@@ -68,6 +68,10 @@ pub struct TokenCache {
     current: Mutex<Option<Arc<AccessToken>>>,
     /// Renew this long before expiry.
     margin: Duration,
+    /// Fetches started so far, and the last one that failed (its number and error): callers
+    /// that queued behind a failing fetch share its answer instead of each asking again.
+    fetches: std::sync::atomic::AtomicU64,
+    last_failure: std::sync::Mutex<Option<(u64, TokenError)>>,
 }
 
 impl TokenCache {
@@ -80,21 +84,44 @@ impl TokenCache {
             source,
             current: Mutex::new(None),
             margin,
+            fetches: std::sync::atomic::AtomicU64::new(0),
+            last_failure: std::sync::Mutex::new(None),
         }
     }
 
-    /// The current token, fetched (once, for all waiting callers) when missing or near expiry.
+    /// The current token, fetched (once, for all waiting callers) when missing or near
+    /// expiry. Callers that were waiting while a fetch failed get that failure: a refused
+    /// client secret costs one token request per burst, not one per caller.
     pub async fn get(&self) -> Result<Arc<AccessToken>, TokenError> {
+        use std::sync::atomic::Ordering;
+        let seen = self.fetches.load(Ordering::SeqCst);
         let mut current = self.current.lock().await;
         if let Some(t) = current.as_ref() {
             if t.expires_at > Instant::now() + self.margin {
                 return Ok(Arc::clone(t));
             }
         }
-        let fresh = Arc::new(self.source.fetch().await?);
-        tracing::debug!("access token renewed");
-        *current = Some(Arc::clone(&fresh));
-        Ok(fresh)
+        if let Ok(last) = self.last_failure.lock() {
+            if let Some((n, e)) = last.as_ref().filter(|(n, _)| *n > seen) {
+                tracing::trace!(fetch = n, "sharing the failure of the token request just made");
+                return Err(e.clone());
+            }
+        }
+        let n = self.fetches.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.source.fetch().await {
+            Ok(fresh) => {
+                let fresh = Arc::new(fresh);
+                tracing::debug!("access token renewed");
+                *current = Some(Arc::clone(&fresh));
+                Ok(fresh)
+            }
+            Err(e) => {
+                if let Ok(mut last) = self.last_failure.lock() {
+                    *last = Some((n, e.clone()));
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The CRM refused `stale`: drop it if it is still the cached token, so the next `get`

@@ -1,0 +1,612 @@
+//! The push engine of one target: continuous, target-aware, adaptive.
+//!
+//! It keeps up to the target's concurrency of requests in flight at all times: when one
+//! finishes, its outcome is recorded and the next batch starts at once, and the next batch is
+//! claimed (and leased) while requests are in flight, so that claiming and ledger writes
+//! overlap the network. A request that hangs holds its one slot until its timeout, never the
+//! others, and its batch's lease is renewed while it runs.
+//!
+//! The engine keeps the target's health circuit ([`super::health`]) and concurrency limit
+//! ([`super::concurrency`]) across pushes, writes one log line per failed request (per-lead
+//! detail at `debug`), one line when the target goes down and one when it comes back (with a
+//! reminder at most every five minutes), and tells the ledger, the metrics and the admin
+//! endpoint (through a [`HealthSink`]) whether the target is up.
+//!
+//! Per-delivery decisions (backoff, `Retry-After`, dead letters) are [`super::decide`]'s.
+
+use chrono::{DateTime, Utc};
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use leadsync_core::{DeliveryFailure, DeliveryOutcome, FailureClass, OutboundRecord};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::clock::{Clock, SystemClock};
+use super::concurrency::{ConcurrencyLimit, Congestion};
+use super::decide::{chrono_after, decide_outcome, outbound};
+use super::health::{Circuit, Gate, Transition, Verdict};
+use super::{PipelineError, PushReport, Target};
+use crate::ledger::{ClaimedDelivery, Ledger, RecordedOutcome, TargetDown};
+use crate::metrics as m;
+
+/// Where the engine reports a target going down or coming back (the admin endpoint's
+/// `/readyz` reads it).
+pub trait HealthSink: Send + Sync {
+    fn target_down(&self, target: &str, reason: Option<&str>);
+}
+
+/// One batch's trip to the CRM and back.
+struct Trip {
+    batch: Vec<ClaimedDelivery>,
+    outcomes: Vec<DeliveryOutcome>,
+    rtt: Duration,
+    /// The circuit's probe: its verdict moves the circuit's steps.
+    probe: bool,
+}
+
+struct EngineState {
+    circuit: Circuit,
+    limit: ConcurrencyLimit,
+    /// The target's pause (throttling), as last read from or written to the ledger.
+    paused_until: Option<DateTime<Utc>>,
+}
+
+/// What may start next.
+enum Start {
+    Batch,
+    Probe(Vec<ClaimedDelivery>),
+    Wait,
+}
+
+/// Pushes one target's due deliveries; one engine per target, kept for the life of a
+/// configuration so that its circuit and concurrency persist from one push to the next.
+pub struct TargetEngine {
+    target: Arc<Target>,
+    ledger: Arc<dyn Ledger>,
+    owner: String,
+    clock: Arc<dyn Clock>,
+    health: Option<Arc<dyn HealthSink>>,
+    state: Mutex<EngineState>,
+}
+
+impl TargetEngine {
+    pub fn new(target: Arc<Target>, ledger: Arc<dyn Ledger>, owner: impl Into<String>) -> Self {
+        let state = EngineState {
+            circuit: Circuit::new(target.retry.max_delay),
+            limit: ConcurrencyLimit::new(target.concurrency, target.adaptive),
+            paused_until: None,
+        };
+        metrics::gauge!(m::TARGET_UP, "target" => target.name.clone()).set(1.0);
+        TargetEngine {
+            target,
+            ledger,
+            owner: owner.into(),
+            clock: Arc::new(SystemClock),
+            health: None,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Read time and wait through `clock` (tests drive time with their own).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Report the target's health to `sink` as well as to the ledger and metrics.
+    pub fn with_health(mut self, sink: Arc<dyn HealthSink>) -> Self {
+        self.health = Some(sink);
+        self
+    }
+
+    pub fn target(&self) -> &Arc<Target> {
+        &self.target
+    }
+
+    /// Requests the engine would keep in flight now.
+    pub fn concurrency(&self) -> usize {
+        self.state().map(|s| s.limit.current()).unwrap_or(1)
+    }
+
+    /// Since when and why the target is down, while its circuit is open.
+    pub fn down(&self) -> Option<(DateTime<Utc>, String)> {
+        let s = self.state()?;
+        s.circuit.down().map(|(since, r)| (since, r.to_string()))
+    }
+
+    /// When waiting work could go next without a new lead: the end of a pause or the next
+    /// probe of a down target (what the daemon wakes up for).
+    pub fn next_wake(&self) -> Option<DateTime<Utc>> {
+        let s = self.state()?;
+        let now = self.clock.now();
+        let pause = s.paused_until.filter(|p| *p > now);
+        match (pause, s.circuit.next_probe()) {
+            (Some(p), Some(q)) => Some(p.max(q)),
+            (p, q) => p.or(q),
+        }
+    }
+
+    /// Push until nothing is due, then wait for what comes due before `wait_until` (backoff,
+    /// pauses, probes), and stop there; with `None`, return as soon as nothing is due now.
+    pub async fn drain(
+        &self,
+        stop: &CancellationToken,
+        wait_until: Option<DateTime<Utc>>,
+    ) -> Result<PushReport, PipelineError> {
+        let mut total = PushReport::default();
+        loop {
+            total.add(self.push_due(stop, true).await?);
+            let Some(wait_until) = wait_until else { break };
+            if stop.is_cancelled() {
+                break;
+            }
+            let due = self.ledger.next_due(&self.target.name).await?;
+            let Some(due) = due else { break };
+            let next = match self.next_wake() {
+                Some(w) => due.max(w),
+                None => due,
+            };
+            let now = self.clock.now();
+            if next > wait_until || now > wait_until {
+                break;
+            }
+            tokio::select! {
+                _ = self.clock.sleep_until(next.max(now + chrono::Duration::milliseconds(10))) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        Ok(total)
+    }
+
+    /// Push what is due now, keeping the concurrency limit's worth of requests in flight,
+    /// until nothing more is due, the target pauses or goes down, or `stop`. Without
+    /// `refill`, one round: start up to the limit, record them all, return.
+    pub async fn push_due(
+        &self,
+        stop: &CancellationToken,
+        refill: bool,
+    ) -> Result<PushReport, PipelineError> {
+        self.read_pause().await?;
+        let mut report = PushReport::default();
+        let now = self.clock.now();
+        report.paused_until = self.state().and_then(|s| s.paused_until.filter(|p| *p > now));
+        let mut flights: FuturesUnordered<JoinHandle<Trip>> = FuturesUnordered::new();
+        let mut ready: Option<Vec<ClaimedDelivery>> = None;
+        let mut more = true;
+        let result = self
+            .keep_in_flight(stop, refill, &mut flights, &mut ready, &mut more, &mut report)
+            .await;
+        // Whatever happened, nothing claimed is left leased and nothing answered unrecorded.
+        if let Some(batch) = ready {
+            self.release(&batch).await?;
+        }
+        while let Some(joined) = flights.next().await {
+            if let Ok(trip) = joined {
+                report.add(self.land(trip).await?);
+            }
+        }
+        result.map(|()| report)
+    }
+
+    /// The loop of [`TargetEngine::push_due`]: start what the limit allows, claim ahead, land
+    /// each trip as it comes back.
+    async fn keep_in_flight(
+        &self,
+        stop: &CancellationToken,
+        refill: bool,
+        flights: &mut FuturesUnordered<JoinHandle<Trip>>,
+        ready: &mut Option<Vec<ClaimedDelivery>>,
+        more: &mut bool,
+        report: &mut PushReport,
+    ) -> Result<(), PipelineError> {
+        let mut filled = false;
+        loop {
+            if !filled {
+                self.fill(stop, flights, ready, more).await?;
+                filled = !refill;
+            }
+            if refill && *more && ready.is_none() && !flights.is_empty() && self.may_claim_ahead()
+            {
+                // Claim the next batch while requests are in flight.
+                let next = self.claim(self.target.batch_size).await?;
+                if next.is_empty() {
+                    *more = false;
+                } else {
+                    *ready = Some(next);
+                }
+            }
+            let Some(joined) = flights.next().await else {
+                return Ok(());
+            };
+            // `fly` catches a connector's panic; a join error means the runtime is shutting
+            // down: the batch's leases run out and it is pushed again.
+            if let Ok(trip) = joined {
+                report.add(self.land(trip).await?);
+            }
+            // An answer may have made work due again (a released batch, a closed circuit).
+            *more = *more || refill;
+        }
+    }
+
+    /// Start batches (or the circuit's probe) until the limit is reached or nothing may go.
+    async fn fill(
+        &self,
+        stop: &CancellationToken,
+        flights: &mut FuturesUnordered<JoinHandle<Trip>>,
+        ready: &mut Option<Vec<ClaimedDelivery>>,
+        more: &mut bool,
+    ) -> Result<(), PipelineError> {
+        while *more && !stop.is_cancelled() && flights.len() < self.concurrency() {
+            match self.next_start(flights.is_empty()).await? {
+                Start::Wait => {
+                    *more = false;
+                    return Ok(());
+                }
+                Start::Probe(batch) => {
+                    flights.push(self.fly(batch, true));
+                    return Ok(());
+                }
+                Start::Batch => {}
+            }
+            let batch = match ready.take() {
+                Some(b) => b,
+                None => self.claim(self.target.batch_size).await?,
+            };
+            if batch.is_empty() {
+                *more = false;
+                return Ok(());
+            }
+            flights.push(self.fly(batch, false));
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> Option<std::sync::MutexGuard<'_, EngineState>> {
+        self.state.lock().ok()
+    }
+
+    fn may_claim_ahead(&self) -> bool {
+        let now = self.clock.now();
+        self.state().is_some_and(|s| {
+            !s.circuit.is_open() && s.paused_until.is_none_or(|p| p <= now)
+        })
+    }
+
+    async fn read_pause(&self) -> Result<(), PipelineError> {
+        let paused = self.ledger.paused_until(&self.target.name).await?;
+        if let Some(mut s) = self.state() {
+            s.paused_until = paused;
+        }
+        Ok(())
+    }
+
+    /// Decide what may start: a batch, the circuit's probe, or nothing yet.
+    async fn next_start(&self, idle: bool) -> Result<Start, PipelineError> {
+        let now = self.clock.now();
+        let gate = {
+            let Some(s) = self.state() else {
+                return Ok(Start::Wait);
+            };
+            if s.paused_until.is_some_and(|p| p > now) {
+                return Ok(Start::Wait);
+            }
+            s.circuit.gate(now)
+        };
+        match gate {
+            Gate::Open => Ok(Start::Batch),
+            Gate::Wait => Ok(Start::Wait),
+            Gate::Probe if !idle => Ok(Start::Wait),
+            Gate::Probe => self.probe(now).await,
+        }
+    }
+
+    /// The circuit's probe: the connector's own check (a token request), then one lead.
+    async fn probe(&self, now: DateTime<Utc>) -> Result<Start, PipelineError> {
+        let asked = self.target.connector.probe().await;
+        if let Some(Err(f)) = &asked {
+            tracing::debug!(target = %self.target.name, class = f.class.as_str(), error_code = %f.code, "probe: the target is still down");
+            if let Some(mut s) = self.state() {
+                s.circuit.probe_failed(self.clock.now());
+            }
+            self.remind(now);
+            return Ok(Start::Wait);
+        }
+        let batch = self.claim(1).await?;
+        if batch.is_empty() {
+            if asked.is_some() {
+                // The connector's own check passed and there is nothing to send: it is up.
+                let t = self
+                    .state()
+                    .map(|mut s| s.circuit.observe(Verdict::Up, now, true))
+                    .unwrap_or(Transition::None);
+                self.transition(t).await?;
+            } else if let Some(mut s) = self.state() {
+                s.circuit.probe_failed(now);
+            }
+            return Ok(Start::Wait);
+        }
+        if let Some(mut s) = self.state() {
+            s.circuit.begin_probe();
+        }
+        Ok(Start::Probe(batch))
+    }
+
+    async fn claim(&self, size: usize) -> Result<Vec<ClaimedDelivery>, PipelineError> {
+        let size = size.clamp(1, u32::MAX as usize) as u32;
+        let now = self.clock.now();
+        let batch = self
+            .ledger
+            .claim(&self.target.name, now, size, self.target.lease, &self.owner)
+            .await?;
+        if !batch.is_empty() {
+            tracing::trace!(target = %self.target.name, claimed = batch.len(), "pushing claimed deliveries");
+        }
+        Ok(batch)
+    }
+
+    /// Give claimed deliveries back untouched (no attempt counted), due at once.
+    async fn release(&self, batch: &[ClaimedDelivery]) -> Result<(), PipelineError> {
+        let now = self.clock.now();
+        let outcomes: Vec<RecordedOutcome> = batch
+            .iter()
+            .map(|d| RecordedOutcome::Release {
+                delivery_id: d.delivery_id,
+                next_attempt_at: now,
+            })
+            .collect();
+        self.ledger.record(&outcomes, &self.owner).await?;
+        Ok(())
+    }
+
+    /// Start one batch's request on its own task: map, push (renewing the batch's lease
+    /// while it runs), and come back with the outcomes.
+    fn fly(&self, batch: Vec<ClaimedDelivery>, probe: bool) -> JoinHandle<Trip> {
+        let target = Arc::clone(&self.target);
+        let ledger = Arc::clone(&self.ledger);
+        let owner = self.owner.clone();
+        let clock = Arc::clone(&self.clock);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let records: Vec<OutboundRecord> =
+                batch.iter().map(|d| outbound(&target, d)).collect();
+            let ids: Vec<i64> = batch.iter().map(|d| d.delivery_id).collect();
+            let push = std::panic::AssertUnwindSafe(push_batch(&target, records)).catch_unwind();
+            let renew = renew_leases(ledger.as_ref(), &ids, &owner, target.lease, clock.as_ref());
+            let outcomes = tokio::select! {
+                o = push => o.unwrap_or_else(|_| {
+                    tracing::error!(target = %target.name, "connector panicked; the batch will be retried");
+                    failed_all(ids.len(), DeliveryFailure::transient("connector_panicked", "the connector panicked"))
+                }),
+                never = renew => match never {},
+            };
+            Trip {
+                batch,
+                outcomes,
+                rtt: started.elapsed(),
+                probe,
+            }
+        })
+    }
+
+    /// Record one trip: decide each delivery, update the circuit and the concurrency limit,
+    /// log one line if the request failed, pause the target if it was throttled.
+    async fn land(&self, trip: Trip) -> Result<PushReport, PipelineError> {
+        let answered = self.clock.now();
+        let verdict = Verdict::of(&trip.outcomes);
+        let (transition, down) = {
+            let Some(mut s) = self.state() else {
+                return Ok(PushReport::default());
+            };
+            let t = s.circuit.observe(verdict, answered, trip.probe);
+            s.limit
+                .observe(trip.rtt, congestion(&trip.outcomes), Instant::now());
+            (t, s.circuit.is_open())
+        };
+        let mut report = PushReport::default();
+        let mut recorded = Vec::with_capacity(trip.batch.len());
+        let mut pause: Option<DateTime<Utc>> = None;
+        let mut first_failure: Option<DeliveryFailure> = None;
+        let mut released = 0u64;
+        for (d, outcome) in trip.batch.iter().zip(trip.outcomes) {
+            if let DeliveryOutcome::Failed(f) = &outcome {
+                first_failure.get_or_insert_with(|| f.clone());
+                let about_target = f.class == FailureClass::TargetDown
+                    || (down && f.class == FailureClass::Transient);
+                if about_target {
+                    // The target's failure, not the lead's: no attempt is charged.
+                    tracing::debug!(target = %self.target.name, lead = %d.lead.id, class = f.class.as_str(), error_code = %f.code, "target down; delivery put back");
+                    released += 1;
+                    recorded.push(RecordedOutcome::Release {
+                        delivery_id: d.delivery_id,
+                        next_attempt_at: answered,
+                    });
+                    continue;
+                }
+            }
+            let (rec, p) = decide_outcome(&self.target, d, outcome, answered, &mut report);
+            pause = pause.max(p);
+            recorded.push(rec);
+        }
+        report.retrying += released;
+        if let Some(f) = &first_failure {
+            self.log_failed_request(f, trip.batch.len(), &report, released, down);
+        }
+        if let Some(until) = pause {
+            tracing::warn!(target = %self.target.name, paused_until = %until.to_rfc3339(), "target throttled; paused as a whole");
+            self.ledger
+                .pause_target(&self.target.name, until, "throttled by the CRM")
+                .await?;
+            if let Some(mut s) = self.state() {
+                s.paused_until = Some(until);
+            }
+            report.paused_until = Some(until);
+        }
+        self.ledger.record(&recorded, &self.owner).await?;
+        self.transition(transition).await?;
+        self.remind(answered);
+        if let Some(note) = self.target.connector.status_note() {
+            self.ledger
+                .set_target_note(&self.target.name, &note, answered)
+                .await?;
+        }
+        Ok(report)
+    }
+
+    /// One line per failed request: how many records, the class, the CRM's code. While the
+    /// target is down, its requests (probes) are `debug`: the down line and reminders say it.
+    fn log_failed_request(
+        &self,
+        f: &DeliveryFailure,
+        records: usize,
+        r: &PushReport,
+        released: u64,
+        down: bool,
+    ) {
+        let failed = r.retrying + r.dead;
+        if down {
+            tracing::debug!(target = %self.target.name, records, class = f.class.as_str(), error_code = %f.code, "request failed while the target is down");
+        } else if failed + released > 0 {
+            tracing::warn!(
+                target = %self.target.name,
+                records,
+                delivered = r.delivered,
+                retrying = r.retrying,
+                dead = r.dead,
+                class = f.class.as_str(),
+                error_code = %f.code,
+                "request failed"
+            );
+        }
+    }
+
+    /// Act on the circuit's transition: ledger, metrics, health sink, one log line.
+    async fn transition(&self, t: Transition) -> Result<(), PipelineError> {
+        let name = &self.target.name;
+        match t {
+            Transition::None => {}
+            Transition::Opened { reason } => {
+                let since = self.clock.now();
+                let next = self.next_wake().map(|n| n.to_rfc3339());
+                tracing::warn!(target = %name, reason = %reason, next_probe = next.as_deref().unwrap_or("-"), "target down: paused as a whole and probed with backoff; leads keep their attempts");
+                metrics::gauge!(m::TARGET_UP, "target" => name.clone()).set(0.0);
+                metrics::counter!(m::CIRCUIT_OPENED, "target" => name.clone(), "reason" => reason_label(&reason)).increment(1);
+                if let Some(h) = &self.health {
+                    h.target_down(name, Some(&reason));
+                }
+                let down = TargetDown { since, reason };
+                self.ledger.set_target_down(name, Some(&down)).await?;
+            }
+            Transition::Closed { outage } => {
+                tracing::info!(target = %name, down_for = %humantime::format_duration(Duration::from_secs(outage.as_secs())), "target back up");
+                metrics::gauge!(m::TARGET_UP, "target" => name.clone()).set(1.0);
+                if let Some(h) = &self.health {
+                    h.target_down(name, None);
+                }
+                self.ledger.set_target_down(name, None).await?;
+                // The outage does not count towards any lead's max_age.
+                self.ledger.extend_retry_age(name, outage).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// While the target stays down, a reminder at most every five minutes.
+    fn remind(&self, now: DateTime<Utc>) {
+        let due = self.state().and_then(|mut s| s.circuit.reminder_due(now));
+        if let Some((since, reason, probes)) = due {
+            tracing::warn!(target = %self.target.name, down_since = %since.to_rfc3339(), reason = %reason, probes, "target still down");
+        }
+    }
+}
+
+/// Push one batch, retrying at once (once) the records whose token had expired.
+async fn push_batch(target: &Target, records: Vec<OutboundRecord>) -> Vec<DeliveryOutcome> {
+    let mut outcomes = target.connector.push(&records).await;
+    if outcomes.len() != records.len() {
+        // A connector bug must not lose or mis-attribute leads: treat the batch as failed.
+        tracing::error!(target = %target.name, sent = records.len(), answered = outcomes.len(), "connector returned the wrong number of outcomes");
+        return failed_all(
+            records.len(),
+            DeliveryFailure::transient(
+                "connector_outcome_mismatch",
+                "connector returned the wrong number of outcomes",
+            ),
+        );
+    }
+    let expired: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o, DeliveryOutcome::Failed(f) if f.class == FailureClass::AuthExpired))
+        .map(|(i, _)| i)
+        .collect();
+    if !expired.is_empty() {
+        tracing::info!(target = %target.name, records = expired.len(), "credentials expired; retrying once at once");
+        let again: Vec<OutboundRecord> = expired.iter().map(|i| records[*i].clone()).collect();
+        let second = target.connector.push(&again).await;
+        for (slot, outcome) in expired.iter().zip(second) {
+            outcomes[*slot] = match outcome {
+                DeliveryOutcome::Failed(mut f) if f.class == FailureClass::AuthExpired => {
+                    // Refreshed and still refused: back off like any transient failure.
+                    f.class = FailureClass::Transient;
+                    DeliveryOutcome::Failed(f)
+                }
+                other => other,
+            };
+        }
+    }
+    outcomes
+}
+
+fn failed_all(n: usize, f: DeliveryFailure) -> Vec<DeliveryOutcome> {
+    vec![DeliveryOutcome::Failed(f); n]
+}
+
+/// Renew the batch's leases every third of the lease while its request runs; never ends
+/// (the caller selects it against the request).
+async fn renew_leases(
+    ledger: &dyn Ledger,
+    ids: &[i64],
+    owner: &str,
+    lease: Duration,
+    clock: &dyn Clock,
+) -> std::convert::Infallible {
+    let every = (lease / 3).max(Duration::from_millis(10));
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(every).await;
+        let until = chrono_after(clock.now(), lease);
+        if let Err(e) = ledger.renew_leases(ids, owner, until).await {
+            if !warned {
+                tracing::warn!(error = %e, "renewing the leases of a request in flight failed");
+                warned = true;
+            }
+        }
+    }
+}
+
+/// What a request's outcomes say about load, for the concurrency limit.
+fn congestion(outcomes: &[DeliveryOutcome]) -> Congestion {
+    let failures = || {
+        outcomes.iter().filter_map(|o| match o {
+            DeliveryOutcome::Failed(f) => Some(f),
+            DeliveryOutcome::Delivered { .. } => None,
+        })
+    };
+    if failures().any(|f| f.concurrency_limit) {
+        Congestion::TooManyInFlight
+    } else if failures().any(|f| f.class == FailureClass::Throttled || f.code == "timeout") {
+        Congestion::Overloaded
+    } else {
+        Congestion::None
+    }
+}
+
+/// A bounded label for the circuit metric: the code, without the run count.
+fn reason_label(reason: &str) -> String {
+    match reason.split_once('(') {
+        Some((_, code)) => code.trim_end_matches(')').to_string(),
+        None => reason.to_string(),
+    }
+}
