@@ -1,9 +1,9 @@
 //! What Dataverse's answers mean. [`classify`] turns a non-success answer (a whole request or
-//! one `$batch` part) into a [`DeliveryFailure`]: the §1.7 service-protection codes are
-//! throttled whatever the status (with `Retry-After`), then the HTTP status decides; code and
-//! message are Dataverse's `error.code` and `error.message`. `op_result` turns one write's
-//! answer into a [`DeliveryOutcome`] (created or updated, and the `leadid`), keeping the
-//! status that create-only mode needs to spot a 412 duplicate.
+//! one `$batch` part) into a [`DeliveryFailure`]: a 429, or any answer carrying one of the
+//! §1.7 service-protection codes, is throttled (with `Retry-After`); otherwise the HTTP
+//! status decides. Code and message are Dataverse's `error.code` and `error.message`.
+//! `op_result` turns one write's answer into a [`DeliveryOutcome`] (created or updated, and
+//! the `leadid`), keeping the status that create-only mode needs to spot a 412 duplicate.
 //!
 //! It decides, it does not act: token refresh and lookups are `push`'s, pausing the
 //! pipeline's. Messages go into the failure (for the ledger), never into a log.

@@ -12,12 +12,11 @@
 //! It must not sleep or retry in time (the pipeline does), and it never logs a field value,
 //! a Salesforce message (they echo values) or a token: only counts, statuses and codes.
 //!
-//! The crate by concern: `settings` (the `[connection]` types, defaults,
-//! default mapping and field lengths), `auth` (the two OAuth grants), `rest` (one
-//! authenticated REST call and the API usage it reports), `push` (the upserts), `classify`
-//! (every answer into a failure class) and `check` (`check --connect`). This file holds the
-//! connector itself: [`build`], the registry's only way in, and [`SalesforceConnector::try_new`]
-//! beneath it.
+//! The crate by concern: `settings` (the `[connection]` types, defaults, default mapping
+//! and field lengths), `auth` (the two OAuth grants), `rest` (one authenticated REST call
+//! and the API usage it reports), `push` (the upserts), `classify` (every answer into a
+//! failure class) and `check` (`check --connect`). This file holds the connector itself:
+//! [`build`], the registry's only way in, and [`SalesforceConnector::try_new`] beneath it.
 
 mod auth;
 mod check;
