@@ -1,14 +1,20 @@
 //! Microsoft Entra ID client-credentials tokens for Dataverse (spec §1.1): with a client
 //! secret ([`leadsync_core::oauth::FormTokenSource`]) or with a certificate, as a freshly
-//! signed RS256 `client_assertion` per request ([`AssertionTokenSource`]).
+//! signed RS256 `client_assertion` per request ([`AssertionTokenSource`]); `token_source`
+//! picks one from the settings and reads the secrets and PEM blocks it needs.
 //!
-//! Secrets and assertions stay inside [`Secret`]s and request bodies; nothing here logs.
+//! The token cache around the source (renewal before expiry, one refresh on a 401) is
+//! `leadsync_core::oauth::TokenCache`, not this module. Secrets and assertions stay inside
+//! [`Secret`]s and request bodies; nothing here logs.
 
 use async_trait::async_trait;
 use leadsync_core::jwt::RsaSigner;
 use leadsync_core::oauth::{AccessToken, FormTokenSource, TokenError, TokenSource};
-use leadsync_core::{FailureClass, Secret};
+use leadsync_core::{FailureClass, Secret, SecretRef};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::settings::{DynamicsError, DynamicsSettings};
 
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -95,4 +101,91 @@ pub fn pem_block(pem: &str, kind: &str) -> Option<String> {
 /// The private key block of a PEM text (PKCS#8 or PKCS#1).
 pub fn private_key_block(pem: &str) -> Option<String> {
     pem_block(pem, "PRIVATE KEY").or_else(|| pem_block(pem, "RSA PRIVATE KEY"))
+}
+
+/// The token source the settings ask for (`client_secret`, or `certificate` with its
+/// `private_key`), and its name for `check`. Secrets are read from `base_dir`; no network.
+pub(crate) fn token_source(
+    settings: &DynamicsSettings,
+    client: &reqwest::Client,
+    token_url: &reqwest::Url,
+    scope: String,
+    base_dir: &Path,
+) -> Result<(Box<dyn TokenSource>, &'static str), DynamicsError> {
+    let default_lifetime = Duration::from_secs(3000);
+    let resolve = |key: &str, r: &SecretRef| -> Result<Secret, DynamicsError> {
+        r.resolve(base_dir)
+            .map_err(|e| DynamicsError::new(key, e.to_string()))
+    };
+    let (source, auth_kind): (Box<dyn leadsync_core::oauth::TokenSource>, &'static str) = match (
+        &settings.client_secret,
+        &settings.certificate,
+    ) {
+        (Some(secret), None) => {
+            if settings.private_key.is_some() {
+                return Err(DynamicsError::new(
+                    "private_key",
+                    "private_key goes with certificate, not with client_secret",
+                ));
+            }
+            let secret = resolve("client_secret", secret)?;
+            let form = vec![
+                ("grant_type".to_string(), Secret::new("client_credentials")),
+                (
+                    "client_id".to_string(),
+                    Secret::new(settings.client_id.clone()),
+                ),
+                ("client_secret".to_string(), secret),
+                ("scope".to_string(), Secret::new(scope.clone())),
+            ];
+            (
+                Box::new(FormTokenSource {
+                    client: client.clone(),
+                    url: token_url.clone(),
+                    form,
+                    default_lifetime,
+                }),
+                "client secret",
+            )
+        }
+        (None, Some(cert)) => {
+            let cert_pem = resolve("certificate", cert)?;
+            let key_text = match &settings.private_key {
+                Some(k) => resolve("private_key", k)?,
+                None => cert_pem.clone(),
+            };
+            let key_pem = private_key_block(key_text.expose()).ok_or_else(|| {
+                        DynamicsError::new(
+                            "private_key",
+                            "no PEM private key found (give private_key, or put the key in the certificate's PEM file)",
+                        )
+                    })?;
+            let signer = leadsync_core::jwt::RsaSigner::from_pem(&key_pem, Some(cert_pem.expose()))
+                .map_err(|e| DynamicsError::new("certificate", e.to_string()))?;
+            (
+                Box::new(AssertionTokenSource {
+                    client: client.clone(),
+                    url: token_url.clone(),
+                    client_id: settings.client_id.clone(),
+                    scope: scope.clone(),
+                    signer,
+                    default_lifetime,
+                }),
+                "certificate",
+            )
+        }
+        (Some(_), Some(_)) => {
+            return Err(DynamicsError::new(
+                "certificate",
+                "give either client_secret or certificate, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(DynamicsError::new(
+                "client_secret",
+                "give client_secret or certificate (with private_key)",
+            ))
+        }
+    };
+    Ok((source, auth_kind))
 }

@@ -3,15 +3,20 @@
 //! create-only mode after ambiguous failures, certificate auth and `check --connect`.
 
 use leadsync_core::{
-    read_lead, Connector, DeliveryOutcome, FailureClass, FieldRule, Mapping, OutboundRecord,
+    read_lead, BuildContext, Connector, DeliveryOutcome, FailureClass, Mapping, MappingOverrides,
+    OutboundRecord, RawRule,
 };
 use leadsync_dynamics::{default_mapping, DynamicsConnector, DynamicsSettings};
 use leadsync_fakes::dataverse::{AssertionKey, DataverseConfig, FakeDataverse};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn settings(fake: &FakeDataverse, extra: Value) -> DynamicsSettings {
+/// The `[connection]` table of a target on the fake, with `extra` keys over it (a `null`
+/// removes the key).
+fn connection(fake: &FakeDataverse, extra: Value) -> Value {
     let mut v = json!({
         "url": fake.base_url(),
         "authority": fake.authority(),
@@ -27,20 +32,38 @@ fn settings(fake: &FakeDataverse, extra: Value) -> DynamicsSettings {
             v[k] = x.clone();
         }
     }
-    serde_json::from_value(v).unwrap()
+    v
+}
+
+fn settings(fake: &FakeDataverse, extra: Value) -> DynamicsSettings {
+    serde_json::from_value(connection(fake, extra)).unwrap()
+}
+
+/// What the registry hands `build` for a target with this `[connection]` and `[mapping]`
+/// (and no `[limits] batch_size`).
+fn context<'a>(connection: &'a Value, mapping: &'a MappingOverrides) -> BuildContext<'a> {
+    BuildContext {
+        target: "dynamics",
+        connection,
+        base_dir: Path::new("."),
+        mapping,
+        batch_size: None,
+    }
 }
 
 struct Target {
-    connector: DynamicsConnector,
+    connector: Arc<dyn Connector>,
     mapping: Mapping,
 }
 
+/// A target built as the registry builds it, without `[mapping]`; `mapping` is the default
+/// mapping its records are mapped with.
 fn target(fake: &FakeDataverse, extra: Value) -> Target {
-    let s = settings(fake, extra);
+    let conn = connection(fake, extra);
+    let s: DynamicsSettings = serde_json::from_value(conn.clone()).unwrap();
     let mapping = default_mapping(&s);
-    let connector = DynamicsConnector::try_new(s, std::path::Path::new("."))
-        .unwrap()
-        .with_mapping(mapping.clone());
+    let connector =
+        leadsync_dynamics::build(&context(&conn, &MappingOverrides::default())).unwrap();
     Target { connector, mapping }
 }
 
@@ -344,12 +367,14 @@ async fn check_connect_verifies_token_whoami_key_and_columns() {
     );
     assert!(text.contains("mapped column(s) exist"), "{text}");
 
-    let bad = target(&fake, json!({}))
-        .connector
-        .with_mapping(Mapping::new(vec![
-            FieldRule::field("firstname", "first_name").unwrap(),
-            FieldRule::field("new_nosuch", "email").unwrap(),
-        ]));
+    // A mapping of only these two columns (`replace_defaults`).
+    let only = BTreeMap::from([
+        ("firstname".to_string(), RawRule::Field("first_name".into())),
+        ("new_nosuch".to_string(), RawRule::Field("email".into())),
+    ]);
+    let only = MappingOverrides::from_raw(true, &only).unwrap();
+    let conn = connection(&fake, json!({}));
+    let bad = leadsync_dynamics::build(&context(&conn, &only)).unwrap();
     let e = bad.check(true).await.unwrap_err();
     assert_eq!(e.what, "mapping");
     assert!(e.reason.contains("new_nosuch"));
@@ -422,13 +447,12 @@ fn settings_are_validated_with_the_key_named() {
     .is_err());
     let c = build(json!({})).unwrap();
     assert_eq!(c.max_batch(), 50);
-    assert_eq!(
-        build(json!({}))
-            .unwrap()
-            .with_batch_size(Some(5000))
-            .max_batch(),
-        1000
-    );
+    let (conn, mapping) = (base.clone(), MappingOverrides::default());
+    let ctx = BuildContext {
+        batch_size: Some(5000),
+        ..context(&conn, &mapping)
+    };
+    assert_eq!(leadsync_dynamics::build(&ctx).unwrap().max_batch(), 1000);
 }
 
 /// An RSA key and self-signed certificate made with the `openssl` command, or `None`.
@@ -494,7 +518,7 @@ async fn certificate_credentials_sign_an_assertion_the_fake_verifies() {
     );
     let mapping = default_mapping(&s);
     let t = Target {
-        connector: DynamicsConnector::try_new(s, dir.path()).unwrap(),
+        connector: Arc::new(DynamicsConnector::try_new(s, dir.path()).unwrap()),
         mapping,
     };
     delivered(&t.connector.push(&[t.record(1, 1)]).await[0]);

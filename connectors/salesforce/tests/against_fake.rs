@@ -3,8 +3,8 @@
 //! and `check --connect`.
 
 use leadsync_core::{
-    idempotency_key, read_lead, Connector, DeliveryFailure, DeliveryOutcome, FailureClass,
-    KeyScope, MappedRecord, Mapping, OutboundRecord,
+    idempotency_key, read_lead, BuildContext, Connector, DeliveryFailure, DeliveryOutcome,
+    FailureClass, KeyScope, MappedRecord, MappingOverrides, OutboundRecord, RawRule,
 };
 use leadsync_fakes::salesforce::{
     generate_rsa_key_pem, Fault, FieldSpec, SalesforceFake, SalesforceFakeConfig,
@@ -14,10 +14,13 @@ use leadsync_salesforce::{
     default_mapping, lead_field_limits, SalesforceConnector, SalesforceSettings,
 };
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn settings(fake: &SalesforceFake, extra: Value) -> SalesforceSettings {
+/// The `[connection]` table of a target on the fake org, with `extra` keys over it.
+fn connection(fake: &SalesforceFake, extra: Value) -> Value {
     let mut v = json!({
         "login_url": fake.base_url(),
         "client_id": fake.config().client_id,
@@ -26,19 +29,42 @@ fn settings(fake: &SalesforceFake, extra: Value) -> SalesforceSettings {
     if let (Some(o), Value::Object(e)) = (v.as_object_mut(), extra) {
         o.extend(e);
     }
-    serde_json::from_value(v).expect("settings")
+    v
 }
 
-fn connector(fake: &SalesforceFake) -> SalesforceConnector {
+fn settings(fake: &SalesforceFake, extra: Value) -> SalesforceSettings {
+    serde_json::from_value(connection(fake, extra)).expect("settings")
+}
+
+/// What the registry hands `build` for a target with this `[connection]` and `[mapping]`.
+fn context<'a>(connection: &'a Value, mapping: &'a MappingOverrides) -> BuildContext<'a> {
+    BuildContext {
+        target: "sf",
+        connection,
+        base_dir: Path::new("."),
+        mapping,
+        batch_size: None,
+    }
+}
+
+/// The target as the registry builds it, with the `[mapping]` overrides given.
+fn built(connection: &Value, mapping: &MappingOverrides) -> Arc<dyn Connector> {
+    leadsync_salesforce::build(&context(connection, mapping)).expect("connector")
+}
+
+fn connector(fake: &SalesforceFake) -> Arc<dyn Connector> {
     connector_with(fake, json!({}))
 }
 
-fn connector_with(fake: &SalesforceFake, extra: Value) -> SalesforceConnector {
-    let s = settings(fake, extra);
-    let m = default_mapping(&s);
-    SalesforceConnector::try_new(s, std::path::Path::new("."))
-        .expect("connector")
-        .with_mapping(m)
+fn connector_with(fake: &SalesforceFake, extra: Value) -> Arc<dyn Connector> {
+    built(&connection(fake, extra), &MappingOverrides::default())
+}
+
+/// The concrete connector, for the tests that read [`SalesforceConnector::last_api_usage`]
+/// (not part of the `Connector` trait); `try_new` gives it the default mapping, which is what
+/// `build` gives a target without `[mapping]`.
+fn concrete_connector(fake: &SalesforceFake) -> SalesforceConnector {
+    SalesforceConnector::try_new(settings(fake, json!({})), Path::new(".")).expect("connector")
 }
 
 /// A record mapped with the default mapping, as the pipeline would hand it over.
@@ -109,7 +135,7 @@ async fn fake() -> SalesforceFake {
 #[tokio::test]
 async fn collection_upsert_creates_maps_and_repush_updates_the_same_records() {
     let fake = fake().await;
-    let c = connector(&fake);
+    let c = concrete_connector(&fake);
     let mut batch: Vec<_> = (0..3).map(|i| record(i, person(i), "INS")).collect();
     // An .edu-style lead without personal data still satisfies LastName and Company.
     batch.push(record(3, json!({"Email": "student@uni.edu"}), "PLT"));
@@ -292,7 +318,6 @@ async fn expired_session_is_refreshed_once_and_nothing_is_lost() {
 
     // Many concurrent pushes hitting one stale token cause one refresh.
     fake.expire_tokens();
-    let c = Arc::new(c);
     let mut handles = Vec::new();
     for i in 0..6 {
         let c = Arc::clone(&c);
@@ -309,7 +334,7 @@ async fn expired_session_is_refreshed_once_and_nothing_is_lost() {
 #[tokio::test]
 async fn quota_throttling_and_server_errors_are_classified() {
     let fake = fake().await;
-    let c = connector(&fake);
+    let c = concrete_connector(&fake);
     let recs: Vec<_> = (0..2).map(|i| record(i, person(i), "INS")).collect();
     fake.set_api_usage(15_000, 15_000);
     let out = c.push(&recs).await;
@@ -456,44 +481,35 @@ async fn check_connect_verifies_the_org() {
     assert_eq!(e.what, "mapping.fields.Region__c");
     assert!(e.reason.contains("REQUIRED_FIELD_MISSING"));
     // Mapped to a value the restricted picklist lacks: still every lead rejected.
-    let s = settings(&fake, json!({}));
-    let mut overrides = std::collections::BTreeMap::new();
+    let conn = connection(&fake, json!({}));
+    let mut overrides = BTreeMap::new();
     overrides.insert(
         "Region__c".to_string(),
-        leadsync_core::RawRule::Spec(leadsync_core::mapping::RawRuleSpec {
+        RawRule::Spec(leadsync_core::mapping::RawRuleSpec {
             value: Some(json!("Mars")),
             ..Default::default()
         }),
     );
-    let m = Mapping::with_overrides(default_mapping(&s), false, &overrides).unwrap();
-    let c2 = SalesforceConnector::try_new(s.clone(), std::path::Path::new("."))
-        .unwrap()
-        .with_mapping(m);
+    let m = MappingOverrides::from_raw(false, &overrides).unwrap();
+    let c2 = built(&conn, &m);
     let e = c2.check(true).await.unwrap_err();
     assert!(e.reason.contains("restricted picklist"), "{e}");
     // Mapped to a good value: fine.
     overrides.insert(
         "Region__c".to_string(),
-        leadsync_core::RawRule::Spec(leadsync_core::mapping::RawRuleSpec {
+        RawRule::Spec(leadsync_core::mapping::RawRuleSpec {
             value: Some(json!("EMEA")),
             ..Default::default()
         }),
     );
-    let m = Mapping::with_overrides(default_mapping(&s), false, &overrides).unwrap();
-    let c3 = SalesforceConnector::try_new(s.clone(), std::path::Path::new("."))
-        .unwrap()
-        .with_mapping(m);
+    let m = MappingOverrides::from_raw(false, &overrides).unwrap();
+    let c3 = built(&conn, &m);
     c3.check(true).await.unwrap();
 
     // A mapped field the org does not have.
-    overrides.insert(
-        "Nope__c".to_string(),
-        leadsync_core::RawRule::Field("email".into()),
-    );
-    let m = Mapping::with_overrides(default_mapping(&s), false, &overrides).unwrap();
-    let c4 = SalesforceConnector::try_new(s.clone(), std::path::Path::new("."))
-        .unwrap()
-        .with_mapping(m);
+    overrides.insert("Nope__c".to_string(), RawRule::Field("email".into()));
+    let m = MappingOverrides::from_raw(false, &overrides).unwrap();
+    let c4 = built(&conn, &m);
     let e = c4.check(true).await.unwrap_err();
     assert_eq!(e.what, "mapping.fields.Nope__c");
 

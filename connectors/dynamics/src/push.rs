@@ -1,0 +1,409 @@
+//! Writing leads: the `Connector::push` path and the Web API requests it is made of. Upsert
+//! mode sends `PATCH leads(<key_column>='<key>')`; create-only mode sends `POST leads`, after
+//! looking up by the key column any lead being retried (its earlier create may have landed)
+//! and any 412 duplicate. One lead goes as its own request, several as one `$batch` with
+//! `Prefer: odata.continue-on-error` (wire format in `batch`). It also builds each lead's
+//! body ([`DynamicsConnector::body`]) and the authenticated request every call, `check`'s
+//! included, goes through.
+//!
+//! It must not sleep, schedule or retry in time (the pipeline does); an expired token is
+//! invalidated once and the leads returned as `auth_expired`. It never logs bodies, field
+//! values, tokens or query strings: only counts and codes.
+
+use leadsync_core::oauth::AccessToken;
+use leadsync_core::{DeliveryFailure, DeliveryOutcome, FailureClass, OutboundRecord};
+use serde_json::{json, Map, Value};
+
+use crate::batch::{self, BatchOp, PartResponse};
+use crate::classify::{classify, op_result, OpKind, OpResult};
+use crate::settings::{WriteMode, LEAD_LIMITS, MAX_BATCH};
+use crate::DynamicsConnector;
+
+/// Do-not-contact columns: only ever set, never cleared (see [`DynamicsConnector::body`]).
+pub const DO_NOT_CONTACT_FIELDS: &[&str] = &[
+    "donotemail",
+    "donotphone",
+    "donotbulkemail",
+    "donotpostalmail",
+    "donotfax",
+    "donotsendmm",
+];
+
+/// OData string literal inside a key or `$filter`, percent-encoded for a URL: quotes
+/// doubled (spec §1.5 [U]), everything but unreserved characters encoded.
+pub fn odata_literal(value: &str) -> String {
+    let doubled = value.replace('\'', "''");
+    let mut out = String::with_capacity(doubled.len() + 2);
+    out.push('\'');
+    for b in doubled.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'\'' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Cut a string to at most `max` UTF-16 code units (Dataverse counts .NET string length).
+pub(crate) fn truncate_utf16(s: &mut String, max: usize) {
+    if s.encode_utf16().count() <= max {
+        return;
+    }
+    let mut units = 0;
+    let mut cut = s.len();
+    for (i, c) in s.char_indices() {
+        if units + c.len_utf16() > max {
+            cut = i;
+            break;
+        }
+        units += c.len_utf16();
+    }
+    s.truncate(cut);
+}
+
+async fn read_response(resp: reqwest::Response) -> Result<PartResponse, DeliveryFailure> {
+    let status = resp.status().as_u16();
+    let headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| leadsync_core::http::failure_from_transport(&e))?;
+    Ok(PartResponse {
+        content_id: None,
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+impl DynamicsConnector {
+    /// Deliver a batch: one outcome per record, in order.
+    pub(crate) async fn push_batch(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let token = match self.tokens.get().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(code = %e.code, records = batch.len(), "no Dataverse token");
+                return vec![DeliveryOutcome::Failed(e.to_failure()); batch.len()];
+            }
+        };
+        let outcomes = match self.mode {
+            WriteMode::Upsert => {
+                let recs: Vec<&OutboundRecord> = batch.iter().collect();
+                self.write(&token, OpKind::Upsert, &recs)
+                    .await
+                    .into_iter()
+                    .map(|r| r.outcome)
+                    .collect()
+            }
+            WriteMode::CreateOnly => self.push_create_only(&token, batch).await,
+        };
+        let expired = outcomes
+            .iter()
+            .filter(
+                |o| matches!(o, DeliveryOutcome::Failed(f) if f.class == FailureClass::AuthExpired),
+            )
+            .count();
+        if expired > 0 {
+            // One refresh for everyone holding this token; the pipeline re-pushes at once.
+            self.tokens.invalidate(&token).await;
+            tracing::info!(
+                records = expired,
+                "Dataverse refused the token; it will be renewed"
+            );
+        }
+        tracing::debug!(records = batch.len(), "dataverse push done");
+        outcomes
+    }
+
+    /// The JSON body written for one record. Beside the mapped fields:
+    /// - `leadqualitycode` given as text (an action code) becomes its `lead_quality` value;
+    /// - a do-not-contact flag that is `false` is left out, so that a later event of the
+    ///   same customer never clears an opt-out a `DNC` event set;
+    /// - upsert leaves the key column out (it is in the URL, §1.5); create-only sets it;
+    /// - text is cut to the §1.8 lengths counted as Dataverse does (UTF-16 units).
+    pub fn body(&self, rec: &OutboundRecord) -> Map<String, Value> {
+        let mut m = Map::new();
+        for (k, v) in &rec.fields.fields {
+            if *k == self.key_column {
+                continue;
+            }
+            if DO_NOT_CONTACT_FIELDS.contains(&k.as_str()) && *v == Value::Bool(false) {
+                continue;
+            }
+            let mut v = v.clone();
+            if k == "leadqualitycode" {
+                if let Value::String(code) = &v {
+                    let code = code.to_ascii_lowercase();
+                    let q = self
+                        .lead_quality
+                        .get(&code)
+                        .or_else(|| self.lead_quality.get("other"))
+                        .copied()
+                        .unwrap_or(3);
+                    v = json!(q);
+                }
+            }
+            if let Value::String(s) = &mut v {
+                if let Some((_, max)) = LEAD_LIMITS.iter().find(|(f, _)| f == k) {
+                    truncate_utf16(s, *max);
+                }
+            }
+            m.insert(k.clone(), v);
+        }
+        if self.mode == WriteMode::CreateOnly {
+            m.insert(
+                self.key_column.clone(),
+                Value::String(rec.idempotency_key.clone()),
+            );
+        }
+        m
+    }
+
+    fn upsert_url(&self, key: &str) -> String {
+        format!(
+            "{}/leads({}={})?$select=leadid",
+            self.api,
+            self.key_column,
+            odata_literal(key)
+        )
+    }
+
+    fn create_url(&self) -> String {
+        format!("{}/leads?$select=leadid", self.api)
+    }
+
+    pub(crate) fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        token: &AccessToken,
+    ) -> Result<reqwest::RequestBuilder, DeliveryFailure> {
+        let url = reqwest::Url::parse(url).map_err(|e| {
+            DeliveryFailure::rejected("bad_url", format!("could not build the request URL: {e}"))
+        })?;
+        Ok(self
+            .client
+            .request(method, url)
+            .bearer_auth(token.value.expose())
+            .header("Accept", "application/json")
+            .header("OData-MaxVersion", "4.0")
+            .header("OData-Version", "4.0")
+            .header("If-None-Match", "null"))
+    }
+
+    pub(crate) async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<PartResponse, DeliveryFailure> {
+        match rb.send().await {
+            Ok(resp) => read_response(resp).await,
+            Err(e) => Err(leadsync_core::http::failure_from_transport(&e)),
+        }
+    }
+
+    /// One write as its own request.
+    async fn write_one(&self, token: &AccessToken, kind: OpKind, rec: &OutboundRecord) -> OpResult {
+        let (method, url) = match kind {
+            OpKind::Upsert => (
+                reqwest::Method::PATCH,
+                self.upsert_url(&rec.idempotency_key),
+            ),
+            OpKind::Create => (reqwest::Method::POST, self.create_url()),
+        };
+        let rb = match self.request(method, &url, token) {
+            Ok(rb) => rb,
+            Err(f) => return OpResult::failed(f),
+        };
+        let rb = rb
+            .header("Content-Type", "application/json")
+            .header("Prefer", "return=representation")
+            .json(&Value::Object(self.body(rec)));
+        match self.send(rb).await {
+            Ok(resp) => op_result(kind, &resp),
+            Err(f) => OpResult::failed(f),
+        }
+    }
+
+    /// Several writes in one `$batch` with continue-on-error; one result per record.
+    async fn write_batch(
+        &self,
+        token: &AccessToken,
+        kind: OpKind,
+        recs: &[&OutboundRecord],
+    ) -> Vec<OpResult> {
+        let n = recs.len();
+        let all = |f: DeliveryFailure| vec![OpResult::failed(f); n];
+        let ops: Vec<BatchOp> = recs
+            .iter()
+            .map(|r| BatchOp {
+                method: match kind {
+                    OpKind::Upsert => "PATCH",
+                    OpKind::Create => "POST",
+                },
+                url: match kind {
+                    OpKind::Upsert => self.upsert_url(&r.idempotency_key),
+                    OpKind::Create => self.create_url(),
+                },
+                body: Value::Object(self.body(r)).to_string(),
+            })
+            .collect();
+        let boundary = format!("batch_{}", batch::random_id());
+        let body = batch::build_request(&boundary, &ops);
+        let rb = match self.request(
+            reqwest::Method::POST,
+            &format!("{}/$batch", self.api),
+            token,
+        ) {
+            Ok(rb) => rb,
+            Err(f) => return all(f),
+        };
+        let rb = rb
+            .header(
+                "Content-Type",
+                format!("multipart/mixed; boundary={boundary}"),
+            )
+            .header("Prefer", "odata.continue-on-error")
+            .body(body);
+        let resp = match self.send(rb).await {
+            Ok(r) => r,
+            Err(f) => return all(f),
+        };
+        let ct = resp.header("content-type").unwrap_or("").to_string();
+        let multipart = ct.to_ascii_lowercase().starts_with("multipart/mixed");
+        // Without continue-on-error honoured, a failure answers 400 with a multipart body
+        // holding the failing part (§1.6): read the parts in that case too.
+        if !(resp.status == 200 || (resp.status == 400 && multipart)) {
+            let mut f = classify(resp.status, &resp.headers, &resp.body);
+            if resp.status == 413 {
+                // The batch as a whole was too large: not the leads' fault.
+                f.class = FailureClass::Transient;
+            }
+            return all(f);
+        }
+        let items = match batch::parse_response(&ct, &resp.body) {
+            Ok(items) => items,
+            Err(e) => {
+                return all(DeliveryFailure::transient(
+                    "batch_bad_response",
+                    format!("the $batch answer could not be read: {e}"),
+                ))
+            }
+        };
+        batch::assign(items, n)
+            .into_iter()
+            .map(|slot| match slot {
+                Some(part) => op_result(kind, &part),
+                None => OpResult::failed(DeliveryFailure::transient(
+                    "batch_part_missing",
+                    "the $batch answer had no response for this lead (processing stopped before it)",
+                )),
+            })
+            .collect()
+    }
+
+    async fn write(
+        &self,
+        token: &AccessToken,
+        kind: OpKind,
+        recs: &[&OutboundRecord],
+    ) -> Vec<OpResult> {
+        let mut out = Vec::with_capacity(recs.len());
+        for chunk in recs.chunks(MAX_BATCH) {
+            if chunk.len() == 1 {
+                out.push(self.write_one(token, kind, chunk[0]).await);
+            } else {
+                out.extend(self.write_batch(token, kind, chunk).await);
+            }
+        }
+        out
+    }
+
+    /// The lead whose key column holds `key`, if any.
+    async fn lookup(
+        &self,
+        token: &AccessToken,
+        key: &str,
+    ) -> Result<Option<String>, DeliveryFailure> {
+        let filter = format!("{} eq {}", self.key_column, odata_literal(key));
+        let filter = filter.replace(' ', "%20");
+        let url = format!("{}/leads?$select=leadid&$filter={filter}&$top=1", self.api);
+        let rb = self.request(reqwest::Method::GET, &url, token)?;
+        let resp = self.send(rb).await?;
+        if resp.status != 200 {
+            return Err(classify(resp.status, &resp.headers, &resp.body));
+        }
+        let v: Value = serde_json::from_str(&resp.body).map_err(|e| {
+            DeliveryFailure::transient(
+                "lookup_bad_response",
+                format!("lookup answer is not JSON: {e}"),
+            )
+        })?;
+        Ok(v["value"]
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|l| l["leadid"].as_str())
+            .map(str::to_string))
+    }
+
+    async fn push_create_only(
+        &self,
+        token: &AccessToken,
+        batch: &[OutboundRecord],
+    ) -> Vec<DeliveryOutcome> {
+        let mut outcomes: Vec<Option<DeliveryOutcome>> = vec![None; batch.len()];
+        // A retried lead may already exist (its earlier create may have landed before the
+        // failure): look before creating again.
+        for (i, rec) in batch.iter().enumerate() {
+            if rec.attempt > 1 {
+                match self.lookup(token, &rec.idempotency_key).await {
+                    Ok(Some(id)) => {
+                        outcomes[i] = Some(DeliveryOutcome::delivered(Some(id), Some(false)))
+                    }
+                    Ok(None) => {}
+                    Err(f) => outcomes[i] = Some(DeliveryOutcome::Failed(f)),
+                }
+            }
+        }
+        let todo: Vec<usize> = (0..batch.len())
+            .filter(|i| outcomes[*i].is_none())
+            .collect();
+        let recs: Vec<&OutboundRecord> = todo.iter().map(|i| &batch[*i]).collect();
+        let results = self.write(token, OpKind::Create, &recs).await;
+        for (i, r) in todo.into_iter().zip(results) {
+            let outcome = if r.status == Some(412) {
+                // A duplicate: the lead is there already if its key is.
+                match self.lookup(token, &batch[i].idempotency_key).await {
+                    Ok(Some(id)) => DeliveryOutcome::delivered(Some(id), Some(false)),
+                    Ok(None) => r.outcome,
+                    Err(f) => DeliveryOutcome::Failed(f),
+                }
+            } else {
+                r.outcome
+            };
+            outcomes[i] = Some(outcome);
+        }
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    DeliveryOutcome::Failed(DeliveryFailure::transient("internal", "no outcome"))
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,227 @@
+//! Writing leads: the `Connector::push` path. A batch is split into rounds in which no
+//! idempotency key appears twice (Salesforce refuses a collection naming one external ID
+//! twice); each round goes out as the single-record upsert
+//! (`PATCH .../sobjects/Lead/<Field>/<key>`) when it holds one record, else as sObject
+//! Collections upserts (`PATCH .../composite/sobjects/Lead/<Field>`, `allOrNone=false`, at
+//! most [`MAX_BATCH`] records a call). It builds each record's body (opt-out checkboxes that
+//! are false left out) and reads the success answers; every failure is turned into a class
+//! by `classify`.
+//!
+//! It must not sleep or retry (the pipeline does), and never logs a field value.
+
+use leadsync_core::http::body_excerpt;
+use leadsync_core::{DeliveryFailure, DeliveryOutcome, FailureClass, OutboundRecord};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Map, Value};
+use std::collections::HashSet;
+
+use crate::SalesforceConnector;
+
+/// sObject Collections take at most 200 records per call.
+pub const MAX_BATCH: usize = 200;
+
+impl SalesforceConnector {
+    /// Deliver a batch: one outcome per record, in order.
+    pub(crate) async fn push_batch(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
+        let mut out: Vec<Option<DeliveryOutcome>> = vec![None; batch.len()];
+        for round in rounds_by_key(batch) {
+            for chunk in round.chunks(MAX_BATCH) {
+                let outcomes = if let [only] = chunk {
+                    vec![self.upsert_one(&batch[*only]).await]
+                } else {
+                    let recs: Vec<&OutboundRecord> = chunk.iter().map(|i| &batch[*i]).collect();
+                    self.upsert_collection(&recs).await
+                };
+                for (i, o) in chunk.iter().zip(outcomes) {
+                    out[*i] = Some(o);
+                }
+            }
+        }
+        out.into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    DeliveryOutcome::Failed(DeliveryFailure::transient(
+                        "internal",
+                        "record was not sent",
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The body of one record: the mapped fields, minus the external ID (it travels in the
+    /// URL or is set from the key) and minus opt-out checkboxes that are false.
+    fn record_body(&self, rec: &OutboundRecord) -> Map<String, Value> {
+        let mut body = rec.fields.to_json_object();
+        body.retain(|k, v| {
+            if k.eq_ignore_ascii_case(&self.external_id_field) {
+                return false;
+            }
+            let opt_out = self
+                .opt_out_fields
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(k));
+            !(opt_out && *v == Value::Bool(false))
+        });
+        body
+    }
+
+    async fn upsert_one(&self, rec: &OutboundRecord) -> DeliveryOutcome {
+        let body = Value::Object(self.record_body(rec));
+        let answer = match self
+            .call(
+                Method::PATCH,
+                &[
+                    "sobjects",
+                    "Lead",
+                    self.external_id_field.as_str(),
+                    rec.idempotency_key.as_str(),
+                ],
+                Some(&body),
+            )
+            .await
+        {
+            Ok(a) => a,
+            Err(f) => return DeliveryOutcome::Failed(f),
+        };
+        match answer.status.as_u16() {
+            200 | 201 => {
+                let v: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+                let id = v.get("id").and_then(Value::as_str).map(str::to_string);
+                let created = v
+                    .get("created")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(answer.status == StatusCode::CREATED);
+                if v.get("success").and_then(Value::as_bool) == Some(false) {
+                    return DeliveryOutcome::Failed(self.record_failure(
+                        v.get("errors"),
+                        StatusCode::OK,
+                        &answer.headers,
+                    ));
+                }
+                DeliveryOutcome::delivered(id, Some(created))
+            }
+            // API 45.0 and older answer an update with no body.
+            204 => DeliveryOutcome::delivered(None, Some(false)),
+            _ => DeliveryOutcome::Failed(self.request_failure(&answer)),
+        }
+    }
+
+    async fn upsert_collection(&self, recs: &[&OutboundRecord]) -> Vec<DeliveryOutcome> {
+        let records: Vec<Value> = recs
+            .iter()
+            .map(|r| {
+                let mut o = Map::new();
+                o.insert("attributes".into(), json!({"type": "Lead"}));
+                o.extend(self.record_body(r));
+                o.insert(
+                    self.external_id_field.clone(),
+                    Value::String(r.idempotency_key.clone()),
+                );
+                Value::Object(o)
+            })
+            .collect();
+        let body = json!({"allOrNone": false, "records": records});
+        let all = |f: DeliveryFailure| vec![DeliveryOutcome::Failed(f); recs.len()];
+        let answer = match self
+            .call(
+                Method::PATCH,
+                &[
+                    "composite",
+                    "sobjects",
+                    "Lead",
+                    self.external_id_field.as_str(),
+                ],
+                Some(&body),
+            )
+            .await
+        {
+            Ok(a) => a,
+            Err(f) => return all(f),
+        };
+        if answer.status != StatusCode::OK {
+            return all(self.request_failure(&answer));
+        }
+        let results: Vec<Value> = match serde_json::from_slice(&answer.body) {
+            Ok(Value::Array(v)) if v.len() == recs.len() => v,
+            _ => {
+                tracing::warn!(
+                    records = recs.len(),
+                    "Salesforce collections answer did not have one result per record"
+                );
+                return all(DeliveryFailure::transient(
+                    "bad_response",
+                    format!(
+                        "collections upsert answered 200 without one result per record: {}",
+                        body_excerpt(&answer.body, 300)
+                    ),
+                ));
+            }
+        };
+        let mut out = Vec::with_capacity(recs.len());
+        let mut expired = false;
+        for r in &results {
+            if r.get("success").and_then(Value::as_bool) == Some(true) {
+                out.push(DeliveryOutcome::delivered(
+                    r.get("id").and_then(Value::as_str).map(str::to_string),
+                    r.get("created").and_then(Value::as_bool),
+                ));
+            } else {
+                let f = self.record_failure(r.get("errors"), answer.status, &answer.headers);
+                expired |= f.class == FailureClass::AuthExpired;
+                out.push(DeliveryOutcome::Failed(f));
+            }
+        }
+        if expired {
+            self.tokens.invalidate(&answer.token).await;
+        }
+        out
+    }
+}
+
+/// Split a batch into rounds with no idempotency key twice in a round (Salesforce refuses a
+/// collection naming one external ID twice), keeping each key's records in order.
+fn rounds_by_key(batch: &[OutboundRecord]) -> Vec<Vec<usize>> {
+    let mut rounds: Vec<(HashSet<String>, Vec<usize>)> = Vec::new();
+    for (i, r) in batch.iter().enumerate() {
+        let key = r.idempotency_key.to_lowercase();
+        // After the last round holding this key, so that later events land later.
+        let last = rounds.iter().rposition(|(keys, _)| keys.contains(&key));
+        let start = last.map(|l| l + 1).unwrap_or(0);
+        match rounds[start..]
+            .iter_mut()
+            .find(|(keys, _)| !keys.contains(&key))
+        {
+            Some((keys, idx)) => {
+                keys.insert(key);
+                idx.push(i);
+            }
+            None => rounds.push((HashSet::from([key]), vec![i])),
+        }
+    }
+    rounds.into_iter().map(|(_, idx)| idx).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn rounds_keep_keys_apart_and_in_order() {
+        let rec = |k: &str| OutboundRecord {
+            lead_id: k.into(),
+            idempotency_key: k.into(),
+            attempt: 1,
+            lead: Arc::new(
+                leadsync_core::read_lead("x".into(), &json!({"LeadSource": "SPZA"})).unwrap(),
+            ),
+            fields: Default::default(),
+        };
+        let batch = [rec("a"), rec("b"), rec("a"), rec("c"), rec("a"), rec("b")];
+        assert_eq!(
+            rounds_by_key(&batch),
+            vec![vec![0, 1, 3], vec![2, 5], vec![4]]
+        );
+    }
+}
