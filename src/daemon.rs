@@ -136,7 +136,8 @@ impl Shared {
         match pulled {
             Ok(PullOutcome::Pulled(r)) if r.deliveries > 0 => {
                 // Push at once rather than wait for each target's next tick.
-                futures::future::join_all(self.pushes.iter().map(|job| Arc::clone(job).push())).await;
+                futures::future::join_all(self.pushes.iter().map(|job| Arc::clone(job).push()))
+                    .await;
             }
             Ok(_) => {}
             Err(e) => tracing::error!(source = %name, error = %e, "pull failed"),

@@ -296,6 +296,7 @@ pub struct ReceiverOptions {
     success_status: u16,
     return_id: bool,
     options_status: u16,
+    max_in_flight: Option<usize>,
 }
 
 impl ReceiverOptions {
@@ -312,6 +313,7 @@ impl ReceiverOptions {
             success_status: 202,
             return_id: false,
             options_status: 405,
+            max_in_flight: None,
         }
     }
     /// TLS with `pki`'s server certificate.
@@ -355,6 +357,12 @@ impl ReceiverOptions {
         self.return_id = true;
         self
     }
+    /// Answer `429 Too Many Requests` (no `Retry-After`) to a request that arrives while
+    /// `n` others are in flight, as a CRM's per-user concurrency limit does.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = Some(n);
+        self
+    }
     /// The status for OPTIONS / HEAD requests (default 405).
     pub fn options_status(mut self, status: u16) -> Self {
         self.options_status = status;
@@ -375,6 +383,30 @@ struct ReceiverState {
 struct Shared {
     options: ReceiverOptions,
     state: Mutex<ReceiverState>,
+    /// Requests being handled now, the most seen at once, and those refused for the limit.
+    in_flight: std::sync::atomic::AtomicUsize,
+    peak_in_flight: std::sync::atomic::AtomicUsize,
+    over_limit: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a request in flight for as long as its handler runs (even if the client drops it).
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> (InFlight<'a>, usize) {
+        use std::sync::atomic::Ordering;
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+        (InFlight(shared), now)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -438,6 +470,9 @@ impl HttpsReceiver {
         let shared = Arc::new(Shared {
             options,
             state: Mutex::new(ReceiverState::default()),
+            in_flight: Default::default(),
+            peak_in_flight: Default::default(),
+            over_limit: Default::default(),
         });
         let app = Router::new()
             .fallback(handle)
@@ -528,6 +563,20 @@ impl HttpsReceiver {
     }
     /// TLS handshakes that failed (a client that did not trust us, or showed no certificate
     /// when one was required).
+    /// The most requests that were being handled at once.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared
+            .peak_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Requests refused with 429 for arriving over [`ReceiverOptions::max_in_flight`].
+    pub fn over_limit_count(&self) -> u64 {
+        self.shared
+            .over_limit
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn handshake_failures(&self) -> u64 {
         self.shared.lock().handshake_failures
     }
@@ -609,6 +658,19 @@ async fn handle(
     let arrived = Instant::now();
     let arrived_at = Utc::now();
     let o = &shared.options;
+    let (_in_flight, now_in_flight) = InFlight::enter(&shared);
+    if o.max_in_flight.is_some_and(|max| now_in_flight > max) && method == Method::POST {
+        shared
+            .over_limit
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let r = Reply::status(429);
+        let signature = SignatureCheck::NotChecked;
+        let record = received(
+            &method, &uri, &headers, &body, arrived, arrived_at, &info, signature, 429,
+        );
+        insert_request(&shared, record);
+        return reply_response(&r);
+    }
     let signature = signature_check(o, &headers, &body);
     let (latency, scripted) = {
         let mut st = shared.lock();

@@ -334,11 +334,32 @@ pub struct TargetSettings {
 pub struct Limits {
     /// `None`: the connector's maximum.
     pub batch_size: Option<usize>,
-    pub concurrency: usize,
+    pub concurrency: Concurrency,
     /// A lead older than this is given up (dead) instead of retried.
     pub max_age: Duration,
     /// Overrides `ledger.lease` for this target.
     pub lease: Option<Duration>,
+}
+
+/// How many requests a target keeps in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Concurrency {
+    /// Exactly this many (the default, 1).
+    Fixed(usize),
+    /// Found by the pipeline (AIMD), from 1 up to `max`.
+    Adaptive { max: usize },
+}
+
+impl Concurrency {
+    /// The most requests in flight.
+    pub fn max(self) -> usize {
+        match self {
+            Concurrency::Fixed(n) | Concurrency::Adaptive { max: n } => n.max(1),
+        }
+    }
+    pub fn is_adaptive(self) -> bool {
+        matches!(self, Concurrency::Adaptive { .. })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,10 +34,10 @@ use std::path::{Path, PathBuf};
 use config::{Config, Environment, File, FileFormat, Map, Source, Value};
 
 pub use checked::{
-    redact_database_url, AdminSettings, AfterRead, AzureTableSourceSettings, CronSchedule,
-    DncPolicy, LedgerLocation, LedgerSettings, Limits, LogFormat, PostgresLedgerSettings,
-    RetryPolicy, Settings, SourceKind, SourceSettings, SpoolSettings, TargetFilter, TargetSettings,
-    TelemetrySettings, TestLeads,
+    redact_database_url, AdminSettings, AfterRead, AzureTableSourceSettings, Concurrency,
+    CronSchedule, DncPolicy, LedgerLocation, LedgerSettings, Limits, LogFormat,
+    PostgresLedgerSettings, RetryPolicy, Settings, SourceKind, SourceSettings, SpoolSettings,
+    TargetFilter, TargetSettings, TelemetrySettings, TestLeads,
 };
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 

@@ -150,7 +150,10 @@ pub(crate) struct RawMapping {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawLimits {
     pub batch_size: Option<i64>,
-    pub concurrency: Option<i64>,
+    /// An integer or `"adaptive"`: read by `validate.rs`.
+    #[allow(dead_code)]
+    pub concurrency: Option<IgnoredAny>,
+    pub max_concurrency: Option<i64>,
     pub max_age: Option<String>,
     pub lease: Option<String>,
 }

@@ -138,7 +138,7 @@ fn shipped_example_loads() {
     );
     assert_eq!(t.connection["format"], "csv");
     assert_eq!(t.filter, TargetFilter::default());
-    assert_eq!(t.limits.concurrency, 1);
+    assert_eq!(t.limits.concurrency, Concurrency::Fixed(1));
     assert_eq!(t.limits.batch_size, None);
     assert_eq!(t.key_namespace, "csv-export");
 }
@@ -238,7 +238,7 @@ fn minimal_config_gets_defaults() {
         t.limits,
         Limits {
             batch_size: None,
-            concurrency: 1,
+            concurrency: Concurrency::Fixed(1),
             max_age: Duration::from_secs(72 * 3600),
             lease: None
         }
@@ -395,7 +395,7 @@ fn full_target_is_read() {
         t.limits,
         Limits {
             batch_size: Some(10000),
-            concurrency: 64,
+            concurrency: Concurrency::Fixed(64),
             max_age: Duration::from_secs(86400),
             lease: Some(Duration::from_secs(90))
         }
@@ -429,7 +429,7 @@ fn unknown_nested_key_in_a_target() {
         e.to_string(),
         format!(
             "{}: unknown key `limits.batchsize` \
-             (expected one of batch_size, concurrency, max_age, lease)",
+             (expected one of batch_size, concurrency, max_concurrency, max_age, lease)",
             f.path("targets/csv.toml").display()
         )
     );
@@ -467,7 +467,10 @@ fn wrong_types_name_the_expected_type() {
     assert_eq!(e.message, "expected true or false, found string \"yes\"");
     // Sections are read one by one, so the mistake in [limits] is reported too.
     let e = f.error("targets/crm.toml", "limits.concurrency");
-    assert_eq!(e.message, "expected an integer, found string \"4\"");
+    assert_eq!(
+        e.message,
+        "expected an integer from 1 to 64 or \"adaptive\", found string \"4\""
+    );
 
     let f = Fixture::new("[ledger]\npath = 5\n");
     let e = f.error("leadsync.toml", "ledger.path");
@@ -592,6 +595,35 @@ fn bad_mapping_field_name() {
     let e = f.error("targets/crm.toml", "mapping.fields.Count");
     assert!(e.message.contains("found integer 5"), "{e}");
     assert_eq!(f.errors().len(), 3, "omitted entries are not checked");
+}
+
+#[test]
+fn concurrency_may_be_adaptive_with_a_ceiling() {
+    let f = Fixture::new(MAIN);
+    f.write(
+        "targets/crm.toml",
+        &target("[limits]\nconcurrency = \"adaptive\"\nmax_concurrency = 24\n"),
+    );
+    let s = f.load().unwrap();
+    assert_eq!(
+        s.targets[0].limits.concurrency,
+        Concurrency::Adaptive { max: 24 }
+    );
+    f.write(
+        "targets/crm.toml",
+        &target("[limits]\nconcurrency = \"adaptive\"\n"),
+    );
+    let s = f.load().unwrap();
+    assert_eq!(
+        s.targets[0].limits.concurrency,
+        Concurrency::Adaptive { max: 16 }
+    );
+    f.write(
+        "targets/crm.toml",
+        &target("[limits]\nconcurrency = 4\nmax_concurrency = 8\n"),
+    );
+    let e = f.error("targets/crm.toml", "limits.max_concurrency");
+    assert!(e.message.contains("only with concurrency = \"adaptive\""), "{e}");
 }
 
 #[test]

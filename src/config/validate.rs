@@ -981,12 +981,7 @@ fn check_limits(fc: &mut FileCheck<'_>) -> Option<Limits> {
         None => Some(None),
         Some(v) => fc.int_in(&["limits", "batch_size"], v, 1, 10_000).map(Some),
     };
-    let concurrency = fc.int_in(
-        &["limits", "concurrency"],
-        raw.concurrency.unwrap_or(1),
-        1,
-        64,
-    );
+    let concurrency = check_concurrency(fc, raw.max_concurrency);
     let max_age = fc.duration(
         &["limits", "max_age"],
         raw.max_age.as_deref(),
@@ -1000,6 +995,40 @@ fn check_limits(fc: &mut FileCheck<'_>) -> Option<Limits> {
         max_age: max_age?,
         lease: lease?,
     })
+}
+
+/// `limits.concurrency`: an integer from 1 to 64 (default 1), or `"adaptive"` with
+/// `limits.max_concurrency` (default 16) as its ceiling.
+fn check_concurrency(fc: &mut FileCheck<'_>, max: Option<i64>) -> Option<Concurrency> {
+    let path = ["limits", "concurrency"];
+    let adaptive = match lookup(fc.root, &keys(&path)).map(|v| &v.kind) {
+        None => false,
+        Some(ValueKind::I64(n)) => {
+            if max.is_some() {
+                fc.err(
+                    &["limits", "max_concurrency"],
+                    "only with concurrency = \"adaptive\"; a fixed concurrency is its own maximum",
+                );
+            }
+            return fc.int_in(&path, *n, 1, 64).map(Concurrency::Fixed);
+        }
+        Some(ValueKind::String(s)) if s.trim() == "adaptive" => true,
+        Some(_) => {
+            let found = lookup(fc.root, &keys(&path))
+                .map(describe)
+                .unwrap_or_default();
+            fc.err(
+                &path,
+                format!("expected an integer from 1 to 64 or \"adaptive\", found {found}"),
+            );
+            return None;
+        }
+    };
+    if !adaptive {
+        return Some(Concurrency::Fixed(1));
+    }
+    let max = fc.int_in(&["limits", "max_concurrency"], max.unwrap_or(16), 1, 64)?;
+    Some(Concurrency::Adaptive { max })
 }
 
 fn check_retry(fc: &mut FileCheck<'_>) -> Option<RetryPolicy> {

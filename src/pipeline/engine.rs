@@ -171,12 +171,21 @@ impl TargetEngine {
         self.read_pause().await?;
         let mut report = PushReport::default();
         let now = self.clock.now();
-        report.paused_until = self.state().and_then(|s| s.paused_until.filter(|p| *p > now));
+        report.paused_until = self
+            .state()
+            .and_then(|s| s.paused_until.filter(|p| *p > now));
         let mut flights: FuturesUnordered<JoinHandle<Trip>> = FuturesUnordered::new();
         let mut ready: Option<Vec<ClaimedDelivery>> = None;
         let mut more = true;
         let result = self
-            .keep_in_flight(stop, refill, &mut flights, &mut ready, &mut more, &mut report)
+            .keep_in_flight(
+                stop,
+                refill,
+                &mut flights,
+                &mut ready,
+                &mut more,
+                &mut report,
+            )
             .await;
         // Whatever happened, nothing claimed is left leased and nothing answered unrecorded.
         if let Some(batch) = ready {
@@ -207,8 +216,7 @@ impl TargetEngine {
                 self.fill(stop, flights, ready, more).await?;
                 filled = !refill;
             }
-            if refill && *more && ready.is_none() && !flights.is_empty() && self.may_claim_ahead()
-            {
+            if refill && *more && ready.is_none() && !flights.is_empty() && self.may_claim_ahead() {
                 // Claim the next batch while requests are in flight.
                 let next = self.claim(self.target.batch_size).await?;
                 if next.is_empty() {
@@ -269,9 +277,8 @@ impl TargetEngine {
 
     fn may_claim_ahead(&self) -> bool {
         let now = self.clock.now();
-        self.state().is_some_and(|s| {
-            !s.circuit.is_open() && s.paused_until.is_none_or(|p| p <= now)
-        })
+        self.state()
+            .is_some_and(|s| !s.circuit.is_open() && s.paused_until.is_none_or(|p| p <= now))
     }
 
     async fn read_pause(&self) -> Result<(), PipelineError> {
@@ -369,8 +376,7 @@ impl TargetEngine {
         let clock = Arc::clone(&self.clock);
         tokio::spawn(async move {
             let started = Instant::now();
-            let records: Vec<OutboundRecord> =
-                batch.iter().map(|d| outbound(&target, d)).collect();
+            let records: Vec<OutboundRecord> = batch.iter().map(|d| outbound(&target, d)).collect();
             let ids: Vec<i64> = batch.iter().map(|d| d.delivery_id).collect();
             let push = std::panic::AssertUnwindSafe(push_batch(&target, records)).catch_unwind();
             let renew = renew_leases(ledger.as_ref(), &ids, &owner, target.lease, clock.as_ref());

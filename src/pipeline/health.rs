@@ -68,9 +68,13 @@ impl Verdict {
 pub enum Transition {
     None,
     /// The target just went down: log once, tell the ledger and metrics.
-    Opened { reason: String },
+    Opened {
+        reason: String,
+    },
     /// The target is back after `outage`.
-    Closed { outage: Duration },
+    Closed {
+        outage: Duration,
+    },
 }
 
 /// Whether a batch may start.
@@ -155,7 +159,8 @@ impl Circuit {
             (None, Verdict::Transient(code)) => {
                 self.transient_run += 1;
                 if self.transient_run >= TRANSIENT_RUN {
-                    let reason = format!("{} requests in a row failed ({code})", self.transient_run);
+                    let reason =
+                        format!("{} requests in a row failed ({code})", self.transient_run);
                     self.open(now, reason)
                 } else {
                     Transition::None
@@ -240,8 +245,14 @@ mod tests {
         let down = DeliveryOutcome::Failed(DeliveryFailure::target_down("invalid_client", "x"));
         let busy = DeliveryOutcome::Failed(DeliveryFailure::transient("http_503", "x"));
         let ok = DeliveryOutcome::delivered(None, None);
-        assert_eq!(Verdict::of(&[down.clone(), busy.clone()]), Verdict::Down("invalid_client".into()));
-        assert_eq!(Verdict::of(&[busy.clone(), busy.clone()]), Verdict::Transient("http_503".into()));
+        assert_eq!(
+            Verdict::of(&[down.clone(), busy.clone()]),
+            Verdict::Down("invalid_client".into())
+        );
+        assert_eq!(
+            Verdict::of(&[busy.clone(), busy.clone()]),
+            Verdict::Transient("http_503".into())
+        );
         assert_eq!(Verdict::of(&[busy, ok, down]), Verdict::Up);
     }
 
@@ -250,7 +261,12 @@ mod tests {
         let mut c = Circuit::new(Duration::from_secs(300));
         assert_eq!(c.gate(t(0)), Gate::Open);
         let tr = c.observe(Verdict::Down("invalid_client".into()), t(0), false);
-        assert_eq!(tr, Transition::Opened { reason: "invalid_client".into() });
+        assert_eq!(
+            tr,
+            Transition::Opened {
+                reason: "invalid_client".into()
+            }
+        );
         assert_eq!(c.gate(t(0)), Gate::Wait);
         let mut now = t(0);
         let mut probes = 0;
@@ -277,7 +293,12 @@ mod tests {
         c.observe(Verdict::Transient("timeout".into()), now, false);
         assert_eq!(c.next_probe(), before);
         let tr = c.observe(Verdict::Up, t(700), true);
-        assert_eq!(tr, Transition::Closed { outage: Duration::from_secs(700) });
+        assert_eq!(
+            tr,
+            Transition::Closed {
+                outage: Duration::from_secs(700)
+            }
+        );
         assert_eq!(c.gate(t(700)), Gate::Open);
     }
 
@@ -285,7 +306,10 @@ mod tests {
     fn a_run_of_transient_failures_opens_it_and_an_answer_resets_the_run() {
         let mut c = Circuit::new(Duration::from_secs(60));
         for _ in 0..TRANSIENT_RUN - 1 {
-            assert_eq!(c.observe(Verdict::Transient("http_503".into()), t(0), false), Transition::None);
+            assert_eq!(
+                c.observe(Verdict::Transient("http_503".into()), t(0), false),
+                Transition::None
+            );
         }
         c.observe(Verdict::Up, t(0), false);
         for _ in 0..TRANSIENT_RUN - 1 {

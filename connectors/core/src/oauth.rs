@@ -103,7 +103,10 @@ impl TokenCache {
         }
         if let Ok(last) = self.last_failure.lock() {
             if let Some((n, e)) = last.as_ref().filter(|(n, _)| *n > seen) {
-                tracing::trace!(fetch = n, "sharing the failure of the token request just made");
+                tracing::trace!(
+                    fetch = n,
+                    "sharing the failure of the token request just made"
+                );
                 return Err(e.clone());
             }
         }

@@ -29,8 +29,8 @@ use async_trait::async_trait;
 use leadsync_core::http::build_client;
 use leadsync_core::oauth::TokenCache;
 use leadsync_core::{
-    BuildContext, BuildError, CheckError, CheckReport, Connector, DeliveryOutcome, FieldLimit,
-    Mapping, OutboundRecord,
+    BuildContext, BuildError, CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome,
+    FieldLimit, Mapping, OutboundRecord,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -187,6 +187,17 @@ impl Connector for DynamicsConnector {
 
     async fn check(&self, connect: bool) -> Result<CheckReport, CheckError> {
         self.check_environment(connect).await
+    }
+
+    /// While the target is down: one token request (the cached token if it is still good).
+    async fn probe(&self) -> Option<Result<(), DeliveryFailure>> {
+        Some(
+            self.tokens
+                .get()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_failure()),
+        )
     }
 
     async fn push(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {

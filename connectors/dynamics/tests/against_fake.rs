@@ -393,9 +393,10 @@ async fn check_connect_verifies_token_whoami_key_and_columns() {
     let e = wrong.connector.check(true).await.unwrap_err();
     assert_eq!(e.what, "token");
     assert!(e.reason.contains("AADSTS7000215"), "{e}");
-    // A push with a refused secret is transient (an operator fixes it), not a dead letter.
+    // A push with a refused secret is about the target (an operator fixes it): the pipeline
+    // opens the target's circuit; no lead becomes a dead letter.
     let f = wrong.connector.push(&[t.record(1, 1)]).await;
-    assert_eq!(failed(&f[0]).class, FailureClass::Transient);
+    assert_eq!(failed(&f[0]).class, FailureClass::TargetDown);
 }
 
 #[test]

@@ -137,8 +137,9 @@ async fn an_unknown_ca_is_refused_unless_configured() {
     let c = connector(&s, dir.path());
     let out = c.push(&records(1, &s)).await;
     let f = failure(&out[0]);
-    assert_eq!(f.class, FailureClass::Transient);
-    assert_eq!(f.code, "connect_error");
+    // A certificate that does not verify is the target's failure: its circuit opens.
+    assert_eq!(f.class, FailureClass::TargetDown);
+    assert_eq!(f.code, "tls_error");
     assert!(
         f.message.to_lowercase().contains("certificate"),
         "{}",

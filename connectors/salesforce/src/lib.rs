@@ -29,8 +29,8 @@ use async_trait::async_trait;
 use leadsync_core::http::build_client;
 use leadsync_core::oauth::TokenCache;
 use leadsync_core::{
-    BuildContext, BuildError, CheckError, CheckReport, Connector, DeliveryOutcome, FieldLimit,
-    FieldRule, Mapping, OutboundRecord,
+    BuildContext, BuildError, CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome,
+    FieldLimit, FieldRule, Mapping, OutboundRecord,
 };
 use reqwest::Url;
 use std::path::Path;
@@ -194,6 +194,17 @@ impl Connector for SalesforceConnector {
 
     async fn check(&self, connect: bool) -> Result<CheckReport, CheckError> {
         self.check_org(connect).await
+    }
+
+    /// While the target is down: one token request (the cached token if it is still good).
+    async fn probe(&self) -> Option<Result<(), DeliveryFailure>> {
+        Some(
+            self.tokens
+                .get()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_failure()),
+        )
     }
 
     async fn push(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {

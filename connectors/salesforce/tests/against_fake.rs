@@ -457,7 +457,7 @@ async fn bad_client_secret_is_a_token_failure_not_a_dead_letter() {
     let c = connector_with(&fake, json!({"client_secret": "wrong"}));
     let f = failure(&c.push(&[record(1, person(1), "INS")]).await[0]).clone();
     assert_eq!(f.code, "token_invalid_client");
-    assert_eq!(f.class, FailureClass::Transient);
+    assert_eq!(f.class, FailureClass::TargetDown);
     let e = c.check(true).await.unwrap_err();
     assert_eq!(e.what, "token");
     assert!(!e.reason.contains("wrong"));
