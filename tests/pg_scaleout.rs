@@ -551,9 +551,12 @@ async fn sigkill_scenario(test: &str, source_holder: bool) {
         if let Some((owner, _)) = holder.filter(|_| done >= 1_000) {
             if let Some(node) = node_of(&cluster, &owner) {
                 // Frozen, what it holds cannot change: that is what must be taken over.
-                // (It may just have recorded its batch: then let it go on and look again.)
+                // A statement it sent just before (recording its batch) still completes on
+                // the server, so look after that has settled; if it holds nothing then, let
+                // it go on and look again.
                 cluster.signal(node, "STOP");
                 let stopped_at = Instant::now();
+                tokio::time::sleep(Duration::from_millis(300)).await;
                 let leased = leased_to(&mut conn, &schema, &owner).await;
                 if !leased.is_empty() {
                     break (node, owner, leased, done, stopped_at);
