@@ -37,7 +37,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 const HOUSEKEEPING: &str = "*/10 * * * * *";
 /// Retention purges run at most this often.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
-/// How often the instance's heartbeat is written to the ledger (for `status`).
+/// How often the instance's heartbeat is written to the ledger (for `status`, and failover:
+/// three missed beats and the others free its leases).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// When this process started (its heartbeat's `started_at`, kept across reloads).
@@ -158,8 +159,17 @@ impl Shared {
         if let Ok(mut l) = self.last_beat.lock() {
             *l = Some(std::time::Instant::now());
         }
-        if let Err(e) = self.ledger.heartbeat(&self.instance, Utc::now()).await {
-            tracing::warn!(error = %e, "writing the instance heartbeat failed");
+        let now = Utc::now();
+        match self.ledger.heartbeat(&self.instance, now).await {
+            // Failover: free the leases of instances whose heartbeat stopped (3 missed
+            // beats) so their work is taken over now, not when `ledger.lease` runs out.
+            Ok(()) => {
+                let stale_after = 3 * HEARTBEAT_EVERY;
+                if let Err(e) = self.ledger.release_stale_leases(now, stale_after).await {
+                    tracing::warn!(error = %e, "releasing the leases of stale instances failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "writing the instance heartbeat failed"),
         }
         self.beating.store(false, Ordering::SeqCst);
     }

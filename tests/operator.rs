@@ -1,5 +1,5 @@
 //! Operator commands: `forget` (no trace of the e-mail left in the ledger file),
-//! `send-test`, `replay`.
+//! `send-test`, `replay`, and `status` showing a target that is down.
 
 mod common;
 use common::{text, Deployment};
@@ -99,4 +99,43 @@ fn replay_queues_delivered_leads_again_without_duplicates() {
     assert_eq!(lines.lines().count(), 2);
     let out = d.run(&["replay", "--target", "csv", "--since", "yesterday-ish"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+}
+
+#[test]
+fn status_shows_a_target_that_is_down() {
+    use leadsync::ledger::{sqlite::SqliteLedger, Ledger, TargetDown};
+    let d = Deployment::new();
+    std::fs::write(d.spool().join("a.jsonl"), LEADS).unwrap();
+    assert_eq!(d.run(&["sync", "--once"]).status.code(), Some(0));
+    // What the push engine records when a target's credentials are refused.
+    let since = chrono::DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z")
+        .unwrap()
+        .to_utc();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ledger = SqliteLedger::open(&d.root().join("state/ledger.db"))
+            .await
+            .unwrap();
+        let down = TargetDown {
+            since,
+            reason: "invalid_client".into(),
+        };
+        ledger.set_target_down("csv", Some(&down)).await.unwrap();
+        ledger.close().await;
+    });
+
+    let out = d.run(&["status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("csv "))
+        .unwrap_or_else(|| panic!("no row for csv\n{}", text(&out)));
+    assert!(
+        row.ends_with("down since 2030-01-02T03:04:05+00:00: invalid_client"),
+        "{row}"
+    );
+    let status = d.status_json();
+    assert_eq!(status["targets"][0]["down_since"], "2030-01-02T03:04:05Z");
+    assert_eq!(status["targets"][0]["down_reason"], "invalid_client");
 }

@@ -1,6 +1,8 @@
 //! Several `leadsync run` processes on one PostgreSQL ledger and one spool source: 10,000
 //! leads delivered exactly once between them, and again when one of them is SIGKILLed
-//! mid-run (the others take its leases over once they expire).
+//! mid-run. The SIGKILL runs use the default `ledger.lease` of 2 minutes: the others must take
+//! the killed instance's leases over once its heartbeat stops (within [`TAKEOVER_WITHIN`]),
+//! not when the leases run out.
 //!
 //! Each process writes to a JSONL file of its own (`LEADSYNC_TARGET_OUT__CONNECTION__PATH`):
 //! the file target de-duplicates only within one file, so one file per process keeps each
@@ -27,6 +29,11 @@ const FILES: usize = 10;
 const INSTANCES: usize = 3;
 /// Deliveries one process claims at a time (`batch_size` × `concurrency`).
 const CLAIM: usize = 100;
+/// `ledger.lease` of the SIGKILL runs: far longer than a takeover may take.
+const LONG_LEASE: &str = "2m";
+/// How soon after a SIGKILL the survivors must hold (or have delivered) what the killed
+/// instance held: three missed 5 s heartbeats, a survivor's next beat, a claim.
+const TAKEOVER_WITHIN: Duration = Duration::from_secs(20);
 
 fn pg_url() -> String {
     std::env::var("LEADSYNC_TEST_PG_URL")
@@ -54,8 +61,8 @@ async fn pg_or_skip(test: &str) -> Option<PgConnection> {
     }
 }
 
-/// A throw-away deployment: config, spool with 10,000 leads in 10 files, output folder,
-/// and a schema of its own.
+/// A throw-away deployment: config (with `ledger.lease` = `lease`), spool with 10,000 leads
+/// in 10 files, output folder, and a schema of its own.
 struct Cluster {
     dir: tempfile::TempDir,
     schema: String,
@@ -63,7 +70,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new() -> Cluster {
+    fn new(lease: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         let schema = format!("leadsync_scaleout_{:08x}", rand::random::<u32>());
@@ -78,7 +85,7 @@ impl Cluster {
 url = "{url}"
 schema = "{schema}"
 max_connections = 4
-lease = "3s"
+lease = "{lease}"
 
 [telemetry]
 log_format = "json"
@@ -168,6 +175,17 @@ concurrency = 1
 
     fn pid(&self, node: usize) -> Option<u32> {
         self.nodes[node].as_ref().map(Child::id)
+    }
+
+    /// Send `signal` (`STOP`, `CONT`) to a running node.
+    fn signal(&self, node: usize, signal: &str) {
+        if let Some(pid) = self.pid(node) {
+            let sent = Command::new("kill")
+                .args([format!("-{signal}"), pid.to_string()])
+                .status()
+                .expect("kill");
+            assert!(sent.success(), "kill -{signal} {pid}");
+        }
     }
 
     fn kill(&mut self, node: usize) {
@@ -350,7 +368,7 @@ async fn three_instances_deliver_each_lead_exactly_once() {
     let Some(mut conn) = pg_or_skip("three_instances_deliver_each_lead_exactly_once").await else {
         return;
     };
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new("3s");
     let schema = cluster.schema.clone();
     let started = Instant::now();
     cluster.start(INSTANCES);
@@ -427,25 +445,84 @@ async fn pulling(conn: &mut PgConnection, schema: &str) -> (i64, Option<String>)
     (staged, owner)
 }
 
+/// How long after `since` another instance holds the source lease `dead` held, or the whole
+/// spool is staged (polled every 50 ms, up to [`TAKEOVER_WITHIN`] + 10 s).
+async fn source_taken_over(
+    conn: &mut PgConnection,
+    schema: &str,
+    dead: &str,
+    since: Instant,
+) -> Duration {
+    loop {
+        let (staged, owner) = pulling(conn, schema).await;
+        let passed = owner.is_some_and(|o| o != dead) || staged == LEADS as i64;
+        if passed || since.elapsed() > TAKEOVER_WITHIN + Duration::from_secs(10) {
+            return since.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn node_of(cluster: &Cluster, owner: &str) -> Option<usize> {
     let pid: u32 = owner.rsplit(':').next().and_then(|p| p.parse().ok())?;
     (0..INSTANCES).find(|i| cluster.pid(*i) == Some(pid))
 }
 
-/// Kill one instance mid-run: the one holding the most delivery leases (its leases must
-/// expire and be taken over), or, with `source_holder`, the one pulling the source while
-/// it is half-way through the spool (its source lease must pass to another instance, which
-/// reads the unmoved files again; the ledger ignores the leads it already has).
+/// The ids of the pending deliveries `owner` holds the lease of.
+async fn leased_to(conn: &mut PgConnection, schema: &str, owner: &str) -> Vec<i64> {
+    sqlx::query_scalar(&format!(
+        "SELECT id FROM \"{schema}\".deliveries WHERE lease_owner = $1 AND state = 'pending'"
+    ))
+    .bind(owner)
+    .fetch_all(&mut *conn)
+    .await
+    .expect("leased deliveries")
+}
+
+/// How long after `since` every one of `ids` is delivered or leased to another owner than
+/// `dead` (polled every 50 ms, up to `within` + 10 s so a late takeover is measured too).
+async fn taken_over(
+    conn: &mut PgConnection,
+    schema: &str,
+    ids: &[i64],
+    dead: &str,
+    since: Instant,
+    within: Duration,
+) -> Duration {
+    let sql = format!(
+        "SELECT COUNT(*) FROM \"{schema}\".deliveries \
+         WHERE id = ANY($1) AND state = 'pending' \
+           AND (lease_owner IS NULL OR lease_owner = $2)"
+    );
+    loop {
+        let waiting: i64 = sqlx::query_scalar(&sql)
+            .bind(ids)
+            .bind(dead)
+            .fetch_one(&mut *conn)
+            .await
+            .expect("deliveries not taken over");
+        if waiting == 0 || since.elapsed() > within + Duration::from_secs(10) {
+            return since.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kill one instance mid-run: the one holding the most delivery leases (its leases must be
+/// taken over within [`TAKEOVER_WITHIN`] although `ledger.lease` is 2 minutes), or, with
+/// `source_holder`, the one pulling the source while it is half-way through the spool (its
+/// source lease must pass to another instance, which reads the unmoved files again; the
+/// ledger ignores the leads it already has).
 async fn sigkill_scenario(test: &str, source_holder: bool) {
     let Some(mut conn) = pg_or_skip(test).await else {
         return;
     };
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new(LONG_LEASE);
     let schema = cluster.schema.clone();
     cluster.start(INSTANCES);
 
     let deadline = Instant::now() + Duration::from_secs(120);
-    let (victim, leased, done_at_kill) = loop {
+    let (victim, owner, leased, done_at_kill, stopped_at) = loop {
         let done = delivered(&mut conn, &schema).await;
         if source_holder {
             let (staged, owner) = pulling(&mut conn, &schema).await;
@@ -453,11 +530,11 @@ async fn sigkill_scenario(test: &str, source_holder: bool) {
                 staged < LEADS as i64,
                 "the whole spool was staged before a kill could happen mid-pull"
             );
-            if let Some(node) = owner
+            if let Some((node, owner)) = owner
                 .filter(|_| staged > 0)
-                .and_then(|o| node_of(&cluster, &o))
+                .and_then(|o| Some((node_of(&cluster, &o)?, o)))
             {
-                break (node, 0, done);
+                break (node, owner, Vec::new(), done, Instant::now());
             }
             assert!(Instant::now() < deadline, "no mid-pull moment to kill at");
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -471,9 +548,20 @@ async fn sigkill_scenario(test: &str, source_holder: bool) {
         .fetch_optional(&mut conn)
         .await
         .unwrap_or(None);
-        if let Some((owner, n)) = holder.filter(|_| done >= 1_000) {
+        if let Some((owner, _)) = holder.filter(|_| done >= 1_000) {
             if let Some(node) = node_of(&cluster, &owner) {
-                break (node, n, done);
+                // Frozen, what it holds cannot change: that is what must be taken over.
+                // A statement it sent just before (recording its batch) still completes on
+                // the server, so look after that has settled; if it holds nothing then, let
+                // it go on and look again.
+                cluster.signal(node, "STOP");
+                let stopped_at = Instant::now();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let leased = leased_to(&mut conn, &schema, &owner).await;
+                if !leased.is_empty() {
+                    break (node, owner, leased, done, stopped_at);
+                }
+                cluster.signal(node, "CONT");
             }
         }
         assert!(
@@ -487,11 +575,47 @@ async fn sigkill_scenario(test: &str, source_holder: bool) {
     let victim_pid = cluster.pid(victim).expect("running");
     let killed_at = Instant::now();
     cluster.kill(victim);
+    // Frozen (or killed) from here on: no heartbeat, no lease renewal.
+    let dead_from = if source_holder { killed_at } else { stopped_at };
     eprintln!(
-        "SIGKILLed node {victim} (pid {victim_pid}) holding {leased} delivery lease(s) with \
+        "SIGKILLed node {victim} (pid {victim_pid}) holding {} delivery lease(s) with \
          {done_at_kill} of {LEADS} delivered, {staged_at_kill} staged; source lease held by \
-         {source_owner:?}"
+         {source_owner:?}",
+        leased.len()
     );
+
+    // Failover: the leases it held (2 minutes long) are taken over within seconds.
+    if !source_holder {
+        let took = taken_over(
+            &mut conn,
+            &schema,
+            &leased,
+            &owner,
+            dead_from,
+            TAKEOVER_WITHIN,
+        )
+        .await;
+        eprintln!(
+            "the killed instance's {} delivery lease(s) were taken over {took:?} after it \
+             stopped (ledger.lease = {LONG_LEASE})",
+            leased.len()
+        );
+        assert!(
+            took <= TAKEOVER_WITHIN,
+            "the killed instance's deliveries were not taken over within {TAKEOVER_WITHIN:?} \
+             (took {took:?})"
+        );
+    } else {
+        let took = source_taken_over(&mut conn, &schema, &owner, dead_from).await;
+        eprintln!(
+            "the killed instance's source lease passed on {took:?} after the kill \
+             (ledger.lease = {LONG_LEASE})"
+        );
+        assert!(
+            took <= TAKEOVER_WITHIN,
+            "the source lease did not pass on within {TAKEOVER_WITHIN:?} (took {took:?})"
+        );
+    }
 
     wait_all_delivered(&mut conn, &cluster, Duration::from_secs(180)).await;
     eprintln!(
@@ -499,6 +623,14 @@ async fn sigkill_scenario(test: &str, source_holder: bool) {
         killed_at.elapsed()
     );
     cluster.stop_all();
+    // A survivor said whose leases it freed, by instance id.
+    assert!(
+        (0..INSTANCES).filter(|n| *n != victim).any(|n| cluster
+            .log(n)
+            .lines()
+            .any(|l| l.contains("released the leases of instance") && l.contains(&owner))),
+        "no survivor logged releasing {owner}'s leases"
+    );
 
     assert_ledger_complete(&mut conn, &schema).await;
     assert_spool_drained(cluster.root());

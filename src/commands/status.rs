@@ -1,4 +1,5 @@
-//! `status` (per target: pending, delivered, dead, oldest pending; sources; instances) and
+//! `status` (per target: pending, delivered, dead, oldest pending, and a note: down, paused,
+//! last error, the connector's report; sources; instances) and
 //! `trace <lead>` (one lead's path through every target). Read-only, beside a running daemon.
 
 use anyhow::Context;
@@ -37,6 +38,19 @@ pub(super) async fn status(loaded: &Loaded, json: bool) -> Result<u8, WiringErro
             (None, Some(c)) => c.clone(),
             _ => String::new(),
         };
+        // An outage comes first: it explains the pending count and the last error.
+        if let Some(since) = t.down_since {
+            let down = format!(
+                "down since {}: {}",
+                since.to_rfc3339(),
+                t.down_reason.as_deref().unwrap_or("-")
+            );
+            note = if note.is_empty() {
+                down
+            } else {
+                format!("{down}; {note}")
+            };
+        }
         if let Some(n) = &t.note {
             if !note.is_empty() {
                 note.push_str("; ");

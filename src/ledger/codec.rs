@@ -1,7 +1,7 @@
 //! Row codecs shared by the ledger backends: unix-millisecond timestamps, counters, delivery
 //! states, lead bodies (JSON text), and the row types (`#[derive(sqlx::FromRow)]`, read alike
 //! from SQLite and PostgreSQL rows) that turn into the public results: claimed deliveries,
-//! trace rows, dead letters, target counts and sources.
+//! trace rows, dead letters, target counts, sources and targets found down.
 //!
 //! It owns only these conversions; it must not run SQL (that is `sql.rs` and the backends).
 
@@ -10,7 +10,7 @@ use leadsync_core::Lead;
 
 use super::{
     ClaimedDelivery, DeadLetter, DeliveryState, DeliveryTrace, LedgerError, SourceStatus,
-    StagedLead, TargetStatus,
+    StagedLead, TargetDown, TargetStatus,
 };
 
 pub(super) fn to_ms(t: DateTime<Utc>) -> i64 {
@@ -20,6 +20,15 @@ pub(super) fn to_ms(t: DateTime<Utc>) -> i64 {
 /// `now + d` in unix milliseconds, saturating.
 pub(super) fn ms_after(now: i64, d: std::time::Duration) -> i64 {
     now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The longest shift of a retry-age clock: far beyond any outage, and it keeps the shifted
+/// timestamps within what `from_ms` reads back.
+const MAX_SHIFT_MS: i64 = 100 * 366 * 24 * 3600 * 1000;
+
+/// A shift of stored timestamps, in milliseconds (at most [`MAX_SHIFT_MS`]).
+pub(super) fn shift_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).map_or(MAX_SHIFT_MS, |ms| ms.min(MAX_SHIFT_MS))
 }
 
 /// A stored timestamp; `what` names the row for the error (no personal data).
@@ -244,6 +253,22 @@ impl SourceRow {
             source: self.source,
             cursor: self.cursor,
             last_error: self.last_error,
+        })
+    }
+}
+
+/// A target's outage row for `target_down` and `status`.
+#[derive(sqlx::FromRow)]
+pub(super) struct TargetDownRow {
+    down_since: i64,
+    reason: String,
+}
+
+impl TargetDownRow {
+    pub(super) fn decode(self, target: &str) -> Result<TargetDown, LedgerError> {
+        Ok(TargetDown {
+            since: from_ms(self.down_since, target)?,
+            reason: self.reason,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! Scenarios speak only through the trait, so they hold for any backend; the few that need
 //! several instances or raw SQL are PostgreSQL-only and say so.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -15,7 +16,7 @@ use leadsync_core::Lead;
 use super::postgres::{PostgresLedger, PostgresOptions};
 use super::{
     DeadLetterFilter, DeliveryState, InstanceInfo, Ledger, LedgerError, PlannedDelivery,
-    QuarantinedRecord, RecordedOutcome, StageBatch, StageReport, StagedLead,
+    QuarantinedRecord, RecordedOutcome, StageBatch, StageReport, StagedLead, TargetDown,
 };
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -72,6 +73,27 @@ pub(super) fn soon() -> DateTime<Utc> {
 
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
+}
+
+/// An instance named `host:pid`, as its heartbeat describes it.
+fn instance(id: &str) -> InstanceInfo {
+    let (host, pid) = id.split_once(':').expect("host:pid");
+    InstanceInfo {
+        id: id.into(),
+        host: host.into(),
+        pid: pid.parse().expect("pid"),
+        started_at: Utc::now() - TimeDelta::hours(1),
+    }
+}
+
+/// `count` leads named `lead-0000`, `lead-0001`, ... staged for `target`.
+async fn stage_numbered(ledger: &dyn Ledger, count: usize, target: &str) {
+    let ids: Vec<String> = (0..count).map(|i| format!("lead-{i:04}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ledger
+        .stage(batch(&refs, &[target], None))
+        .await
+        .expect("stage");
 }
 
 async fn delivery_state(ledger: &dyn Ledger, lead: &str) -> (DeliveryState, u32) {
@@ -841,6 +863,368 @@ async fn expired_leases_are_taken_over(ledger: &dyn Ledger) {
     assert_eq!(d[0].crm_ref.as_deref(), Some("crm-1"));
 }
 
+/// A slow push keeps its deliveries: `renew_leases` extends the leases its owner still holds
+/// on pending deliveries (more ids than one statement takes), never another owner's, never
+/// a finished delivery's, and never shortens one.
+async fn renew_leases_extend_only_the_owners_pending_leases(ledger: &dyn Ledger) {
+    stage_numbered(ledger, 1_100, "crm").await;
+    let now = soon();
+    let mine = ledger
+        .claim("crm", now, 1_050, LEASE, "w1")
+        .await
+        .expect("claim");
+    let theirs = ledger
+        .claim("crm", now, 100, LEASE, "w2")
+        .await
+        .expect("claim");
+    assert_eq!((mine.len(), theirs.len()), (1_050, 50));
+    ledger
+        .record(
+            &[RecordedOutcome::Delivered {
+                delivery_id: mine[0].delivery_id,
+                crm_ref: None,
+            }],
+            "w1",
+        )
+        .await
+        .expect("record");
+    let mut ids: Vec<i64> = mine.iter().chain(&theirs).map(|d| d.delivery_id).collect();
+    ids.push(-1);
+    let until = now + TimeDelta::minutes(10);
+    let renew = |owner: &'static str, until: DateTime<Utc>| {
+        let ids = &ids;
+        async move { ledger.renew_leases(ids, owner, until).await.expect("renew") }
+    };
+    assert_eq!(renew("w1", until).await, 1_049);
+    assert_eq!(renew("w3", until).await, 0, "holds none of them");
+    assert_eq!(
+        ledger.renew_leases(&[], "w1", until).await.expect("renew"),
+        0
+    );
+    // A shorter renewal keeps the longer lease; w1 still holds them all.
+    assert_eq!(renew("w1", now + TimeDelta::seconds(1)).await, 1_049);
+
+    // When the first leases run out, only w2's (not renewed) are free.
+    let hour = Duration::from_secs(3600);
+    let free = ledger
+        .claim("crm", now + TimeDelta::seconds(61), 2_000, hour, "w3")
+        .await
+        .expect("claim");
+    let ids_of = |ds: &[super::ClaimedDelivery]| -> HashSet<i64> {
+        ds.iter().map(|d| d.delivery_id).collect()
+    };
+    assert_eq!(ids_of(&free), ids_of(&theirs));
+    // w1's run until the renewed end.
+    assert!(ledger
+        .claim("crm", until - TimeDelta::milliseconds(1), 2_000, hour, "w4")
+        .await
+        .expect("claim")
+        .is_empty());
+    let later = ledger
+        .claim("crm", until, 2_000, hour, "w4")
+        .await
+        .expect("claim");
+    assert_eq!(ids_of(&later), ids_of(&mine[1..]));
+}
+
+/// A target marked down shows in `status` (and its JSON) and `target_down` until it is
+/// cleared; a later report of the same outage keeps when it started and updates the reason.
+async fn targets_marked_down_show_until_cleared(ledger: &dyn Ledger) {
+    assert_eq!(ledger.target_down("crm1").await.expect("down"), None);
+    ledger
+        .stage(batch(&["a"], &["crm1", "crm2"], None))
+        .await
+        .expect("stage");
+    let since = Utc::now() - TimeDelta::minutes(3);
+    let down = TargetDown {
+        since,
+        reason: "invalid_client".into(),
+    };
+    ledger
+        .set_target_down("crm1", Some(&down))
+        .await
+        .expect("set down");
+    let got = ledger
+        .target_down("crm1")
+        .await
+        .expect("down")
+        .expect("crm1 is down");
+    assert_eq!(
+        (ms(got.since), got.reason.as_str()),
+        (ms(since), "invalid_client")
+    );
+    assert_eq!(ledger.target_down("crm2").await.expect("down"), None);
+
+    // Another instance notices the same outage a minute later, failing another way.
+    let later = TargetDown {
+        since: since + TimeDelta::minutes(1),
+        reason: "connect refused".into(),
+    };
+    ledger
+        .set_target_down("crm1", Some(&later))
+        .await
+        .expect("set down again");
+    let status = ledger.status(soon()).await.expect("status");
+    let (crm1, crm2) = (&status.targets[0], &status.targets[1]);
+    assert_eq!(
+        (crm1.target.as_str(), crm2.target.as_str()),
+        ("crm1", "crm2")
+    );
+    assert_eq!(crm1.down_since.map(ms), Some(ms(since)));
+    assert_eq!(crm1.down_reason.as_deref(), Some("connect refused"));
+    assert_eq!((crm2.down_since, crm2.down_reason.as_deref()), (None, None));
+    let json = serde_json::to_value(&status).expect("status as JSON");
+    assert_eq!(json["targets"][0]["down_reason"], "connect refused");
+    assert!(json["targets"][0]["down_since"].is_string());
+    assert!(json["targets"][1]["down_since"].is_null());
+
+    ledger.set_target_down("crm1", None).await.expect("clear");
+    ledger
+        .set_target_down("crm1", None)
+        .await
+        .expect("clear what is clear");
+    assert_eq!(ledger.target_down("crm1").await.expect("down"), None);
+    let status = ledger.status(soon()).await.expect("status");
+    assert!(status
+        .targets
+        .iter()
+        .all(|t| t.down_since.is_none() && t.down_reason.is_none()));
+
+    // The next outage starts afresh.
+    ledger
+        .set_target_down("crm1", Some(&later))
+        .await
+        .expect("down again");
+    assert_eq!(
+        ledger.target_down("crm1").await.expect("down"),
+        Some(TargetDown {
+            since: DateTime::from_timestamp_millis(ms(later.since)).expect("ms"),
+            reason: "connect refused".into(),
+        })
+    );
+}
+
+/// Coming back from an outage moves the retry-age clock of the target's pending deliveries
+/// (leased or not) and of nothing else: not delivered or dead ones, not other targets'.
+async fn extend_retry_age_moves_only_pending_deliveries(ledger: &dyn Ledger) {
+    ledger
+        .stage(batch(&["a", "b", "c"], &["crm1", "crm2"], None))
+        .await
+        .expect("stage");
+    let now = soon();
+    let first = ledger
+        .claim("crm1", now, 10, LEASE, "w")
+        .await
+        .expect("claim");
+    let staged_age: Vec<i64> = first.iter().map(|d| ms(d.age_from)).collect();
+    assert_eq!(first.len(), 3);
+    ledger
+        .record(
+            &[
+                RecordedOutcome::Delivered {
+                    delivery_id: first[0].delivery_id,
+                    crm_ref: None,
+                },
+                RecordedOutcome::Dead {
+                    delivery_id: first[1].delivery_id,
+                    error_code: Some("INVALID".into()),
+                    error: "rejected".into(),
+                },
+                RecordedOutcome::Retry {
+                    delivery_id: first[2].delivery_id,
+                    next_attempt_at: now,
+                    error_code: Some("connect refused".into()),
+                    error: "connection refused".into(),
+                },
+            ],
+            "w",
+        )
+        .await
+        .expect("record");
+
+    let hour = Duration::from_secs(3600);
+    assert_eq!(
+        ledger.extend_retry_age("crm1", hour).await.expect("extend"),
+        1
+    );
+    assert_eq!(
+        ledger
+            .extend_retry_age("other", hour)
+            .await
+            .expect("extend"),
+        0
+    );
+    let c = ledger
+        .claim("crm1", now, 10, LEASE, "w")
+        .await
+        .expect("claim");
+    assert_eq!((c.len(), c[0].lead.id.as_str(), c[0].attempts), (1, "c", 1));
+    assert_eq!(ms(c[0].age_from), staged_age[2] + 3_600_000);
+
+    // A leased delivery is pending too: it moves.
+    assert_eq!(
+        ledger
+            .extend_retry_age("crm1", Duration::from_secs(60))
+            .await
+            .expect("extend"),
+        1
+    );
+    ledger
+        .record(
+            &[RecordedOutcome::Release {
+                delivery_id: c[0].delivery_id,
+                next_attempt_at: now,
+            }],
+            "w",
+        )
+        .await
+        .expect("release");
+    let c = ledger
+        .claim("crm1", now, 10, LEASE, "w")
+        .await
+        .expect("claim");
+    assert_eq!(ms(c[0].age_from), staged_age[2] + 3_660_000);
+
+    // The other target's deliveries of the same leads kept their clock.
+    let other = ledger
+        .claim("crm2", now, 10, LEASE, "w")
+        .await
+        .expect("claim");
+    let other_age: Vec<i64> = other.iter().map(|d| ms(d.age_from)).collect();
+    assert_eq!(other_age, staged_age);
+}
+
+/// Failover by heartbeat. Where the backend records heartbeats (`status` lists them:
+/// PostgreSQL), an instance whose heartbeat is older than `stale_after` loses its delivery
+/// leases (attempts and due times kept) and source leases at once, and another owner claims
+/// them without waiting the lease out; a live instance and an owner that never sent a
+/// heartbeat (`sync --once`) keep theirs, and callers racing each other free each delivery
+/// once. A backend that records no heartbeat (SQLite: one process holds the file) has no
+/// stale instance and frees nothing.
+async fn stale_instances_lose_their_leases(ledger: &dyn Ledger) {
+    let (stale, live, once, other) = ("host-a:1", "host-b:2", "sync:77", "host-c:3");
+    let now = Utc::now();
+    ledger
+        .heartbeat(&instance(stale), now - TimeDelta::minutes(1))
+        .await
+        .expect("heartbeat");
+    ledger
+        .heartbeat(&instance(live), now)
+        .await
+        .expect("heartbeat");
+    ledger
+        .stage(batch(&["a", "b", "c", "d", "e", "f"], &["crm"], None))
+        .await
+        .expect("stage");
+    let at = soon();
+    let hour = Duration::from_secs(3600);
+    // The stale instance tried `a` once already, then took it again with `b`.
+    let tried = ledger
+        .claim("crm", at, 1, hour, stale)
+        .await
+        .expect("claim");
+    let due = at - TimeDelta::hours(1);
+    ledger
+        .record(
+            &[RecordedOutcome::Retry {
+                delivery_id: tried[0].delivery_id,
+                next_attempt_at: due,
+                error_code: Some("http_503".into()),
+                error: "unavailable".into(),
+            }],
+            stale,
+        )
+        .await
+        .expect("record");
+    let leads = |ds: Vec<super::ClaimedDelivery>| -> Vec<String> {
+        let mut ids: Vec<String> = ds.into_iter().map(|d| d.lead.id).collect();
+        ids.sort();
+        ids
+    };
+    let claim = |owner: &'static str, limit: u32| async move {
+        leads(
+            ledger
+                .claim("crm", at, limit, hour, owner)
+                .await
+                .expect("claim"),
+        )
+    };
+    assert_eq!(claim(stale, 2).await, ["a", "b"]);
+    assert_eq!(claim(live, 2).await, ["c", "d"]);
+    assert_eq!(claim(once, 1).await, ["e"]);
+    assert!(ledger
+        .acquire_source("inbox", stale, hour, at)
+        .await
+        .expect("source"));
+    assert!(ledger
+        .acquire_source("table", live, hour, at)
+        .await
+        .expect("source"));
+    let records_heartbeats = ledger
+        .status(at)
+        .await
+        .expect("status")
+        .instances
+        .iter()
+        .any(|i| i.id == stale);
+
+    // Every live instance runs it after its heartbeat, possibly at the same moment.
+    let stale_after = Duration::from_secs(15);
+    let freed: u64 =
+        futures::future::join_all((0..4).map(|_| ledger.release_stale_leases(at, stale_after)))
+            .await
+            .into_iter()
+            .map(|r| r.expect("release"))
+            .sum();
+
+    if !records_heartbeats {
+        assert_eq!(freed, 0);
+        assert_eq!(claim(other, 10).await, ["f"]);
+        return;
+    }
+    assert_eq!(freed, 2, "a and b");
+    let (_, _, a) = ledger.trace("a").await.expect("trace").expect("known");
+    assert_eq!((a[0].state, a[0].attempts), (DeliveryState::Pending, 1));
+    assert_eq!(a[0].next_attempt_at.map(ms), Some(ms(due)));
+    // Taken over at once, not in an hour; the live and heartbeat-less owners keep theirs.
+    assert_eq!(claim(other, 10).await, ["a", "b", "f"]);
+    assert!(ledger
+        .acquire_source("inbox", other, hour, at)
+        .await
+        .expect("source"));
+    assert!(!ledger
+        .acquire_source("table", other, hour, at)
+        .await
+        .expect("source"));
+    assert_eq!(
+        ledger
+            .release_stale_leases(at, stale_after)
+            .await
+            .expect("release"),
+        0
+    );
+    // A live instance that falls silent for long enough is stale too.
+    let much_later = at + TimeDelta::minutes(5);
+    assert_eq!(
+        ledger
+            .release_stale_leases(much_later, stale_after)
+            .await
+            .expect("release"),
+        2,
+        "c and d"
+    );
+    assert_eq!(
+        leads(
+            ledger
+                .claim("crm", much_later, 10, hour, other)
+                .await
+                .expect("claim")
+        ),
+        ["c", "d"],
+        "e stays with the owner that never sent a heartbeat"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // PostgreSQL only: several instances, raw SQL
 // ---------------------------------------------------------------------------------------
@@ -1033,6 +1417,72 @@ async fn pg_a_corrupt_body_fails_the_claim_and_leases_nothing(ledger: &PostgresL
     assert_eq!(leased, 0);
 }
 
+/// Several live instances freeing the same stale instances' leases at once, while others
+/// claim: no deadlock or error, every lease freed exactly once, every delivery handed out
+/// once.
+async fn pg_racing_releases_free_each_lease_once(ledger: &PostgresLedger) {
+    stage_numbered(ledger, 1_500, "crm").await;
+    let now = Utc::now();
+    let at = soon();
+    let hour = Duration::from_secs(3600);
+    for i in 0..3 {
+        let dead = format!("dead-{i}:{i}");
+        ledger
+            .heartbeat(&instance(&dead), now - TimeDelta::minutes(1))
+            .await
+            .expect("heartbeat");
+        let held = ledger
+            .claim("crm", at, 400, hour, &dead)
+            .await
+            .expect("claim");
+        assert_eq!(held.len(), 400);
+        assert!(ledger
+            .acquire_source(&format!("source-{i}"), &dead, hour, at)
+            .await
+            .expect("source"));
+    }
+    let stale_after = Duration::from_secs(15);
+    let claimer = |owner: String| async move {
+        let mut mine = Vec::new();
+        loop {
+            let got = ledger
+                .claim("crm", at, 50, hour, &owner)
+                .await
+                .expect("claim");
+            if got.is_empty() {
+                break mine;
+            }
+            mine.extend(got.into_iter().map(|d| d.delivery_id));
+        }
+    };
+    let releases =
+        futures::future::join_all((0..6).map(|_| ledger.release_stale_leases(at, stale_after)));
+    let claims = futures::future::join_all((0..2).map(|i| claimer(format!("live-{i}:{i}"))));
+    let (released, claimed) = futures::join!(releases, claims);
+    let mut freed: u64 = released.into_iter().map(|r| r.expect("release")).sum();
+    freed += ledger
+        .release_stale_leases(at, stale_after)
+        .await
+        .expect("release");
+    assert_eq!(freed, 1_200);
+
+    let mut seen = HashSet::new();
+    for id in claimed
+        .into_iter()
+        .flatten()
+        .chain(claimer("live-9:9".into()).await)
+    {
+        assert!(seen.insert(id), "delivery {id} handed out twice");
+    }
+    assert_eq!(seen.len(), 1_500);
+    for i in 0..3 {
+        assert!(ledger
+            .acquire_source(&format!("source-{i}"), "live-0:0", hour, at)
+            .await
+            .expect("source"));
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------
@@ -1172,6 +1622,10 @@ contract!(
     stages_a_large_batch_in_one_transaction,
     concurrent_claims_never_overlap,
     expired_leases_are_taken_over,
+    renew_leases_extend_only_the_owners_pending_leases,
+    targets_marked_down_show_until_cleared,
+    extend_retry_age_moves_only_pending_deliveries,
+    stale_instances_lose_their_leases,
 );
 
 mod several_instances {
@@ -1195,6 +1649,14 @@ mod several_instances {
     async fn connecting_leaves_leases_alone() {
         super::on_postgres("connecting_leases", |l| async move {
             super::pg_connecting_leaves_leases_alone(&l, &super::pg_url()).await
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_releases_free_each_lease_once() {
+        super::on_postgres("racing_releases", |l| async move {
+            super::pg_racing_releases_free_each_lease_once(&l).await
         })
         .await;
     }

@@ -163,6 +163,20 @@ pub struct TargetStatus {
     pub last_error_code: Option<String>,
     /// The connector's own one-line report (e.g. Salesforce's API quota), if it gave one.
     pub note: Option<String>,
+    /// Since when the target has been down (see [`Ledger::set_target_down`]), if it is.
+    pub down_since: Option<DateTime<Utc>>,
+    /// Why it is down: a class or code, never personal data.
+    pub down_reason: Option<String>,
+}
+
+/// A target found unusable (bad credentials, refused connections) until it comes back, for
+/// `status` and for the push engine, which uses `since` to credit the outage back to the
+/// leads' retry age ([`Ledger::extend_retry_age`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TargetDown {
+    pub since: DateTime<Utc>,
+    /// A class or code such as `invalid_client` or `connect refused`; no personal data.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -312,6 +326,28 @@ pub trait Ledger: Send + Sync {
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError>;
 
+    /// Mark `target` down (`Some`) or back (`None`), for `status` and every instance. A
+    /// target already down keeps the earlier `since` (the outage started then, whichever
+    /// instance noticed it first) and takes the new `reason`.
+    async fn set_target_down(
+        &self,
+        target: &str,
+        down: Option<&TargetDown>,
+    ) -> Result<(), LedgerError>;
+
+    /// Whether `target` is down, and since when (one row read).
+    async fn target_down(&self, target: &str) -> Result<Option<TargetDown>, LedgerError>;
+
+    /// Move the retry-age clock (`age_from`) of every pending delivery of `target` forward
+    /// by `by`, so the time the target was down does not count against a lead's `max_age`.
+    /// Returns how many deliveries moved. Callers on several instances must make sure one
+    /// outage is credited once.
+    async fn extend_retry_age(
+        &self,
+        target: &str,
+        by: std::time::Duration,
+    ) -> Result<u64, LedgerError>;
+
     /// The end of the target's last pause, as stored (it may be in the past: the caller
     /// compares it with its own `now`).
     async fn paused_until(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError>;
@@ -375,6 +411,17 @@ pub trait Ledger: Send + Sync {
     /// at once. Does nothing if `owner` does not hold it.
     async fn release_source(&self, source: &str, owner: &str) -> Result<(), LedgerError>;
 
+    /// Extend to `until` the leases `owner` holds on those of `delivery_ids` that are still
+    /// pending (a lease is never shortened), while a slow push is in flight. Returns how
+    /// many `owner` still holds: a delivery missing from the count was taken over or
+    /// finished.
+    async fn renew_leases(
+        &self,
+        delivery_ids: &[i64],
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<u64, LedgerError>;
+
     /// Record that `instance` is alive at `now` (shown by `status`).
     // --- push-engine additions (ledger-engine branch brings the real implementations) ---
     async fn renew_leases(
@@ -405,6 +452,19 @@ pub trait Ledger: Send + Sync {
         instance: &InstanceInfo,
         now: DateTime<Utc>,
     ) -> Result<(), LedgerError>;
+
+    /// Failover: free the delivery leases (on pending deliveries; attempts and due times
+    /// stay) and the source leases held by every instance whose last heartbeat is older
+    /// than `now - stale_after`, so the others take its work at once rather than when its
+    /// leases run out. Owners that never sent a heartbeat (`sync --once`) and live
+    /// instances are left alone; several instances may call it at once. Returns the number
+    /// of deliveries freed. A backend that records no heartbeats (SQLite: one process holds
+    /// the file) has no stale instance and frees nothing.
+    async fn release_stale_leases(
+        &self,
+        now: DateTime<Utc>,
+        stale_after: std::time::Duration,
+    ) -> Result<u64, LedgerError>;
 }
 
 /// How a command opens the ledger.

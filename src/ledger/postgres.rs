@@ -21,6 +21,14 @@
 //!   ([`Ledger::acquire_source`]), renewed while it pulls and taken over once it runs out.
 //! - **Heartbeats.** `instances` has one row per daemon, refreshed every few seconds, so
 //!   `status` lists the instances with their source and delivery leases.
+//! - **Failover.** An instance whose heartbeat stopped (SIGKILL, lost host) would hold its
+//!   leases until they run out (`ledger.lease`, minutes). The live instances call
+//!   [`Ledger::release_stale_leases`] after each heartbeat: one statement frees the delivery
+//!   and source leases of every instance whose heartbeat is too old, picking the rows with
+//!   `FOR UPDATE SKIP LOCKED` so instances doing it at once share the rows instead of
+//!   waiting on (or deadlocking with) each other. An instance that was only paused past
+//!   that point (a stalled VM) may find its deliveries taken over: the second push is the
+//!   same idempotent CRM write, and `record` accepts only one outcome, as above.
 //!
 //! Timestamps are BIGINT unix milliseconds (UTC) taken from the instances' clocks (leases
 //! compare them across machines: keep the clocks synchronised with NTP). Leads are JSON text.
@@ -30,8 +38,8 @@
 //!
 //! The statements SQLite runs with the same text are in `sql.rs`; this file keeps what is
 //! PostgreSQL's own: the pool and schema, claims, outcomes (`UNNEST` arrays), deadlock
-//! retries, snapshots (`REPEATABLE READ READ ONLY`), erasure's row locks and `VACUUM`, and the
-//! instances in `status`.
+//! retries, snapshots (`REPEATABLE READ READ ONLY`), erasure's row locks and `VACUUM`, the
+//! instances in `status`, and failover.
 //!
 //! It must not decide when to retry (the pipeline passes `next_attempt_at` in).
 
@@ -52,7 +60,7 @@ use super::sql::{self, log_staged};
 use super::{
     ClaimedDelivery, DeadLetter, DeadLetterFilter, DeliveryTrace, InstanceInfo, InstanceStatus,
     Ledger, LedgerError, LedgerStatus, RecordedOutcome, StageBatch, StageReport, StagedLead,
-    INSTANCE_ALIVE,
+    TargetDown, INSTANCE_ALIVE,
 };
 
 /// The statements whose text both backends share.
@@ -114,6 +122,52 @@ fn is_deadlock(e: &LedgerError) -> bool {
     matches!(e, LedgerError::Database(sqlx::Error::Database(db))
         if matches!(db.code().as_deref(), Some("40P01") | Some("40001")))
 }
+
+/// Run `attempt` (one transaction) again when it lost a deadlock, up to
+/// [`DEADLOCK_RETRIES`] times.
+async fn with_deadlock_retries<T, F, Fut>(mut attempt: F) -> Result<T, LedgerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LedgerError>>,
+{
+    let mut retries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if is_deadlock(&e) && retries < DEADLOCK_RETRIES => retries += 1,
+            other => return other,
+        }
+    }
+}
+
+/// Frees the leases of every instance whose heartbeat is older than `$1`: its pending
+/// deliveries' leases (nothing else of theirs changes) and its source leases. Rows another
+/// transaction holds are skipped (another instance freeing them, or a claim taking them
+/// over); the next heartbeat's call finds what is left. One row per instance freed:
+/// `owner`, `deliveries`, `sources`.
+const RELEASE_STALE: &str = "\
+    WITH stale AS (SELECT id FROM instances WHERE seen_at < $1), \
+    picked AS ( \
+        SELECT id, lease_owner AS owner FROM deliveries \
+        WHERE state = 'pending' AND lease_owner IN (SELECT id FROM stale) \
+        FOR UPDATE SKIP LOCKED), \
+    freed AS ( \
+        UPDATE deliveries d SET lease_owner = NULL, lease_until = NULL \
+        FROM picked WHERE d.id = picked.id \
+        RETURNING picked.owner), \
+    held AS ( \
+        SELECT source, owner FROM source_leases \
+        WHERE owner IN (SELECT id FROM stale) \
+        FOR UPDATE SKIP LOCKED), \
+    dropped AS ( \
+        DELETE FROM source_leases s USING held \
+        WHERE s.source = held.source AND s.owner = held.owner \
+        RETURNING held.owner) \
+    SELECT owner, \
+           COUNT(*) FILTER (WHERE kind = 'delivery') AS deliveries, \
+           COUNT(*) FILTER (WHERE kind = 'source') AS sources \
+    FROM (SELECT owner, 'delivery' AS kind FROM freed \
+          UNION ALL SELECT owner, 'source' AS kind FROM dropped) AS released \
+    GROUP BY owner ORDER BY owner";
 
 impl PostgresLedger {
     /// Connect to `url`, create the schema if asked and missing, and bring the tables up to
@@ -371,13 +425,7 @@ impl Ledger for PostgresLedger {
     async fn stage(&self, batch: StageBatch) -> Result<StageReport, LedgerError> {
         let bodies = encode_leads(&batch.leads)?;
         let now = to_ms(Utc::now());
-        let mut attempt = 0;
-        loop {
-            match self.stage_once(&batch, &bodies, now).await {
-                Err(e) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => attempt += 1,
-                other => return other,
-            }
-        }
+        with_deadlock_retries(|| self.stage_once(&batch, &bodies, now)).await
     }
 
     async fn cursor(&self, source: &str) -> Result<Option<String>, LedgerError> {
@@ -436,13 +484,7 @@ impl Ledger for PostgresLedger {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let mut attempt = 0;
-        let changed = loop {
-            match self.record_once(outcomes, owner).await {
-                Err(e) if is_deadlock(&e) && attempt < DEADLOCK_RETRIES => attempt += 1,
-                other => break other?,
-            }
-        };
+        let changed = with_deadlock_retries(|| self.record_once(outcomes, owner)).await?;
         let ignored = (outcomes.len() as u64).saturating_sub(changed);
         if ignored > 0 {
             tracing::warn!(
@@ -487,6 +529,24 @@ impl Ledger for PostgresLedger {
 
     async fn paused_until(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
         Sql::paused_until(&self.pool, target).await
+    }
+
+    async fn set_target_down(
+        &self,
+        target: &str,
+        down: Option<&TargetDown>,
+    ) -> Result<(), LedgerError> {
+        Sql::set_target_down(&self.pool, target, down).await
+    }
+
+    async fn target_down(&self, target: &str) -> Result<Option<TargetDown>, LedgerError> {
+        Sql::target_down(&self.pool, target).await
+    }
+
+    /// One statement over the target's pending rows; it waits on rows a `record` holds,
+    /// so it may lose a deadlock to one and is then run again.
+    async fn extend_retry_age(&self, target: &str, by: Duration) -> Result<u64, LedgerError> {
+        with_deadlock_retries(|| Sql::extend_retry_age(&self.pool, target, by)).await
     }
 
     async fn status(&self, now: DateTime<Utc>) -> Result<LedgerStatus, LedgerError> {
@@ -727,6 +787,57 @@ impl Ledger for PostgresLedger {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn renew_leases(
+        &self,
+        delivery_ids: &[i64],
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<u64, LedgerError> {
+        if delivery_ids.is_empty() {
+            return Ok(0);
+        }
+        // In id order, so that renewals and outcomes lock rows in the same order as far as
+        // they can; a deadlock that still happens is retried.
+        let mut ids = delivery_ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let until = to_ms(until);
+        with_deadlock_retries(|| async {
+            let mut tx = self.pool.begin().await?;
+            let renewed = Sql::renew_leases(&mut tx, &ids, owner, until).await?;
+            tx.commit().await?;
+            Ok(renewed)
+        })
+        .await
+    }
+
+    async fn release_stale_leases(
+        &self,
+        now: DateTime<Utc>,
+        stale_after: Duration,
+    ) -> Result<u64, LedgerError> {
+        let seen_before = to_ms(now).saturating_sub(ms_after(0, stale_after));
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(RELEASE_STALE)
+            .bind(seen_before)
+            .fetch_all(&self.pool)
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let deliveries: i64 = rows.iter().map(|(_, d, _)| d).sum();
+        let sources: i64 = rows.iter().map(|(_, _, s)| s).sum();
+        let instances: Vec<&str> = rows.iter().map(|(id, _, _)| id.as_str()).collect();
+        tracing::info!(
+            instances = %instances.join(", "),
+            deliveries,
+            sources,
+            stale_after = %humantime::format_duration(stale_after),
+            "released the leases of instance(s) whose heartbeat stopped; the live instances \
+             take their work over now"
+        );
+        Ok(to_u64(deliveries))
     }
 }
 

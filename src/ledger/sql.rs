@@ -1,10 +1,11 @@
 //! The statements both ledger backends run with the same text, written once and generic over
 //! the sqlx database ([`Statements<Sqlite>`](Statements) and `Statements<Postgres>`; never
 //! `sqlx::Any`): staging, the reads behind `cursor`, `next_due`, `paused_until`, `status`,
-//! `trace`, `overdue` and `dead_letters`, the plain writes (pauses, notes, source errors,
-//! `retry_dead`, `replay`) and the redaction of erased leads. Rows come back through the row
-//! types of `codec.rs`. Parameters are `$n`, which both backends accept, or the database's own
-//! placeholder where a statement is built value by value.
+//! `trace`, `overdue`, `dead_letters` and `target_down`, the plain writes (pauses, notes,
+//! targets down, source errors, `retry_dead`, `replay`, `extend_retry_age`), lease renewals
+//! and the redaction of erased leads. Rows come back through the row types of `codec.rs`.
+//! Parameters are `$n`, which both backends accept, or the database's own placeholder where
+//! a statement is built value by value.
 //!
 //! It must not open, commit or lock anything: the backend passes the pool or the transaction
 //! each call runs in, and keeps in its own file what really differs: SQLite's write mutex and
@@ -19,12 +20,12 @@ use leadsync_core::Lead;
 use sqlx::{Arguments, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
 
 use super::codec::{
-    encode_lead, opt_from_ms, to_ms, to_u64, DeadLetterRow, LeadBodyRow, SourceRow, StagedLeadRow,
-    TargetCountsRow, TraceRow,
+    encode_lead, opt_from_ms, shift_ms, to_ms, to_u64, DeadLetterRow, LeadBodyRow, SourceRow,
+    StagedLeadRow, TargetCountsRow, TargetDownRow, TraceRow,
 };
 use super::{
     DeadLetter, DeadLetterFilter, DeliveryTrace, LedgerError, LedgerStatus, PlannedDelivery,
-    StageBatch, StageReport, StagedLead,
+    StageBatch, StageReport, StagedLead, TargetDown,
 };
 
 /// Rows per multi-row statement (at most 7 parameters a row, far below SQLite's limit of
@@ -271,6 +272,108 @@ where
         Ok(())
     }
 
+    /// Mark `target` down, keeping the earlier `since` of an outage already recorded, or
+    /// (`None`) back up.
+    pub(super) async fn set_target_down<'c, E>(
+        exec: E,
+        target: &str,
+        down: Option<&TargetDown>,
+    ) -> Result<(), LedgerError>
+    where
+        E: Executor<'c, Database = DB>,
+    {
+        match down {
+            Some(down) => {
+                sqlx::query(
+                    "INSERT INTO target_down (target, down_since, reason) VALUES ($1, $2, $3) \
+                     ON CONFLICT (target) DO UPDATE SET reason = excluded.reason, \
+                     down_since = CASE WHEN target_down.down_since < excluded.down_since \
+                                       THEN target_down.down_since \
+                                       ELSE excluded.down_since END",
+                )
+                .bind(target)
+                .bind(to_ms(down.since))
+                .bind(down.reason.as_str())
+                .execute(exec)
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM target_down WHERE target = $1")
+                    .bind(target)
+                    .execute(exec)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn target_down<'c, E>(
+        exec: E,
+        target: &str,
+    ) -> Result<Option<TargetDown>, LedgerError>
+    where
+        E: Executor<'c, Database = DB>,
+    {
+        let row: Option<TargetDownRow> =
+            sqlx::query_as("SELECT down_since, reason FROM target_down WHERE target = $1")
+                .bind(target)
+                .fetch_optional(exec)
+                .await?;
+        row.map(|row| row.decode(target)).transpose()
+    }
+
+    /// Move the retry-age clock of `target`'s pending deliveries forward by `by`; returns
+    /// how many moved. `updated_at` stays: nothing happened to the deliveries themselves.
+    pub(super) async fn extend_retry_age<'c, E>(
+        exec: E,
+        target: &str,
+        by: std::time::Duration,
+    ) -> Result<u64, LedgerError>
+    where
+        E: Executor<'c, Database = DB>,
+    {
+        let n = sqlx::query(
+            "UPDATE deliveries SET age_from = age_from + $1 \
+             WHERE target = $2 AND state = 'pending'",
+        )
+        .bind(shift_ms(by))
+        .bind(target)
+        .execute(exec)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    /// Extend to `until` (never shorten) the leases `owner` holds on those of `ids` still
+    /// pending, in the caller's transaction; returns how many it holds. One statement per
+    /// chunk of ids, as claims lease them.
+    pub(super) async fn renew_leases(
+        conn: &mut DB::Connection,
+        ids: &[i64],
+        owner: &str,
+        until: i64,
+    ) -> Result<u64, LedgerError> {
+        let mut renewed = 0;
+        for chunk in ids.chunks(ROWS_PER_INSERT) {
+            let mut update =
+                Bound::<DB>::new("UPDATE deliveries SET lease_until = CASE WHEN lease_until > ");
+            update
+                .bind(until)?
+                .push(" THEN lease_until ELSE ")
+                .bind(until)?
+                .push(" END WHERE state = 'pending' AND lease_owner = ")
+                .bind(owner)?
+                .push(" AND id IN ")
+                .bind_list(chunk.iter().copied())?;
+            let (sql, args) = update.finish();
+            renewed += sqlx::query_with(&sql, args)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+        }
+        Ok(renewed)
+    }
+
     pub(super) async fn paused_until<'c, E>(
         exec: E,
         target: &str,
@@ -323,6 +426,11 @@ where
                 .bind(status.target.as_str())
                 .fetch_optional(&mut *conn)
                 .await?;
+
+            if let Some(down) = Self::target_down(&mut *conn, &status.target).await? {
+                status.down_since = Some(down.since);
+                status.down_reason = Some(down.reason);
+            }
 
             let last_error: Option<Option<String>> = sqlx::query_scalar(
                 "SELECT error_code FROM deliveries \
@@ -588,46 +696,25 @@ pub(super) fn log_staged(source: &str, report: &StageReport) {
     );
 }
 
-/// A multi-row `INSERT ... VALUES (..), (..)`, written as `sqlx::QueryBuilder::push_values`
-/// writes it but handing out its arguments, so that code generic over the database can run
-/// it (a `QueryBuilder`'s query borrows the builder for as long as its arguments live).
-struct Values<'q, DB: Database> {
+/// SQL text and its arguments, built piece by piece with the database's own placeholders
+/// (`?` or `$n`), for statements whose number of values varies (multi-row inserts, `IN`
+/// lists). It hands out its arguments, so that code generic over the database can run it
+/// (a `sqlx::QueryBuilder`'s query borrows the builder for as long as its arguments live).
+struct Bound<'q, DB: Database> {
     sql: String,
     args: DB::Arguments<'q>,
-    /// Values in the current tuple; `None` before the first tuple.
-    cells: Option<usize>,
 }
 
-impl<'q, DB: Database> Values<'q, DB> {
-    /// `head` is the statement up to `VALUES`, ending in a space.
-    fn new(head: &str) -> Self {
-        Values {
-            sql: format!("{head}VALUES "),
+impl<'q, DB: Database> Bound<'q, DB> {
+    fn new(sql: &str) -> Self {
+        Bound {
+            sql: sql.to_owned(),
             args: Default::default(),
-            cells: None,
         }
     }
 
-    /// Start the next tuple.
-    fn row(&mut self) -> &mut Self {
-        self.sql
-            .push_str(if self.cells.is_some() { "), (" } else { "(" });
-        self.cells = Some(0);
-        self
-    }
-
-    fn separate(&mut self) {
-        if let Some(cells) = &mut self.cells {
-            if *cells > 0 {
-                self.sql.push_str(", ");
-            }
-            *cells += 1;
-        }
-    }
-
-    /// A value written into the SQL (a constant).
-    fn value(&mut self, sql: &str) -> &mut Self {
-        self.separate();
+    /// SQL text (keywords, constants).
+    fn push(&mut self, sql: &str) -> &mut Self {
         self.sql.push_str(sql);
         self
     }
@@ -637,7 +724,6 @@ impl<'q, DB: Database> Values<'q, DB> {
     where
         T: 'q + Encode<'q, DB> + Type<DB>,
     {
-        self.separate();
         self.args.add(value).map_err(sqlx::Error::Encode)?;
         self.args
             .format_placeholder(&mut self.sql)
@@ -645,12 +731,86 @@ impl<'q, DB: Database> Values<'q, DB> {
         Ok(self)
     }
 
+    /// `(v1, v2, ...)`, each value bound.
+    fn bind_list<T>(
+        &mut self,
+        values: impl IntoIterator<Item = T>,
+    ) -> Result<&mut Self, LedgerError>
+    where
+        T: 'q + Encode<'q, DB> + Type<DB>,
+    {
+        self.push("(");
+        for (i, value) in values.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(value)?;
+        }
+        Ok(self.push(")"))
+    }
+
+    fn finish(self) -> (String, DB::Arguments<'q>) {
+        (self.sql, self.args)
+    }
+}
+
+/// A multi-row `INSERT ... VALUES (..), (..)`, written as `sqlx::QueryBuilder::push_values`
+/// writes it.
+struct Values<'q, DB: Database> {
+    statement: Bound<'q, DB>,
+    /// Values in the current tuple; `None` before the first tuple.
+    cells: Option<usize>,
+}
+
+impl<'q, DB: Database> Values<'q, DB> {
+    /// `head` is the statement up to `VALUES`, ending in a space.
+    fn new(head: &str) -> Self {
+        Values {
+            statement: Bound::new(&format!("{head}VALUES ")),
+            cells: None,
+        }
+    }
+
+    /// Start the next tuple.
+    fn row(&mut self) -> &mut Self {
+        self.statement
+            .push(if self.cells.is_some() { "), (" } else { "(" });
+        self.cells = Some(0);
+        self
+    }
+
+    fn separate(&mut self) {
+        if let Some(cells) = &mut self.cells {
+            if *cells > 0 {
+                self.statement.push(", ");
+            }
+            *cells += 1;
+        }
+    }
+
+    /// A value written into the SQL (a constant).
+    fn value(&mut self, sql: &str) -> &mut Self {
+        self.separate();
+        self.statement.push(sql);
+        self
+    }
+
+    /// A bound value.
+    fn bind<T>(&mut self, value: T) -> Result<&mut Self, LedgerError>
+    where
+        T: 'q + Encode<'q, DB> + Type<DB>,
+    {
+        self.separate();
+        self.statement.bind(value)?;
+        Ok(self)
+    }
+
     /// The statement (the tuples, then `tail`) and its arguments.
     fn finish(mut self, tail: &str) -> (String, DB::Arguments<'q>) {
         if self.cells.is_some() {
-            self.sql.push(')');
+            self.statement.push(")");
         }
-        self.sql.push_str(tail);
-        (self.sql, self.args)
+        self.statement.push(tail);
+        self.statement.finish()
     }
 }

@@ -35,7 +35,7 @@ use super::codec::{encode_leads, ms_after, to_ms, ClaimRow};
 use super::sql::{self, log_staged, ROWS_PER_INSERT};
 use super::{
     ClaimedDelivery, DeadLetter, DeadLetterFilter, DeliveryTrace, InstanceInfo, Ledger,
-    LedgerError, LedgerStatus, RecordedOutcome, StageBatch, StageReport, StagedLead,
+    LedgerError, LedgerStatus, RecordedOutcome, StageBatch, StageReport, StagedLead, TargetDown,
 };
 
 /// The statements whose text both backends share.
@@ -461,6 +461,27 @@ impl Ledger for SqliteLedger {
         Ok(tx.commit().await?)
     }
 
+    async fn set_target_down(
+        &self,
+        target: &str,
+        down: Option<&TargetDown>,
+    ) -> Result<(), LedgerError> {
+        let (_guard, mut tx) = self.begin_write().await?;
+        Sql::set_target_down(&mut *tx, target, down).await?;
+        Ok(tx.commit().await?)
+    }
+
+    async fn target_down(&self, target: &str) -> Result<Option<TargetDown>, LedgerError> {
+        Sql::target_down(&self.pool, target).await
+    }
+
+    async fn extend_retry_age(&self, target: &str, by: Duration) -> Result<u64, LedgerError> {
+        let (_guard, mut tx) = self.begin_write().await?;
+        let moved = Sql::extend_retry_age(&mut *tx, target, by).await?;
+        tx.commit().await?;
+        Ok(moved)
+    }
+
     async fn paused_until(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
         Sql::paused_until(&self.pool, target).await
     }
@@ -588,6 +609,31 @@ impl Ledger for SqliteLedger {
         _now: DateTime<Utc>,
     ) -> Result<(), LedgerError> {
         Ok(())
+    }
+
+    async fn renew_leases(
+        &self,
+        delivery_ids: &[i64],
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<u64, LedgerError> {
+        if delivery_ids.is_empty() {
+            return Ok(0);
+        }
+        let (_guard, mut tx) = self.begin_write().await?;
+        let renewed = Sql::renew_leases(&mut tx, delivery_ids, owner, to_ms(until)).await?;
+        tx.commit().await?;
+        Ok(renewed)
+    }
+
+    /// Nothing is ever stale: the only process that can hold leases is this one (the lock
+    /// file), and the leases of one that died were cleared when this one opened the file.
+    async fn release_stale_leases(
+        &self,
+        _now: DateTime<Utc>,
+        _stale_after: Duration,
+    ) -> Result<u64, LedgerError> {
+        Ok(0)
     }
 }
 
