@@ -393,6 +393,7 @@ fn fault_name(f: &Fault) -> &'static str {
         Fault::ServerError => "500",
         Fault::SessionExpired => "401-session-expired",
         Fault::RequestLimitExceeded => "403-request-limit",
+        Fault::ConcurrentRequestLimit => "403-concurrent-limit",
         Fault::CommittedThenFailed => "commit-then-500",
     }
 }

@@ -10,8 +10,8 @@ use leadsync::ledger::sqlite::SqliteLedger;
 use leadsync::ledger::{DeliveryState, Ledger, PlannedDelivery, StageBatch, StagedLead};
 use leadsync::pipeline::{Clock, Target, TargetEngine};
 use leadsync_core::{
-    read_lead, BuildContext, CheckError, CheckReport, Connector, DeliveryFailure,
-    DeliveryOutcome, KeyScope, Mapping, MappingOverrides, OutboundRecord,
+    read_lead, BuildContext, CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome,
+    KeyScope, Mapping, MappingOverrides, OutboundRecord,
 };
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -245,11 +245,13 @@ async fn a_wrong_client_secret_opens_the_circuit_and_the_fix_delivers_everything
     let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     let token_requests = fake.token_request_count();
     let lines = logs.lines().count();
-    eprintln!(
-        "10 simulated minutes: {token_requests} token requests, {lines} log lines:\n{logs}"
-    );
+    eprintln!("10 simulated minutes: {token_requests} token requests, {lines} log lines:\n{logs}");
     assert_eq!(r.delivered + r.dead, 0, "{r:?}");
-    assert_eq!(fake.data_request_count(), 0, "no data request without a token");
+    assert_eq!(
+        fake.data_request_count(),
+        0,
+        "no data request without a token"
+    );
     // One request at the start, then one per backoff step (1 s doubling to the 5-minute
     // max_delay, jittered between half and all of it): at most 14 in ten minutes.
     assert!((2..=15).contains(&token_requests), "{token_requests}");
@@ -333,10 +335,7 @@ async fn adaptive_concurrency_settles_near_the_receivers_limit() {
         rx.request_count()
     );
     assert_eq!(r.delivered, 1500, "{r:?}");
-    assert!(
-        (LIMIT / 2..=LIMIT + 1).contains(&median),
-        "median {median}"
-    );
+    assert!((LIMIT / 2..=LIMIT + 1).contains(&median), "median {median}");
     assert!(above < 0.25, "{:.2} of the time above the limit", above);
     assert!((refused as f64) < 0.1 * 1500.0, "{refused} refused");
 }

@@ -91,8 +91,11 @@ pub enum Fault {
     ServerError,
     /// 401 `INVALID_SESSION_ID`, and every token issued so far expires.
     SessionExpired,
-    /// 403 `REQUEST_LIMIT_EXCEEDED`.
+    /// 403 `REQUEST_LIMIT_EXCEEDED`, the daily allocation (`TotalRequests Limit exceeded.`).
     RequestLimitExceeded,
+    /// 403 `REQUEST_LIMIT_EXCEEDED`, too many long-running requests at once
+    /// (`ConcurrentPerOrgLongTxn Limit exceeded.`); the daily quota is not spent.
+    ConcurrentRequestLimit,
     /// The request is carried out (records written) and then answered 500
     /// `UNKNOWN_EXCEPTION`: the ambiguous case a client must retry idempotently.
     CommittedThenFailed,
@@ -818,6 +821,14 @@ fn data_locked(
             Fault::RequestLimitExceeded => rest_error(
                 StatusCode::FORBIDDEN,
                 &SfError::new("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.", &[]),
+            ),
+            Fault::ConcurrentRequestLimit => rest_error(
+                StatusCode::FORBIDDEN,
+                &SfError::new(
+                    "REQUEST_LIMIT_EXCEEDED",
+                    "ConcurrentPerOrgLongTxn Limit exceeded.",
+                    &[],
+                ),
             ),
             Fault::CommittedThenFailed => {
                 // Carry the request out with no other fault in the way, then fail it.

@@ -623,7 +623,10 @@ fn concurrency_may_be_adaptive_with_a_ceiling() {
         &target("[limits]\nconcurrency = 4\nmax_concurrency = 8\n"),
     );
     let e = f.error("targets/crm.toml", "limits.max_concurrency");
-    assert!(e.message.contains("only with concurrency = \"adaptive\""), "{e}");
+    assert!(
+        e.message.contains("only with concurrency = \"adaptive\""),
+        "{e}"
+    );
 }
 
 #[test]

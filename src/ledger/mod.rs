@@ -189,13 +189,6 @@ pub struct LedgerStatus {
     pub instances: Vec<InstanceStatus>,
 }
 
-/// A target that is down (its circuit open), for `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TargetDown {
-    pub since: DateTime<Utc>,
-    pub reason: String,
-}
-
 /// One leadsync process, as its heartbeat describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceInfo {
@@ -423,30 +416,6 @@ pub trait Ledger: Send + Sync {
     ) -> Result<u64, LedgerError>;
 
     /// Record that `instance` is alive at `now` (shown by `status`).
-    // --- push-engine additions (ledger-engine branch brings the real implementations) ---
-    async fn renew_leases(
-        &self,
-        _delivery_ids: &[i64],
-        _owner: &str,
-        _until: DateTime<Utc>,
-    ) -> Result<u64, LedgerError> {
-        Ok(0)
-    }
-    async fn set_target_down(
-        &self,
-        _target: &str,
-        _down: Option<&TargetDown>,
-    ) -> Result<(), LedgerError> {
-        Ok(())
-    }
-    async fn extend_retry_age(
-        &self,
-        _target: &str,
-        _by: std::time::Duration,
-    ) -> Result<u64, LedgerError> {
-        Ok(0)
-    }
-
     async fn heartbeat(
         &self,
         instance: &InstanceInfo,

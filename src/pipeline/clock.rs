@@ -1,11 +1,11 @@
 //! Where the push engine reads the time and waits. Production uses [`SystemClock`]; a round
-//! driven at a given `now` uses [`OffsetClock`] (tests pass `now` without sleeping); a test
+//! driven at a given `now` uses [`FixedClock`] (tests pass `now` without sleeping); a test
 //! may bring its own clock whose waits take no real time, to run minutes of backoff in
 //! milliseconds.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[async_trait]
 pub trait Clock: Send + Sync {
@@ -28,30 +28,19 @@ impl Clock for SystemClock {
     }
 }
 
-/// `start` plus the real time elapsed since it was made: a round that begins at a caller's
-/// `now`, in which a CRM's answer still counts from when it came.
+/// A clock that stays at `now`: one round driven at a caller's time (tests, `send-test`), in
+/// which every decision and every stored time counts from that `now`. It never sleeps: time
+/// does not move.
 #[derive(Debug, Clone, Copy)]
-pub struct OffsetClock {
-    start: DateTime<Utc>,
-    since: Instant,
-}
-
-impl OffsetClock {
-    pub fn starting_at(start: DateTime<Utc>) -> Self {
-        OffsetClock {
-            start,
-            since: Instant::now(),
-        }
-    }
-}
+pub struct FixedClock(pub DateTime<Utc>);
 
 #[async_trait]
-impl Clock for OffsetClock {
+impl Clock for FixedClock {
     fn now(&self) -> DateTime<Utc> {
-        self.start + chrono::Duration::from_std(self.since.elapsed()).unwrap_or_default()
+        self.0
     }
-    async fn sleep_until(&self, t: DateTime<Utc>) {
-        tokio::time::sleep(until(self.now(), t)).await;
+    async fn sleep_until(&self, _t: DateTime<Utc>) {
+        tokio::task::yield_now().await;
     }
 }
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-pub use clock::{Clock, OffsetClock, SystemClock};
+pub use clock::{Clock, FixedClock, SystemClock};
 pub use decide::backoff_delay;
 pub use engine::{HealthSink, TargetEngine};
 pub use pull::{pull_leased, pull_source, PullOutcome, SourceLease};
@@ -126,7 +126,7 @@ pub async fn push_round(
     now: DateTime<Utc>,
 ) -> Result<PushReport, PipelineError> {
     TargetEngine::new(Arc::clone(target), Arc::clone(ledger), owner)
-        .with_clock(Arc::new(OffsetClock::starting_at(now)))
+        .with_clock(Arc::new(FixedClock(now)))
         .push_due(&CancellationToken::new(), false)
         .await
 }

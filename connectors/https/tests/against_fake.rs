@@ -153,7 +153,7 @@ async fn an_unknown_ca_is_refused_unless_configured() {
     let s = settings(json!({ "url": url, "http": {"ca_file": "ca.pem", "ca_only": true} }));
     let c = connector(&s, other_dir.path());
     let out = c.push(&records(1, &s)).await;
-    assert_eq!(failure(&out[0]).code, "connect_error");
+    assert_eq!(failure(&out[0]).code, "tls_error");
     assert!(rx.posts().is_empty());
     assert!(rx.handshake_failures() >= 2);
 

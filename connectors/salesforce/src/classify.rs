@@ -14,6 +14,10 @@ use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
 use serde_json::Value;
 
+/// How long the target pauses on Salesforce's concurrent-request limit: long-running
+/// requests finish within seconds, and the pipeline also lowers the concurrency.
+const CONCURRENT_LIMIT_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
+
 use crate::rest::Answer;
 use crate::SalesforceConnector;
 
@@ -115,12 +119,38 @@ impl SalesforceConnector {
                 _ => FailureClass::Rejected,
             },
         };
+        let concurrent = code == "REQUEST_LIMIT_EXCEEDED" && self.is_concurrency_limit(&message);
         let mut f = DeliveryFailure::new(class, code, message).with_retry_after(asked);
-        if class == FailureClass::Throttled && code == "REQUEST_LIMIT_EXCEEDED" && asked.is_none() {
+        if concurrent {
+            // Too many long-running requests at once: fewer in flight and a short pause, not
+            // a day's wait.
+            f = f.limiting_concurrency();
+            f.retry_after = asked.or(Some(CONCURRENT_LIMIT_PAUSE));
+        } else if class == FailureClass::Throttled
+            && code == "REQUEST_LIMIT_EXCEEDED"
+            && asked.is_none()
+        {
             // The daily quota rolls over 24 hours; pause the target rather than hammer it.
             f.retry_after = Some(self.request_limit_pause);
         }
         f
+    }
+
+    /// `REQUEST_LIMIT_EXCEEDED` means the org's daily allocation (`TotalRequests Limit
+    /// exceeded.`) or a concurrent-request limit (`ConcurrentPerOrgLongTxn Limit exceeded.`,
+    /// `ConcurrentRequests (Concurrent API Requests) Limit exceeded`; the exact text is not
+    /// documented). Tell them apart by the message, else by the `Sforce-Limit-Info` usage
+    /// already read: an allocation that is not spent cannot be the daily limit.
+    fn is_concurrency_limit(&self, message: &str) -> bool {
+        let m = message.to_ascii_lowercase();
+        if m.contains("concurrent") {
+            return true;
+        }
+        if m.contains("totalrequests") {
+            return false;
+        }
+        self.last_api_usage()
+            .is_some_and(|u| u.max > 0 && u.used.saturating_mul(100) < u.max.saturating_mul(95))
     }
 }
 

@@ -346,6 +346,23 @@ async fn quota_throttling_and_server_errors_are_classified() {
     }
     let u = c.last_api_usage().unwrap();
     assert_eq!((u.used, u.max), (15_000, 15_000));
+    for o in &out {
+        assert!(
+            !failure(o).concurrency_limit,
+            "the daily quota is not a concurrency limit"
+        );
+    }
+
+    // The concurrent long-request limit: a short pause and fewer requests in flight.
+    fake.set_api_usage(10, 15_000);
+    fake.inject(Fault::ConcurrentRequestLimit, 1);
+    let f = failure(&c.push(&recs).await[0]).clone();
+    assert_eq!(
+        (f.class, f.code.as_str()),
+        (FailureClass::Throttled, "REQUEST_LIMIT_EXCEEDED")
+    );
+    assert!(f.concurrency_limit);
+    assert_eq!(f.retry_after, Some(Duration::from_secs(5)));
 
     fake.set_api_usage(10, 15_000);
     fake.inject(Fault::Unavailable, 1);
