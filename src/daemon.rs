@@ -175,22 +175,25 @@ impl Shared {
     }
 
     /// Verify each target (credentials, reachability) for `/readyz`.
+    /// A target that is down is its push engine's to probe (once per backoff step): it is
+    /// not re-checked here. A failing check is logged when it starts failing or its reason
+    /// changes, not at every re-check.
     async fn check_targets(&self, only_failing: bool) {
-        let failing: Vec<String> = self
-            .health
-            .failing_checks()
-            .into_iter()
-            .map(|(t, _)| t)
-            .collect();
-        for t in &self.targets {
-            if only_failing && !failing.contains(&t.name) {
+        let failing: std::collections::BTreeMap<String, String> =
+            self.health.failing_checks().into_iter().collect();
+        for job in &self.pushes {
+            let t = job.engine.target();
+            if only_failing && (!failing.contains_key(&t.name) || job.engine.down().is_some()) {
                 continue;
             }
             let result = match t.connector.check(true).await {
                 Ok(_) => None,
                 Err(e) => {
-                    tracing::warn!(target = %t.name, error = %e, "target check failed");
-                    Some(e.to_string())
+                    let reason = e.to_string();
+                    if failing.get(&t.name) != Some(&reason) {
+                        tracing::warn!(target = %t.name, error = %reason, "target check failed");
+                    }
+                    Some(reason)
                 }
             };
             self.health.set_check(&t.name, result);
@@ -363,6 +366,11 @@ impl Generation {
         // Checks talk to the CRMs: run them beside the jobs, not before them.
         let s = Arc::clone(&shared);
         tracker.spawn(async move { s.check_targets(false).await });
+        // Push what is already due at once (a restart, or a reload that fixed a target's
+        // credentials) rather than at each target's next tick.
+        for job in &shared.pushes {
+            tracker.spawn(Arc::clone(job).push());
+        }
         tracing::info!(
             sources = settings.sources.len(),
             targets = loaded.targets.len(),

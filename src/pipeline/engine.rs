@@ -51,6 +51,9 @@ struct EngineState {
     limit: ConcurrencyLimit,
     /// The target's pause (throttling), as last read from or written to the ledger.
     paused_until: Option<DateTime<Utc>>,
+    /// The target has answered this engine: a "down" left by the engine before it (a
+    /// restart, a reload that fixed the credentials) has been cleared.
+    confirmed_up: bool,
 }
 
 /// What may start next.
@@ -77,6 +80,7 @@ impl TargetEngine {
             circuit: Circuit::new(target.retry.max_delay),
             limit: ConcurrencyLimit::new(target.concurrency, target.adaptive),
             paused_until: None,
+            confirmed_up: false,
         };
         metrics::gauge!(m::TARGET_UP, "target" => target.name.clone()).set(1.0);
         TargetEngine {
@@ -405,7 +409,13 @@ impl TargetEngine {
             let Some(mut s) = self.state() else {
                 return Ok(PushReport::default());
             };
+            let first_answer = verdict == Verdict::Up && !s.confirmed_up;
+            s.confirmed_up |= verdict == Verdict::Up;
             let t = s.circuit.observe(verdict, answered, trip.probe);
+            let t = match t {
+                Transition::None if first_answer => Transition::Confirmed,
+                t => t,
+            };
             s.limit
                 .observe(trip.rtt, congestion(&trip.outcomes), Instant::now());
             (t, s.circuit.is_open())
@@ -503,6 +513,20 @@ impl TargetEngine {
                 }
                 let down = TargetDown { since, reason };
                 self.ledger.set_target_down(name, Some(&down)).await?;
+            }
+            Transition::Confirmed => {
+                // Clear what an earlier engine of this target left: the ledger's "down" (with
+                // its outage credited to the leads, as a close would) and the health report.
+                metrics::gauge!(m::TARGET_UP, "target" => name.clone()).set(1.0);
+                if let Some(h) = &self.health {
+                    h.target_down(name, None);
+                }
+                if let Some(down) = self.ledger.target_down(name).await? {
+                    let outage = (self.clock.now() - down.since).to_std().unwrap_or_default();
+                    tracing::info!(target = %name, down_for = %humantime::format_duration(Duration::from_secs(outage.as_secs())), "target back up");
+                    self.ledger.set_target_down(name, None).await?;
+                    self.ledger.extend_retry_age(name, outage).await?;
+                }
             }
             Transition::Closed { outage } => {
                 tracing::info!(target = %name, down_for = %humantime::format_duration(Duration::from_secs(outage.as_secs())), "target back up");

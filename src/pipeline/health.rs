@@ -75,6 +75,9 @@ pub enum Transition {
     Closed {
         outage: Duration,
     },
+    /// (The engine's own:) the first answer of a new engine, which clears what an earlier one
+    /// may have left.
+    Confirmed,
 }
 
 /// Whether a batch may start.
