@@ -28,9 +28,14 @@ const AUTH_CODES: &[&str] = &[
 /// A failed Table request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TableError {
-    /// No response: connect error, timeout, reset.
+    /// No response: connect error, timeout, reset. `unreachable`: no connection could be made
+    /// at all (refused, DNS, TLS), which says the account is down, not the record.
     #[error("{message}")]
-    Transport { code: String, message: String },
+    Transport {
+        code: String,
+        message: String,
+        unreachable: bool,
+    },
     /// The service answered with an error.
     #[error("HTTP {status} {code}: {message}")]
     Service {
@@ -69,6 +74,7 @@ impl TableError {
     pub fn from_transport(err: &reqwest::Error) -> TableError {
         let f = failure_from_transport(err);
         TableError::Transport {
+            unreachable: f.class == FailureClass::TargetDown,
             code: f.code,
             message: f.message,
         }
@@ -109,11 +115,14 @@ impl TableError {
     /// How the pipeline must treat a record that failed this way.
     pub fn class(&self) -> FailureClass {
         match self {
+            TableError::Transport {
+                unreachable: true, ..
+            } => FailureClass::TargetDown,
             TableError::Transport { .. } | TableError::Protocol(_) => FailureClass::Transient,
             _ if self.is_throttled() => FailureClass::Throttled,
-            // A refused credential is a configuration error, not the record's fault: keep
-            // the lead and retry with backoff until the operator fixes the key.
-            _ if self.is_auth() => FailureClass::Transient,
+            // A refused credential is the target's problem, not the record's: the pipeline
+            // pauses the target and probes it until the operator fixes the key.
+            _ if self.is_auth() => FailureClass::TargetDown,
             _ if self.is_table_not_found() => FailureClass::Transient,
             TableError::Service { status, .. } => match *status {
                 408 => FailureClass::Transient,
@@ -215,7 +224,7 @@ mod tests {
             r#"{"odata.error":{"code":"AuthorizationFailure","message":{"lang":"en-US","value":"Server failed to authenticate the request."}}}"#,
         );
         assert!(auth.is_auth());
-        assert_eq!(auth.class(), FailureClass::Transient);
+        assert_eq!(auth.class(), FailureClass::TargetDown);
         assert!(auth.explain().contains("AccountKey"), "{}", auth.explain());
         let missing = service(
             404,

@@ -156,7 +156,7 @@ async fn a_wrong_account_key_is_a_clear_configuration_error() {
     match &out[0] {
         DeliveryOutcome::Failed(f) => {
             assert_eq!(f.code, "AuthorizationFailure");
-            assert_eq!(f.class, FailureClass::Transient);
+            assert_eq!(f.class, FailureClass::TargetDown);
             assert!(f.message.contains("AccountKey"), "{}", f.message);
         }
         other => panic!("{other:?}"),
