@@ -20,6 +20,8 @@ use crate::telemetry;
 use crate::wiring::{self, Loaded, WiringError};
 
 pub const EXIT_OK: u8 = 0;
+/// The command line was wrong (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_RUNTIME: u8 = 1;
 pub const EXIT_DEAD: u8 = 2;
 pub const EXIT_TEMPFAIL: u8 = 75;
@@ -36,8 +38,9 @@ pub enum Command {
     },
     /// One full cycle: pull every source, push every target until done, then exit.
     Sync {
-        /// Required: run once and exit (the daemon is `run`).
-        #[arg(long, required = true)]
+        /// Run once and exit (what `sync` always does; the daemon is `run`). Accepted for
+        /// scripts that spell it out.
+        #[arg(long)]
         once: bool,
         /// How long to wait for retries that come due (e.g. `30s`, `0s`).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -78,6 +81,10 @@ pub enum Command {
         #[arg(long)]
         email: String,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `leadsync man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,5 +173,7 @@ async fn dispatch(loaded: Loaded, command: Command) -> Result<u8, WiringError> {
         Command::Replay { target, since } => operator::replay(&loaded, &target, &since).await,
         Command::SendTest { target, wait } => operator::send_test(&loaded, &target, wait).await,
         Command::Forget { email } => operator::forget(&loaded, &email).await,
+        // Answered by `main.rs` before any configuration is read.
+        Command::Completions { .. } | Command::Man => Ok(EXIT_OK),
     }
 }
