@@ -1,6 +1,11 @@
 //! Wiring: build what a command needs from the checked configuration — the targets (through
 //! the registry), the sources, the ledger, and this process's identity.
 //!
+//! Secrets are resolved only where a connector or source is really built (`run`, `sync`,
+//! `send-test`, `check`): the operator commands that only read or change the ledger
+//! (`status`, `trace`, `dead-letters`, `replay`, `forget`) need [`load_settings`] alone, so they
+//! work in a shell where the service's systemd credentials are not readable.
+//!
 //! It owns no behaviour of its own: commands (`commands/`) and the daemon (`daemon.rs`) call
 //! it, and it calls nothing of theirs, so there is no import circle between them. Errors are
 //! [`WiringError`]s: a configuration mistake (exit 78) or a runtime failure.
@@ -37,25 +42,51 @@ pub struct Loaded {
 impl Loaded {
     /// The enabled target named `name`, or a configuration error listing the known ones.
     pub fn target(&self, name: &str) -> Result<&Arc<Target>, WiringError> {
-        self.targets.iter().find(|t| t.name == name).ok_or_else(|| {
-            let known: Vec<&str> = self.targets.iter().map(|t| t.name.as_str()).collect();
-            WiringError::Config(format!(
-                "no enabled target named {name:?}; enabled targets: {}",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            ))
-        })
+        match self.targets.iter().find(|t| t.name == name) {
+            Some(t) => Ok(t),
+            None => {
+                find_target(name, self.targets.iter().map(|t| t.name.as_str()))?;
+                Err(WiringError::Config(format!(
+                    "no enabled target named {name:?}"
+                )))
+            }
+        }
     }
 }
 
-/// Load and validate everything a command needs from the configuration, without I/O on
-/// the ledger or the network.
+/// `name` among the enabled targets `known`, or a configuration error listing them.
+pub fn find_target<'a>(
+    name: &str,
+    known: impl Iterator<Item = &'a str> + Clone,
+) -> Result<(), WiringError> {
+    if known.clone().any(|k| k == name) {
+        return Ok(());
+    }
+    let known: Vec<&str> = known.collect();
+    Err(WiringError::Config(format!(
+        "no enabled target named {name:?}; enabled targets: {}",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )))
+}
+
+/// The checked configuration alone: no secret resolved, no connector built.
+pub fn load_settings(config_path: &Path) -> Result<Settings, WiringError> {
+    config::load(config_path, &registry::known_kinds())
+        .map_err(|e| WiringError::Config(e.to_string()))
+}
+
+/// Load the configuration and build every enabled target and source, resolving their secrets:
+/// what `run` and `sync` need. Any mistake is a configuration error (exit 78).
 pub fn load(config_path: &Path) -> Result<Loaded, WiringError> {
-    let settings = config::load(config_path, &registry::known_kinds())
-        .map_err(|e| WiringError::Config(e.to_string()))?;
+    build(load_settings(config_path)?)
+}
+
+/// Build every enabled target and source of `settings`, resolving their secrets.
+pub fn build(settings: Settings) -> Result<Loaded, WiringError> {
     let mut targets = Vec::new();
     let mut errors = Vec::new();
     for t in settings.targets.iter().filter(|t| t.enabled) {
@@ -71,6 +102,91 @@ pub fn load(config_path: &Path) -> Result<Loaded, WiringError> {
     // connection string or missing secret as a configuration error (exit 78).
     build_sources(&settings)?;
     Ok(Loaded { settings, targets })
+}
+
+/// What `check` without `--connect` could build: outside the service, a `{ credential = … }`
+/// secret is often unreadable (systemd loads it at start); a target or source that fails only
+/// for that is a note, not an error.
+pub struct CheckedBuild {
+    pub targets: Vec<Arc<Target>>,
+    pub notes: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// Build every enabled target (and source) for `check`, sorting failures into notes (an
+/// unreadable systemd credential) and errors.
+pub fn build_for_check(settings: &Settings) -> CheckedBuild {
+    let mut out = CheckedBuild {
+        targets: Vec::new(),
+        notes: Vec::new(),
+        errors: Vec::new(),
+    };
+    for t in settings.targets.iter().filter(|t| t.enabled) {
+        match registry::build_target(t, settings.ledger.lease) {
+            Ok(target) => out.targets.push(Arc::new(target)),
+            Err(e) => match unreadable_credentials(&t.connection) {
+                names if !names.is_empty() => out
+                    .notes
+                    .push(credential_note(&format!("target {}", t.name), &names)),
+                _ => out.errors.push(e.to_string()),
+            },
+        }
+    }
+    for s in &settings.sources {
+        let SourceKind::AzureTable(a) = &s.kind else {
+            continue;
+        };
+        let unreadable = a
+            .connection
+            .credential_name()
+            .filter(|n| !credential_readable(n))
+            .map(|n| vec![n.to_string()])
+            .unwrap_or_default();
+        if let Err(e) = build_azure_table_source(settings, &s.name, a) {
+            if unreadable.is_empty() {
+                out.errors.push(e.to_string());
+            } else {
+                out.notes
+                    .push(credential_note(&format!("source {}", s.name), &unreadable));
+            }
+        }
+    }
+    out
+}
+
+fn credential_note(what: &str, names: &[String]) -> String {
+    format!(
+        "{what}: credential {} not readable here (loaded by systemd at start); the settings \
+         that need it are checked by `check --connect` with the credentials readable, or by \
+         the service",
+        names.join(", ")
+    )
+}
+
+/// The `{ credential = "NAME" }` secrets in a `[connection]` table that cannot be read now.
+fn unreadable_credentials(connection: &serde_json::Value) -> Vec<String> {
+    let mut names = Vec::new();
+    collect_credentials(connection, &mut names);
+    names.retain(|n| !credential_readable(n));
+    names
+}
+
+fn collect_credentials(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(o) => {
+            if let (1, Some(serde_json::Value::String(n))) = (o.len(), o.get("credential")) {
+                out.push(n.clone());
+            }
+            o.values().for_each(|v| collect_credentials(v, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_credentials(v, out)),
+        _ => {}
+    }
+}
+
+fn credential_readable(name: &str) -> bool {
+    leadsync_core::secret_ref::credentials_directory()
+        .is_some_and(|d| std::fs::File::open(d.path().join(name)).is_ok())
 }
 
 /// The configured sources, ready to pull.

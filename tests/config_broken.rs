@@ -83,8 +83,6 @@ const CASES: &[Case] = &[
      None, Some("kind = \"dynamics\"\n[connection]\nurl = \"https://acme.crm.dynamics.com\"\ntenant_id = \"t\"\nclient_id = \"abc\"\n")),
     ("dynamics mode", "t.toml", "`connection.mode`",
      None, Some("kind = \"dynamics\"\n[connection]\nurl = \"https://acme.crm.dynamics.com\"\ntenant_id = \"t\"\nclient_id = \"abc\"\nclient_secret = \"s\"\nmode = \"merge\"\n")),
-    ("dynamics credential without systemd", "t.toml", "`connection.client_secret`",
-     None, Some("kind = \"dynamics\"\n[connection]\nurl = \"https://acme.crm.dynamics.com\"\ntenant_id = \"t\"\nclient_id = \"abc\"\nclient_secret = { credential = \"dv-secret\" }\n")),
     // azure table
     ("azure table name", "t.toml", "`connection.table`",
      None, Some("kind = \"azure_table\"\n[connection]\nconnection_string = \"UseDevelopmentStorage=true\"\ntable = \"1-bad\"\n")),

@@ -1,37 +1,75 @@
-//! `check [--connect]`: the configuration is valid (it was loaded to get here); with
-//! `--connect`, each source and target is asked whether its credentials and settings work.
+//! `check [--connect]`: the configuration is valid (it was loaded to get here), and every
+//! target and source can be built from it.
+//!
+//! Without `--connect` nothing is contacted, and a `{ credential = … }` secret that cannot be
+//! read here (an operator's shell, not the service, whose credentials systemd loads at start)
+//! is a note, not an error. With `--connect` every secret must resolve — from
+//! `$CREDENTIALS_DIRECTORY`, else the service's `/run/credentials/leadsync.service` when it is
+//! readable, and the output says which — and each source and target is asked whether its
+//! credentials and settings work.
 
 use super::{EXIT_OK, EXIT_RUNTIME};
-use crate::wiring::{self, Loaded, WiringError};
+use crate::config::Settings;
+use crate::pipeline::Target;
+use crate::wiring::{self, WiringError};
+use std::sync::Arc;
 
-pub(super) async fn check(loaded: &Loaded, connect: bool) -> Result<u8, WiringError> {
-    let s = &loaded.settings;
+pub(super) async fn check(s: &Settings, connect: bool) -> Result<u8, WiringError> {
+    let (targets, notes) = if connect {
+        (wiring::build(s.clone())?.targets, Vec::new())
+    } else {
+        let built = wiring::build_for_check(s);
+        if !built.errors.is_empty() {
+            return Err(WiringError::Config(built.errors.join("\n")));
+        }
+        (built.targets, built.notes)
+    };
     println!("configuration {} is valid", s.config_path.display());
     println!("  ledger: {}", s.ledger.location.describe());
     for src in &s.sources {
         println!("  source {}: schedule {}", src.name, src.schedule);
     }
-    if loaded.targets.is_empty() {
+    if s.targets.iter().all(|t| !t.enabled) {
         println!("  warning: no enabled target: leads will be staged but go nowhere");
     }
-    let mut failed = false;
+    for n in &notes {
+        println!("  note: {n}");
+    }
     if connect {
-        for source in wiring::build_sources(s)?.iter_mut() {
-            match source.check_connect().await {
-                Ok(lines) => {
-                    println!("  source {}: ok", source.name());
-                    for v in lines {
-                        println!("    - {v}");
-                    }
+        match leadsync_core::secret_ref::credentials_directory() {
+            Some(d) => println!("  credentials: {d}"),
+            None => println!("  credentials: none readable (no {{ credential = … }} secret used)"),
+        }
+    }
+    let mut failed = connect && !check_sources(s).await?;
+    failed |= !check_targets(&targets, connect).await;
+    Ok(if failed { EXIT_RUNTIME } else { EXIT_OK })
+}
+
+/// `check --connect` for every source; false if one failed.
+async fn check_sources(s: &Settings) -> Result<bool, WiringError> {
+    let mut ok = true;
+    for source in wiring::build_sources(s)?.iter_mut() {
+        match source.check_connect().await {
+            Ok(lines) => {
+                println!("  source {}: ok", source.name());
+                for v in lines {
+                    println!("    - {v}");
                 }
-                Err(e) => {
-                    failed = true;
-                    println!("  source {}: FAILED: {e}", source.name());
-                }
+            }
+            Err(e) => {
+                ok = false;
+                println!("  source {}: FAILED: {e}", source.name());
             }
         }
     }
-    for t in &loaded.targets {
+    Ok(ok)
+}
+
+/// Each target's own check (offline, or against the CRM with `connect`); false if one failed.
+async fn check_targets(targets: &[Arc<Target>], connect: bool) -> bool {
+    let mut ok = true;
+    for t in targets {
         match t.connector.check(connect).await {
             Ok(r) => {
                 println!("  target {} ({}): ok", t.name, t.connector.kind());
@@ -40,10 +78,10 @@ pub(super) async fn check(loaded: &Loaded, connect: bool) -> Result<u8, WiringEr
                 }
             }
             Err(e) => {
-                failed = true;
+                ok = false;
                 println!("  target {} ({}): FAILED: {e}", t.name, t.connector.kind());
             }
         }
     }
-    Ok(if failed { EXIT_RUNTIME } else { EXIT_OK })
+    ok
 }

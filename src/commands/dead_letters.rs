@@ -5,15 +5,16 @@ use anyhow::Context;
 use chrono::Utc;
 
 use super::EXIT_OK;
+use crate::config::Settings;
 use crate::ledger::{DeadLetterFilter, OpenMode};
-use crate::wiring::{self, Loaded, WiringError};
+use crate::wiring::{self, WiringError};
 
 pub(super) async fn list(
-    loaded: &Loaded,
+    settings: &Settings,
     target: Option<&str>,
     json: bool,
 ) -> Result<u8, WiringError> {
-    let ledger = wiring::open_ledger(&loaded.settings, OpenMode::Shared).await?;
+    let ledger = wiring::open_ledger(settings, OpenMode::Shared).await?;
     let dead = ledger
         .dead_letters(target)
         .await
@@ -42,11 +43,11 @@ pub(super) async fn list(
 }
 
 pub(super) async fn retry(
-    loaded: &Loaded,
+    settings: &Settings,
     target: Option<String>,
     lead: Option<String>,
 ) -> Result<u8, WiringError> {
-    let ledger = wiring::open_ledger(&loaded.settings, OpenMode::Shared).await?;
+    let ledger = wiring::open_ledger(settings, OpenMode::Shared).await?;
     let n = ledger
         .retry_dead(
             &DeadLetterFilter {

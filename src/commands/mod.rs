@@ -16,8 +16,9 @@ use clap::Subcommand;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::config::Settings;
 use crate::telemetry;
-use crate::wiring::{self, Loaded, WiringError};
+use crate::wiring::{self, WiringError};
 
 pub const EXIT_OK: u8 = 0;
 /// The command line was wrong (EX_USAGE).
@@ -109,13 +110,11 @@ pub enum DeadLetterCommand {
 pub fn main(config_path: &Path, log_level: Option<&str>, command: Command) -> u8 {
     // Logging needs the config's telemetry section, but a config error must still be
     // reported: fall back to defaults when it cannot be read.
-    let loaded = wiring::load(config_path);
+    let loaded = wiring::load_settings(config_path);
     let (format, level) = match &loaded {
-        Ok(l) => (
-            l.settings.telemetry.log_format,
-            log_level
-                .unwrap_or(&l.settings.telemetry.log_level)
-                .to_string(),
+        Ok(s) => (
+            s.telemetry.log_format,
+            log_level.unwrap_or(&s.telemetry.log_level).to_string(),
         ),
         Err(_) => (
             telemetry::LogFormat::Auto,
@@ -154,25 +153,30 @@ fn report(e: WiringError) -> u8 {
     }
 }
 
-async fn dispatch(loaded: Loaded, command: Command) -> Result<u8, WiringError> {
+/// Run `command`. Only the commands that talk to a CRM or a source build them (and resolve
+/// their secrets); the others need the ledger alone.
+async fn dispatch(settings: Settings, command: Command) -> Result<u8, WiringError> {
+    let s = &settings;
     match command {
-        Command::Run => crate::daemon::run(loaded)
+        Command::Run => crate::daemon::run(wiring::build(settings)?)
             .await
             .map(|()| EXIT_OK)
             .map_err(WiringError::Runtime),
-        Command::Check { connect } => check::check(&loaded, connect).await,
-        Command::Sync { once: _, wait } => sync::sync_once(&loaded, wait).await,
-        Command::Status { json } => status::status(&loaded, json).await,
-        Command::Trace { lead, json } => status::trace(&loaded, &lead, json).await,
+        Command::Sync { once: _, wait } => sync::sync_once(&wiring::build(settings)?, wait).await,
+        Command::SendTest { target, wait } => {
+            operator::send_test(&wiring::build(settings)?, &target, wait).await
+        }
+        Command::Check { connect } => check::check(s, connect).await,
+        Command::Status { json } => status::status(s, json).await,
+        Command::Trace { lead, json } => status::trace(s, &lead, json).await,
         Command::DeadLetters(DeadLetterCommand::List { target, json }) => {
-            dead_letters::list(&loaded, target.as_deref(), json).await
+            dead_letters::list(s, target.as_deref(), json).await
         }
         Command::DeadLetters(DeadLetterCommand::Retry { target, lead }) => {
-            dead_letters::retry(&loaded, target, lead).await
+            dead_letters::retry(s, target, lead).await
         }
-        Command::Replay { target, since } => operator::replay(&loaded, &target, &since).await,
-        Command::SendTest { target, wait } => operator::send_test(&loaded, &target, wait).await,
-        Command::Forget { email } => operator::forget(&loaded, &email).await,
+        Command::Replay { target, since } => operator::replay(s, &target, &since).await,
+        Command::Forget { email } => operator::forget(s, &email).await,
         // Answered by `main.rs` before any configuration is read.
         Command::Completions { .. } | Command::Man => Ok(EXIT_OK),
     }

@@ -7,6 +7,7 @@ use chrono::Utc;
 use std::time::Duration;
 
 use super::{EXIT_DEAD, EXIT_OK, EXIT_TEMPFAIL};
+use crate::config::Settings;
 use crate::ledger::OpenMode;
 use crate::pipeline;
 use crate::wiring::{self, Loaded, WiringError};
@@ -27,18 +28,23 @@ fn parse_since(since: &str) -> Result<chrono::DateTime<Utc>, WiringError> {
         })
 }
 
-pub(super) async fn replay(loaded: &Loaded, target: &str, since: &str) -> Result<u8, WiringError> {
-    let t = loaded.target(target)?;
+pub(super) async fn replay(
+    settings: &Settings,
+    target: &str,
+    since: &str,
+) -> Result<u8, WiringError> {
+    let enabled = settings.targets.iter().filter(|t| t.enabled);
+    wiring::find_target(target, enabled.map(|t| t.name.as_str()))?;
     let since = parse_since(since)?;
-    let ledger = wiring::open_ledger(&loaded.settings, OpenMode::Shared).await?;
+    let ledger = wiring::open_ledger(settings, OpenMode::Shared).await?;
     let n = ledger
-        .replay(&t.name, since, Utc::now())
+        .replay(target, since, Utc::now())
         .await
         .context("replaying deliveries")?;
     println!(
         "{n} delivered lead(s) of {} staged since {} queued again; the CRM writes are \
          idempotent, so existing records are updated, not duplicated",
-        t.name,
+        target,
         since.to_rfc3339()
     );
     Ok(EXIT_OK)
@@ -139,8 +145,8 @@ pub(super) async fn send_test(
     }
 }
 
-pub(super) async fn forget(loaded: &Loaded, email: &str) -> Result<u8, WiringError> {
-    let ledger = wiring::open_ledger(&loaded.settings, OpenMode::Shared).await?;
+pub(super) async fn forget(settings: &Settings, email: &str) -> Result<u8, WiringError> {
+    let ledger = wiring::open_ledger(settings, OpenMode::Shared).await?;
     let erased = ledger
         .forget_email(email)
         .await

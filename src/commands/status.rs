@@ -7,8 +7,9 @@ use chrono::Utc;
 use std::time::Duration;
 
 use super::{EXIT_OK, EXIT_RUNTIME};
+use crate::config::Settings;
 use crate::ledger::OpenMode;
-use crate::wiring::{self, Loaded, WiringError};
+use crate::wiring::{self, WiringError};
 
 fn age(since: Option<chrono::DateTime<Utc>>) -> String {
     match since {
@@ -20,8 +21,8 @@ fn age(since: Option<chrono::DateTime<Utc>>) -> String {
     }
 }
 
-pub(super) async fn status(loaded: &Loaded, json: bool) -> Result<u8, WiringError> {
-    let ledger = wiring::open_ledger(&loaded.settings, OpenMode::Shared).await?;
+pub(super) async fn status(settings: &Settings, json: bool) -> Result<u8, WiringError> {
+    let ledger = wiring::open_ledger(settings, OpenMode::Shared).await?;
     let status = ledger.status(Utc::now()).await.context("reading status")?;
     if json {
         let out = serde_json::to_string_pretty(&status).context("encoding status")?;
@@ -108,8 +109,8 @@ pub(super) async fn status(loaded: &Loaded, json: bool) -> Result<u8, WiringErro
     Ok(EXIT_OK)
 }
 
-pub(super) async fn trace(loaded: &Loaded, lead: &str, json: bool) -> Result<u8, WiringError> {
-    let ledger = wiring::open_ledger(&loaded.settings, OpenMode::Shared).await?;
+pub(super) async fn trace(settings: &Settings, lead: &str, json: bool) -> Result<u8, WiringError> {
+    let ledger = wiring::open_ledger(settings, OpenMode::Shared).await?;
     let Some((l, staged_at, deliveries)) =
         ledger.trace(lead).await.context("reading the ledger")?
     else {

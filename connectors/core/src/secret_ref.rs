@@ -29,8 +29,9 @@ pub enum SecretError {
     #[error("credential name {0:?} is not a plain name")]
     CredentialName(String),
     #[error(
-        "credential {0:?} requested but $CREDENTIALS_DIRECTORY is not set \
-         (use LoadCredential= in the systemd unit)"
+        "credential {0:?} requested but $CREDENTIALS_DIRECTORY is not set and \
+         {SERVICE_CREDENTIALS} cannot be read (systemd loads credentials with LoadCredential= \
+         when the service starts)"
     )]
     NoCredentialsDirectory(String),
     #[error("credential {name:?} cannot be read from {path}: {reason}")]
@@ -43,7 +44,64 @@ pub enum SecretError {
     Empty,
 }
 
+/// Where systemd keeps the leadsync service's credentials while it runs: an operator's shell
+/// (root) can read them there although `$CREDENTIALS_DIRECTORY` is set only for the service.
+pub const SERVICE_CREDENTIALS: &str = "/run/credentials/leadsync.service";
+
+/// The folder `{ credential = … }` secrets are read from, and why that one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialsDirectory {
+    /// `$CREDENTIALS_DIRECTORY`, as systemd sets it for the service.
+    Environment(PathBuf),
+    /// [`SERVICE_CREDENTIALS`], when the variable is not set and the folder is readable.
+    Service(PathBuf),
+}
+
+impl CredentialsDirectory {
+    pub fn path(&self) -> &Path {
+        match self {
+            CredentialsDirectory::Environment(p) | CredentialsDirectory::Service(p) => p,
+        }
+    }
+}
+
+impl std::fmt::Display for CredentialsDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CredentialsDirectory::Environment(p) => {
+                write!(f, "{} ($CREDENTIALS_DIRECTORY)", p.display())
+            }
+            CredentialsDirectory::Service(p) => {
+                write!(
+                    f,
+                    "{} (the service's, $CREDENTIALS_DIRECTORY unset)",
+                    p.display()
+                )
+            }
+        }
+    }
+}
+
+/// `$CREDENTIALS_DIRECTORY`, else the service's own folder when it can be read.
+pub fn credentials_directory() -> Option<CredentialsDirectory> {
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        return Some(CredentialsDirectory::Environment(PathBuf::from(dir)));
+    }
+    let service = Path::new(SERVICE_CREDENTIALS);
+    std::fs::read_dir(service)
+        .is_ok()
+        .then(|| CredentialsDirectory::Service(service.to_path_buf()))
+}
+
 impl SecretRef {
+    /// The systemd credential this secret names, if it is one.
+    pub fn credential_name(&self) -> Option<&str> {
+        match self {
+            SecretRef::Credential { credential } => Some(credential),
+            _ => None,
+        }
+    }
+
     /// Read the secret. `base_dir` resolves relative `file` paths. Trailing newlines of a
     /// file or credential are dropped (editors add them).
     pub fn resolve(&self, base_dir: &Path) -> Result<Secret, SecretError> {
@@ -66,9 +124,9 @@ impl SecretRef {
                 if credential.contains('/') || credential.is_empty() {
                     return Err(SecretError::CredentialName(credential.clone()));
                 }
-                let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+                let dir = credentials_directory()
                     .ok_or_else(|| SecretError::NoCredentialsDirectory(credential.clone()))?;
-                let path = Path::new(&dir).join(credential);
+                let path = dir.path().join(credential);
                 trim(
                     std::fs::read_to_string(&path).map_err(|e| SecretError::Credential {
                         name: credential.clone(),
