@@ -3,13 +3,29 @@
 //! Counters and the latency histogram are updated where things happen (the pipeline);
 //! gauges that describe the ledger's state (pending, dead, oldest pending, throttled,
 //! overdue) are read from the ledger when `/metrics` is scraped, so they are never stale and
-//! cost nothing between scrapes. Without the admin endpoint no recorder is installed and
+//! cost nothing between scrapes; so are the process metrics (`process_*`, metrics-process). Without the admin endpoint no recorder is installed and
 //! every update is a no-op.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+/// The process's own figures (CPU seconds, resident memory, open files, threads, start
+/// time), in the names the Prometheus client libraries use (`process_*`), read at each scrape.
+static PROCESS: std::sync::LazyLock<metrics_process::Collector> =
+    std::sync::LazyLock::new(metrics_process::Collector::default);
+
+/// Refresh the process metrics (call before rendering a scrape).
+pub fn collect_process() {
+    PROCESS.collect();
+}
+
 /// Leads a source staged (new ones only). Label `source`.
 pub const LEADS_STAGED: &str = "leadsync_leads_staged_total";
+/// When the source last pulled without error, Unix seconds. Label `source`.
+pub const SOURCE_LAST_SUCCESS: &str = "leadsync_source_last_success_timestamp_seconds";
+/// Pulls that failed (the source, or the ledger staging its records). Label `source`.
+pub const SOURCE_PULL_FAILURES: &str = "leadsync_source_pull_failures_total";
+/// Always 1; labels `version` and `commit` say what is running.
+pub const BUILD_INFO: &str = "leadsync_build_info";
 /// Records a source quarantined. Label `source`.
 pub const RECORDS_QUARANTINED: &str = "leadsync_records_quarantined_total";
 /// Delivery attempts by outcome. Labels `target`, `outcome` (`delivered`, `retry`, `dead`).
@@ -47,6 +63,20 @@ pub fn install() -> Option<PrometheusHandle> {
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).ok()?;
     metrics::describe_counter!(LEADS_STAGED, "Leads a source staged (new ones only)");
+    metrics::describe_gauge!(
+        SOURCE_LAST_SUCCESS,
+        metrics::Unit::Seconds,
+        "When the source last pulled without error (Unix time)"
+    );
+    metrics::describe_counter!(SOURCE_PULL_FAILURES, "Pulls of the source that failed");
+    metrics::describe_gauge!(BUILD_INFO, "The running version and commit (always 1)");
+    metrics::gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => env!("LEADSYNC_GIT_COMMIT")
+    )
+    .set(1.0);
+    PROCESS.describe();
     metrics::describe_counter!(RECORDS_QUARANTINED, "Records a source could not read");
     metrics::describe_counter!(DELIVERIES, "Delivery attempts by outcome");
     metrics::describe_counter!(RETRIES, "Attempts to be retried, by failure class");

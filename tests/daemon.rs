@@ -238,6 +238,15 @@ fn metrics_describe_a_sync() {
         value("leadsync_delivery_latency_seconds_count{target=\"csv\"}"),
         9.0
     );
+    assert_eq!(value("leadsync_target_up{target=\"csv\"}"), 1.0);
+    assert!(value("leadsync_source_last_success_timestamp_seconds{source=\"inbox\"}") > 1.7e9);
+    assert!(
+        body.lines().any(|l| l.starts_with("leadsync_build_info{")
+            && l.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+            && l.contains("commit=\"")),
+        "{body}"
+    );
+    assert!(value("process_resident_memory_bytes") > 0.0, "{body}");
     assert!(!body.contains("example.com"), "no personal data in metrics");
     let (code, _) = get("/healthz");
     assert_eq!(code, 200);

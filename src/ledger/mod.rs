@@ -345,6 +345,9 @@ pub trait Ledger: Send + Sync {
     /// compares it with its own `now`).
     async fn paused_until(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError>;
 
+    /// The database answers one trivial statement (`/readyz`; no scan of the deliveries).
+    async fn ping(&self) -> Result<(), LedgerError>;
+
     async fn status(&self, now: DateTime<Utc>) -> Result<LedgerStatus, LedgerError>;
 
     async fn dead_letters(&self, target: Option<&str>) -> Result<Vec<DeadLetter>, LedgerError>;

@@ -531,6 +531,10 @@ impl Ledger for PostgresLedger {
         Sql::paused_until(&self.pool, target).await
     }
 
+    async fn ping(&self) -> Result<(), LedgerError> {
+        Sql::ping(&self.pool).await
+    }
+
     async fn set_target_down(
         &self,
         target: &str,

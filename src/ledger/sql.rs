@@ -374,6 +374,15 @@ where
         Ok(renewed)
     }
 
+    /// One trivial statement: the database answers (for `/readyz`, which must stay cheap).
+    pub(super) async fn ping<'c, E>(exec: E) -> Result<(), LedgerError>
+    where
+        E: Executor<'c, Database = DB>,
+    {
+        sqlx::query("SELECT 1").execute(exec).await?;
+        Ok(())
+    }
+
     pub(super) async fn paused_until<'c, E>(
         exec: E,
         target: &str,

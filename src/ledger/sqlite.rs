@@ -486,6 +486,10 @@ impl Ledger for SqliteLedger {
         Sql::paused_until(&self.pool, target).await
     }
 
+    async fn ping(&self) -> Result<(), LedgerError> {
+        Sql::ping(&self.pool).await
+    }
+
     async fn status(&self, now: DateTime<Utc>) -> Result<LedgerStatus, LedgerError> {
         // One read transaction: every number comes from the same snapshot. One process
         // holds a SQLite ledger: there are no instances to show.

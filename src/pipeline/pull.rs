@@ -20,7 +20,13 @@ pub async fn pull_source(
 ) -> Result<StageReport, PipelineError> {
     let name = source.name().to_string();
     let result = pull_batches(ledger, source, targets, &name).await;
-    // The source's health for `status`: its last error until a pull succeeds.
+    // The source's health for `status` and `/metrics`: its last error until a pull succeeds.
+    let label = [("source", name.clone())];
+    match &result {
+        Ok(_) => metrics::gauge!(m::SOURCE_LAST_SUCCESS, &label)
+            .set(Utc::now().timestamp_millis() as f64 / 1000.0),
+        Err(_) => metrics::counter!(m::SOURCE_PULL_FAILURES, &label).increment(1),
+    }
     let note = match &result {
         Ok(_) => None,
         Err(PipelineError::Source(e)) => Some(e.to_string()),
