@@ -31,6 +31,8 @@ pub struct Health {
     pub checks: Mutex<BTreeMap<String, Option<String>>>,
     /// Targets whose circuit is open (down), with the reason.
     pub down: Mutex<BTreeMap<String, String>>,
+    /// Targets whose last canary failed, with the reason.
+    pub canaries: Mutex<BTreeMap<String, String>>,
 }
 
 impl crate::pipeline::HealthSink for Health {
@@ -62,17 +64,29 @@ impl Health {
         }
     }
 
-    /// Targets that are down or whose last check did not pass, with the reason.
+    /// Record the outcome of `target`'s last canary: `None` arrived, `Some(reason)` failed.
+    pub fn set_canary(&self, target: &str, failure: Option<String>) {
+        if let Ok(mut c) = self.canaries.lock() {
+            match failure {
+                Some(r) => c.insert(target.to_string(), r),
+                None => c.remove(target),
+            };
+        }
+    }
+
+    /// Targets that are down, whose canary failed, or whose last check did not pass.
     pub fn not_ready(&self) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = self
-            .down
-            .lock()
-            .map(|d| {
-                d.iter()
-                    .map(|(t, r)| (t.clone(), format!("down: {r}")))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let tagged = |m: &Mutex<BTreeMap<String, String>>, tag: &str| -> Vec<(String, String)> {
+            m.lock()
+                .map(|d| {
+                    d.iter()
+                        .map(|(t, r)| (t.clone(), format!("{tag}: {r}")))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut out = tagged(&self.down, "down");
+        out.extend(tagged(&self.canaries, "canary failed"));
         out.extend(self.failing_checks());
         out
     }

@@ -320,6 +320,21 @@ impl Generation {
             .filter(|t| t.enabled)
             .zip(shared.pushes.iter())
         {
+            if let Some(canary) = &t.canary {
+                let target = Arc::clone(job.engine.target());
+                add_job(
+                    &scheduler,
+                    canary.as_str(),
+                    &format!("canary of target {}", t.name),
+                    &shared,
+                    &tracker,
+                    move |s| {
+                        let target = Arc::clone(&target);
+                        async move { run_canary(&s.health, &target).await }
+                    },
+                )
+                .await?;
+            }
             let job = Arc::clone(job);
             add_job(
                 &scheduler,
@@ -409,6 +424,25 @@ impl Generation {
             {
                 tracing::warn!(source = %source, error = %e, "releasing the source lease failed");
             }
+        }
+    }
+}
+
+/// Send `target`'s canary; its success time and latency go to `/metrics`, a failure makes
+/// `/readyz` red until the next canary arrives.
+async fn run_canary(health: &Health, target: &Target) {
+    let label = [("target", target.name.clone())];
+    match pipeline::canary::send_canary(target).await {
+        Ok(took) => {
+            let now = Utc::now().timestamp_millis() as f64 / 1000.0;
+            metrics::gauge!(crate::metrics::CANARY_LAST_SUCCESS, &label).set(now);
+            metrics::gauge!(crate::metrics::CANARY_LATENCY, &label).set(took.as_secs_f64());
+            tracing::debug!(target = %target.name, took_ms = took.as_millis() as u64, "canary arrived");
+            health.set_canary(&target.name, None);
+        }
+        Err(e) => {
+            tracing::warn!(target = %target.name, error = %e, "canary failed");
+            health.set_canary(&target.name, Some(e.to_string()));
         }
     }
 }

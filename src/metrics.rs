@@ -24,6 +24,10 @@ pub const LEADS_STAGED: &str = "leadsync_leads_staged_total";
 pub const SOURCE_LAST_SUCCESS: &str = "leadsync_source_last_success_timestamp_seconds";
 /// Pulls that failed (the source, or the ledger staging its records). Label `source`.
 pub const SOURCE_PULL_FAILURES: &str = "leadsync_source_pull_failures_total";
+/// When the target's canary last arrived, Unix seconds. Label `target`.
+pub const CANARY_LAST_SUCCESS: &str = "leadsync_canary_last_success_timestamp_seconds";
+/// How long the target's last canary that arrived took, seconds. Label `target`.
+pub const CANARY_LATENCY: &str = "leadsync_canary_latency_seconds";
 /// Always 1; labels `version` and `commit` say what is running.
 pub const BUILD_INFO: &str = "leadsync_build_info";
 /// Records a source quarantined. Label `source`.
@@ -70,6 +74,16 @@ pub fn install() -> Option<PrometheusHandle> {
     );
     metrics::describe_counter!(SOURCE_PULL_FAILURES, "Pulls of the source that failed");
     metrics::describe_gauge!(BUILD_INFO, "The running version and commit (always 1)");
+    metrics::describe_gauge!(
+        CANARY_LAST_SUCCESS,
+        metrics::Unit::Seconds,
+        "When the target's canary last arrived (Unix time)"
+    );
+    metrics::describe_gauge!(
+        CANARY_LATENCY,
+        metrics::Unit::Seconds,
+        "How long the target's last canary took"
+    );
     metrics::gauge!(
         BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),

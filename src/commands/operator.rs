@@ -50,26 +50,6 @@ pub(super) async fn replay(
     Ok(EXIT_OK)
 }
 
-/// The lead `send-test` sends: flagged as a marketplace test lead, no real person.
-fn send_test_lead() -> anyhow::Result<leadsync_core::Lead> {
-    let stamp = Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
-    let record = serde_json::json!({
-        "UserDetails": {
-            "FirstName": "MSFT_TEST_leadsync",
-            "LastName": format!("send-test {stamp}"),
-            "Email": "msft_test_leadsync@example.invalid",
-            "Company": "MSFT_TEST leadsync",
-            "Country": "US",
-        },
-        "LeadSource": "AzureMarketplace",
-        "ActionCode": "INS",
-        "OfferTitle": "leadsync send-test",
-        "Description": format!("MSFT_TEST lead sent by `leadsync send-test` at {stamp}"),
-    });
-    leadsync_core::read_lead(format!("send-test:{stamp}"), &record)
-        .map_err(|e| anyhow::anyhow!("building the test lead: {e}"))
-}
-
 pub(super) async fn send_test(
     loaded: &Loaded,
     target: &str,
@@ -77,7 +57,10 @@ pub(super) async fn send_test(
 ) -> Result<u8, WiringError> {
     use crate::ledger::{DeliveryState, StageBatch, StagedLead};
     let t = loaded.target(target)?;
-    let lead = send_test_lead()?;
+    let now = Utc::now();
+    let stamp = now.format("%Y%m%dT%H%M%S%.3fZ");
+    let lead = pipeline::canary::marked_test_lead(&format!("send-test:{stamp}"), "send-test", now)
+        .map_err(|e| anyhow::anyhow!("building the test lead: {e}"))?;
     let lead_id = lead.id.clone();
     // Works beside a running daemon: claims are transactional, so either process may
     // deliver it, never both.

@@ -318,6 +318,8 @@ pub struct TargetSettings {
     pub base_dir: PathBuf,
     pub enabled: bool,
     pub schedule: CronSchedule,
+    /// When to send the target's canary (a marked test lead, end to end); `None`: never.
+    pub canary: Option<CronSchedule>,
     /// The `[connection]` table, for the connector to validate (`{}` when absent).
     pub connection: serde_json::Value,
     pub filter: TargetFilter,

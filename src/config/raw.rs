@@ -118,6 +118,8 @@ pub(crate) struct TargetTop {
     pub kind: Option<String>,
     pub enabled: Option<bool>,
     pub schedule: Option<String>,
+    /// When to send the target's canary (a marked test lead), if ever.
+    pub canary: Option<String>,
     /// Kind-specific: validated later by the connector, kept as JSON.
     pub connection: Option<serde_json::Value>,
     pub filter: Option<IgnoredAny>,

@@ -700,9 +700,16 @@ pub(crate) fn check_target(
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let top = fc.read_top::<TargetTop>();
     let top_ok = top.is_some();
-    let (name, kind, enabled, schedule, connection) = match top {
-        Some(t) => (t.name, t.kind, t.enabled, t.schedule, t.connection),
-        None => (None, None, None, None, None),
+    let (name, kind, enabled, schedule, canary, connection) = match top {
+        Some(t) => (
+            t.name,
+            t.kind,
+            t.enabled,
+            t.schedule,
+            t.canary,
+            t.connection,
+        ),
+        None => (None, None, None, None, None, None),
     };
 
     let name = match name {
@@ -731,6 +738,10 @@ pub(crate) fn check_target(
         None
     };
     let schedule = fc.cron(&["schedule"], schedule.as_deref());
+    let canary = match canary.as_deref() {
+        None => Some(None),
+        Some(expr) => fc.cron(&["canary"], Some(expr)).map(Some),
+    };
     let connection = match connection {
         None => Some(serde_json::Value::Object(Default::default())),
         Some(v @ serde_json::Value::Object(_)) => Some(v),
@@ -763,6 +774,7 @@ pub(crate) fn check_target(
         base_dir,
         enabled: enabled.unwrap_or(true),
         schedule: schedule?,
+        canary: canary?,
         connection: connection?,
         filter: filter?,
         mapping,

@@ -14,8 +14,10 @@
 //!   `Retry-After` honoured and clamped, a throttled target paused as a whole, an expired
 //!   token retried once at once, a rejected record sent to the dead letters with the CRM's
 //!   reason, a lead given up once it has failed on its own for longer than `max_age`;
+//! - [`canary`]: marked test leads, for `send-test` and a target's own canary;
 //! - [`clock`]: where time comes from, so tests drive it without sleeping.
 
+pub mod canary;
 pub mod clock;
 pub mod concurrency;
 pub mod decide;

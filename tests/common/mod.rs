@@ -155,3 +155,62 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The daemon under test: its log read as it comes (a full pipe would stall it), and the
+/// process killed if the test fails before stopping it.
+pub struct Daemon {
+    child: Option<std::process::Child>,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn spawn(mut cmd: std::process::Command) -> Daemon {
+        let mut child = cmd
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = std::io::Read::read(&mut stderr, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Daemon {
+            child: Some(child),
+            log,
+        }
+    }
+    pub fn id(&self) -> String {
+        self.child
+            .as_ref()
+            .map(|c| c.id().to_string())
+            .unwrap_or_default()
+    }
+    /// Wait for it to exit; its whole log.
+    pub fn wait_with_output(mut self) -> String {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let log = self.log.lock().unwrap().clone();
+        log
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
