@@ -1,6 +1,8 @@
 //! `sync --once`: one full cycle — pull every source (under its lease, as the daemon does),
 //! then push every target until nothing is due or `--wait` runs out — and an exit code that
-//! says whether everything arrived.
+//! says whether everything arrived. On a terminal a progress line (indicatif) shows what the
+//! ledger holds as it goes: staged, delivered, retrying, dead, and the delivery rate; piped
+//! or under systemd, it stays silent.
 
 use anyhow::Context;
 use chrono::Utc;
@@ -49,6 +51,8 @@ pub(super) async fn sync_once(loaded: &Loaded, wait: Duration) -> Result<u8, Wir
         staged.staged, staged.already_known, staged.quarantined
     );
     let wait_until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        .then(|| Progress::start(Arc::clone(&ledger)));
     let pushes = loaded.targets.iter().map(|t| {
         let ledger = Arc::clone(&ledger);
         let owner = owner.clone();
@@ -57,8 +61,12 @@ pub(super) async fn sync_once(loaded: &Loaded, wait: Duration) -> Result<u8, Wir
             (t.name.clone(), r)
         }
     });
+    let results = futures::future::join_all(pushes).await;
+    if let Some(p) = progress {
+        p.finish().await;
+    }
     let mut dead = 0;
-    for (name, result) in futures::future::join_all(pushes).await {
+    for (name, result) in results {
         let r: PushReport = result.with_context(|| format!("pushing target {name}"))?;
         dead += r.dead;
         println!(
@@ -78,3 +86,47 @@ pub(super) async fn sync_once(loaded: &Loaded, wait: Duration) -> Result<u8, Wir
     }
     Ok(EXIT_OK)
 }
+
+/// The progress line of a `sync` on a terminal: the ledger's counts every half second.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(ledger: Arc<dyn crate::ledger::Ledger>) -> Progress {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.enable_steady_tick(Duration::from_millis(120));
+        let shown = bar.clone();
+        let task = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut first: Option<u64> = None;
+            loop {
+                if let Ok(s) = ledger.status(Utc::now()).await {
+                    let sum = |f: fn(&crate::ledger::TargetStatus) -> u64| -> u64 {
+                        s.targets.iter().map(f).sum()
+                    };
+                    let delivered = sum(|t| t.delivered);
+                    let base = *first.get_or_insert(delivered);
+                    let rate = (delivered - base.min(delivered)) as f64
+                        / started.elapsed().as_secs_f64().max(0.001);
+                    shown.set_message(format!(
+                        "{} lead(s) staged · {delivered} delivered · {} retrying · {} dead · {rate:.0} leads/s",
+                        s.leads,
+                        sum(|t| t.retrying),
+                        sum(|t| t.dead)
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        Progress { bar, task }
+    }
+
+    async fn finish(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        self.bar.finish_and_clear();
+    }
+}
+
