@@ -129,4 +129,3 @@ impl Progress {
         self.bar.finish_and_clear();
     }
 }
-
