@@ -7,6 +7,9 @@
 //!   this process (`pull_source`, then `drain_target`), next to a raw reqwest loop against the
 //!   same fake with the same concurrency (the limit). Per-lead POSTs and batch mode.
 //!   `LEADSYNC_BENCH_HTTPS_LEADS` (default 20000).
+//! - `https-hang`: the HTTPS target, one lead per POST, 8 in flight, 50 ms added to every
+//!   request and a 1 s request timeout; once fault-free, once with every tenth request
+//!   committing and then hanging past the timeout. `LEADSYNC_BENCH_HANG_LEADS` (default 2000).
 //! - `batch`: Salesforce sObject Collections and Dataverse `$batch` against their fakes with
 //!   50 ms added to every request; leads/s next to in_flight × batch ÷ 50 ms.
 //!   `LEADSYNC_BENCH_BATCH_ROUNDS` (default 10 rounds of batch × concurrency leads).
@@ -29,11 +32,11 @@ use chrono::{DateTime, Utc};
 use leadsync::ledger::{
     Ledger, OpenMode, PlannedDelivery, RecordedOutcome, StageBatch, StagedLead,
 };
-use leadsync::pipeline::{drain_target, pull_source, Target};
+use leadsync::pipeline::{drain_target, pull_source, PushReport, Target};
 use leadsync::sources::Source;
 use leadsync_core::{idempotency_key, read_lead, KeyScope};
 use leadsync_fakes::dataverse::FakeDataverse;
-use leadsync_fakes::https_receiver::{HttpsReceiver, ReceiverOptions};
+use leadsync_fakes::https_receiver::{HttpsReceiver, ReceiverOptions, Reply};
 use leadsync_fakes::salesforce::{SalesforceFake, SalesforceFakeConfig};
 use rand::Rng;
 use std::io::Write;
@@ -180,6 +183,12 @@ impl InProcess {
 
     /// Push the (only) target until nothing is due; returns (delivered, seconds).
     async fn drain(&self) -> (u64, f64) {
+        let (r, secs) = self.drain_report().await;
+        (r.delivered, secs)
+    }
+
+    /// [`InProcess::drain`], with the engine's whole report.
+    async fn drain_report(&self) -> (PushReport, f64) {
         let t = Instant::now();
         let r = drain_target(&self.ledger, &self.targets[0], "bench", Utc::now())
             .await
@@ -191,13 +200,19 @@ impl InProcess {
                 r.attempted, r.delivered, r.retrying, r.dead
             );
         }
-        (r.delivered, secs)
+        (r, secs)
     }
 }
 
 /// Stage `warm` leads and push them (connections, tokens), then stage `n` and push them,
 /// timed. Returns (staged, stage s, delivered, push s).
 async fn warm_then_measure(d: &Deployment, warm: usize, n: usize) -> (u64, f64, u64, f64) {
+    let (staged, stage_s, r, push_s) = warm_then_report(d, warm, n).await;
+    (staged, stage_s, r.delivered, push_s)
+}
+
+/// [`warm_then_measure`], with the push's whole report.
+async fn warm_then_report(d: &Deployment, warm: usize, n: usize) -> (u64, f64, PushReport, f64) {
     let mut p = InProcess::open(d).await;
     if warm > 0 {
         write_spool_file(&d.spool(), "warm.jsonl", 0, warm, "warm");
@@ -206,8 +221,8 @@ async fn warm_then_measure(d: &Deployment, warm: usize, n: usize) -> (u64, f64, 
     }
     write_spool_file(&d.spool(), "leads.jsonl", 0, n, "bench");
     let (staged, stage_s) = p.stage().await;
-    let (delivered, push_s) = p.drain().await;
-    (staged, stage_s, delivered, push_s)
+    let (report, push_s) = p.drain_report().await;
+    (staged, stage_s, report, push_s)
 }
 
 /// The raw client: `requests` POSTs of `per_request` marketplace bodies each (an array when
@@ -340,6 +355,129 @@ async fn bench_https() {
 
 const ADDED_LATENCY: Duration = Duration::from_millis(50);
 
+/// The HTTPS target, one lead per request, `concurrency` in flight, a 1 s request timeout,
+/// `max_stalled` if given (else its default, the concurrency).
+fn https_hang_target(url: &str, concurrency: usize, max_stalled: Option<usize>) -> String {
+    let stalled = max_stalled.map_or(String::new(), |n| format!("max_stalled = {n}"));
+    format!(
+        r#"
+kind = "https"
+schedule = "*/30 * * * * *"
+[connection]
+url = "{url}"
+allow_http = true
+[connection.http]
+timeout = "1s"
+[limits]
+batch_size = 1
+concurrency = {concurrency}
+{stalled}
+[retry]
+min_delay = "100ms"
+max_delay = "1s"
+"#
+    )
+}
+
+/// One pass of `n` leads through the HTTPS target against a receiver answering after
+/// `ADDED_LATENCY`; with `hang_every`, every such request commits and then hangs past the
+/// client's 1 s timeout. Returns (delivered in the pass, pass seconds, delivered after the
+/// retries, receiver's stored leads).
+async fn https_hang_pass(
+    n: usize,
+    concurrency: usize,
+    hang_every: Option<usize>,
+    max_stalled: Option<usize>,
+) -> (u64, f64, u64, usize) {
+    let fake = HttpsReceiver::start(ReceiverOptions::http())
+        .await
+        .expect("receiver");
+    fake.set_latency(ADDED_LATENCY);
+    let d = Deployment::new(
+        "crm",
+        &https_hang_target(&fake.url("/leads"), concurrency, max_stalled),
+        "*/30 * * * * *",
+    );
+    let mut p = InProcess::open(&d).await;
+    // Warm up (connections) with a fault-free round, then script the faults.
+    write_spool_file(&d.spool(), "warm.jsonl", 0, concurrency, "warm");
+    p.stage().await;
+    p.drain().await;
+    if let Some(every) = hang_every {
+        let hang = Reply::commit_then(200).after(Duration::from_secs(5));
+        fake.script((0..n).map(|i| {
+            if i % every == every - 1 {
+                hang.clone()
+            } else {
+                Reply::normal()
+            }
+        }));
+    }
+    write_spool_file(&d.spool(), "leads.jsonl", 0, n, "bench");
+    p.stage().await;
+    let t = Instant::now();
+    let first = drain_target(&p.ledger, &p.targets[0], "bench", Utc::now())
+        .await
+        .expect("drain");
+    let secs = t.elapsed().as_secs_f64();
+    let rest = drain_target(
+        &p.ledger,
+        &p.targets[0],
+        "bench",
+        Utc::now() + chrono::Duration::seconds(60),
+    )
+    .await
+    .expect("drain the retries");
+    let stored = fake.stored().len();
+    (
+        first.delivered,
+        secs,
+        first.delivered + rest.delivered,
+        stored,
+    )
+}
+
+/// The HTTPS receiver with one request in ten hanging until the client's 1 s timeout, next
+/// to the same receiver without faults: a stalled request must not hold up the others.
+async fn bench_https_hang() {
+    let n = env_usize("LEADSYNC_BENCH_HANG_LEADS", 2_000);
+    let conc = 8;
+    println!(
+        "\n## https-hang: one lead per POST, {conc} in flight, +{} ms per request, 1 s timeout, {n} leads",
+        ADDED_LATENCY.as_millis()
+    );
+    let (ok_first, ok_s, _, _) = https_hang_pass(n, conc, None, None).await;
+    let ok_rate = ok_first as f64 / ok_s;
+    println!(
+        "{:<44} {:>9} {:>8} {:>8} {:>9}",
+        "receiver", "delivered", "seconds", "leads/s", "of fault-free"
+    );
+    println!(
+        "{:<44} {:>9} {:>8.2} {:>8.0} {:>9}",
+        "fault-free", ok_first, ok_s, ok_rate, "100%"
+    );
+    for (what, max_stalled) in [
+        ("10 % hang; max_stalled = 16 (the default)", None),
+        ("10 % hang; max_stalled = 8", Some(conc)),
+        ("10 % hang; max_stalled = 0 (hard cap)", Some(0)),
+    ] {
+        let (first, secs, all, stored) = https_hang_pass(n, conc, Some(10), max_stalled).await;
+        let rate = first as f64 / secs;
+        println!(
+            "{:<44} {:>9} {:>8.2} {:>8.0} {:>12.0}%",
+            what,
+            first,
+            secs,
+            rate,
+            100.0 * rate / ok_rate
+        );
+        if all as usize != n || stored != n + conc {
+            println!("  ! after the retries {all} of {n} delivered; the receiver holds {stored} (warm-up {conc} included)");
+        }
+    }
+    println!("(a pass ends when every lead is delivered, the hung ones' retries included)");
+}
+
 async fn bench_batch() {
     let rounds = env_usize("LEADSYNC_BENCH_BATCH_ROUNDS", 10);
     println!(
@@ -347,11 +485,19 @@ async fn bench_batch() {
         ADDED_LATENCY.as_millis()
     );
     println!(
-        "{:<12} {:>6} {:>9} {:>7} {:>10} {:>10} {:>8} {:>9}",
-        "connector", "batch", "in flight", "leads", "leads/s", "limit", "of limit", "requests"
+        "{:<12} {:>6} {:>9} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8}",
+        "connector",
+        "batch",
+        "in flight",
+        "leads",
+        "leads/s",
+        "limit",
+        "of limit",
+        "mean rt",
+        "rt limit",
+        "of rt"
     );
-    let limit = |batch: usize, conc: usize| (batch * conc) as f64 / ADDED_LATENCY.as_secs_f64();
-    for (batch, conc) in [(200, 1), (200, 4)] {
+    for (batch, conc) in [(200, 1), (200, 4), (200, 10)] {
         let fake = SalesforceFake::start(SalesforceFakeConfig {
             api_limit: 1_000_000_000,
             ..SalesforceFakeConfig::default()
@@ -377,19 +523,8 @@ concurrency = {conc}
         );
         let d = Deployment::new("salesforce", &target, "*/30 * * * * *");
         let n = rounds * batch * conc;
-        let (_, _, delivered, push_s) = warm_then_measure(&d, batch * conc, n).await;
-        let rate = delivered as f64 / push_s;
-        println!(
-            "{:<12} {:>6} {:>9} {:>7} {:>10.0} {:>10.0} {:>7.0}% {:>9}",
-            "salesforce",
-            batch,
-            conc,
-            delivered,
-            rate,
-            limit(batch, conc),
-            100.0 * rate / limit(batch, conc),
-            fake.data_request_count(),
-        );
+        let (_, _, r, push_s) = warm_then_report(&d, batch * conc, n).await;
+        print_batch_row("salesforce", batch, conc, &r, push_s);
     }
     for (batch, conc) in [(100, 1), (100, 4), (500, 4)] {
         let fake = FakeDataverse::start().await;
@@ -413,21 +548,32 @@ concurrency = {conc}
         );
         let d = Deployment::new("dynamics", &target, "*/30 * * * * *");
         let n = rounds * batch * conc;
-        let (_, _, delivered, push_s) = warm_then_measure(&d, batch * conc, n).await;
-        let rate = delivered as f64 / push_s;
-        println!(
-            "{:<12} {:>6} {:>9} {:>7} {:>10.0} {:>10.0} {:>7.0}% {:>9}",
-            "dynamics",
-            batch,
-            conc,
-            delivered,
-            rate,
-            limit(batch, conc),
-            100.0 * rate / limit(batch, conc),
-            fake.request_count(),
-        );
+        let (_, _, r, push_s) = warm_then_report(&d, batch * conc, n).await;
+        print_batch_row("dynamics", batch, conc, &r, push_s);
     }
-    println!("(limit = in flight × batch ÷ 50 ms; timed after one warm-up round; requests include the warm-up and token calls)");
+    println!("(limit = in flight × batch ÷ 50 ms; rt limit = in flight × batch ÷ the mean round trip the engine measured, mapping to answer, fake's work included; timed after one warm-up round)");
+}
+
+/// One row of the batch table: leads/s next to in_flight × batch ÷ 50 ms and ÷ the mean
+/// round trip the engine measured.
+fn print_batch_row(connector: &str, batch: usize, conc: usize, r: &PushReport, push_s: f64) {
+    let rate = r.delivered as f64 / push_s;
+    let limit = (batch * conc) as f64 / ADDED_LATENCY.as_secs_f64();
+    let mean_rt = r.request_time.as_secs_f64() / r.requests.max(1) as f64;
+    let rt_limit = (batch * conc) as f64 / mean_rt;
+    println!(
+        "{:<12} {:>6} {:>9} {:>7} {:>9.0} {:>9.0} {:>7.0}% {:>6.1}ms {:>9.0} {:>7.0}%",
+        connector,
+        batch,
+        conc,
+        r.delivered,
+        rate,
+        limit,
+        100.0 * rate / limit,
+        mean_rt * 1000.0,
+        rt_limit,
+        100.0 * rate / rt_limit,
+    );
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -804,7 +950,15 @@ async fn main() {
         .filter(|a| !a.starts_with('-'))
         .map(String::as_str)
         .collect();
-    let all = ["https", "batch", "freshness", "ledger", "rss", "idle"];
+    let all = [
+        "https",
+        "https-hang",
+        "batch",
+        "freshness",
+        "ledger",
+        "rss",
+        "idle",
+    ];
     for p in &parts {
         if !all.contains(p) {
             eprintln!("unknown part {p:?}; parts: {}", all.join(", "));
@@ -819,6 +973,9 @@ async fn main() {
     );
     if want("https") {
         bench_https().await;
+    }
+    if want("https-hang") {
+        bench_https_hang().await;
     }
     if want("batch") {
         bench_batch().await;

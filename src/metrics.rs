@@ -38,6 +38,8 @@ pub const DELIVERIES: &str = "leadsync_deliveries_total";
 pub const RETRIES: &str = "leadsync_retries_total";
 /// Seconds from staging to delivery. Label `target`.
 pub const DELIVERY_LATENCY: &str = "leadsync_delivery_latency_seconds";
+/// Seconds one request (one batch) took, from mapping to answer. Label `target`.
+pub const REQUEST_DURATION: &str = "leadsync_request_duration_seconds";
 /// 1 while the target is paused by throttling. Label `target`.
 pub const THROTTLED: &str = "leadsync_target_throttled";
 /// Deliveries not yet delivered (due or backing off). Label `target`.
@@ -58,10 +60,17 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
 ];
 
+/// Request buckets, seconds: a fast webhook to a CRM's slowest batch and the timeouts.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
 /// Install the Prometheus recorder for this process (once; later calls return `None`).
 pub fn install() -> Option<PrometheusHandle> {
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.to_string()), LATENCY_BUCKETS)
+        .ok()?
+        .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_string()), REQUEST_BUCKETS)
         .ok()?
         .build_recorder();
     let handle = recorder.handle();
@@ -98,6 +107,11 @@ pub fn install() -> Option<PrometheusHandle> {
         DELIVERY_LATENCY,
         metrics::Unit::Seconds,
         "Seconds from staging to delivery"
+    );
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Seconds one request (one batch) took, from mapping to answer"
     );
     metrics::describe_gauge!(THROTTLED, "1 while the target is paused by throttling");
     metrics::describe_gauge!(TARGET_UP, "1 while the target is up, 0 while it is down");

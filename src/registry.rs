@@ -117,6 +117,10 @@ pub fn build_target_from(
         batch_size,
         concurrency: t.limits.concurrency.max(),
         adaptive: t.limits.concurrency.is_adaptive(),
+        max_stalled: t
+            .limits
+            .max_stalled
+            .unwrap_or(2 * t.limits.concurrency.max()),
         max_age: t.limits.max_age,
         lease: t.limits.lease.unwrap_or(default_lease),
         retry: t.retry,

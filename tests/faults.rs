@@ -235,6 +235,9 @@ timeout = "1s"
 [limits]
 batch_size = 20
 concurrency = 1
+# Strictly one request at a time (no stalled request set aside): the checks below pair the
+# i-th POST with the i-th scripted answer.
+max_stalled = 0
 [retry]
 min_delay = "20ms"
 max_delay = "200ms"

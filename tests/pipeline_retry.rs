@@ -111,6 +111,7 @@ fn target(conn: Arc<Scripted>, batch_size: usize, concurrency: usize) -> Arc<Tar
             max_retry_after: Duration::from_secs(3600),
         },
         adaptive: false,
+        max_stalled: 0,
     })
 }
 

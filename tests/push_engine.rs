@@ -54,6 +54,7 @@ fn target(connector: Arc<dyn Connector>, batch_size: usize, concurrency: usize) 
         batch_size,
         concurrency,
         adaptive: false,
+        max_stalled: 0,
         max_age: Duration::from_secs(72 * 3600),
         lease: Duration::from_secs(120),
         retry: retry(10, 100),
@@ -99,12 +100,39 @@ async fn ledger_with(n: usize) -> (tempfile::TempDir, Arc<dyn Ledger>) {
     (dir, ledger)
 }
 
-/// Delivers after 20 ms, except the request carrying `lead-0`, which hangs `hang` and then
-/// times out. Keeps when each lead was delivered.
+/// Delivers after 20 ms, except the request carrying `hang_lead`, which hangs `hang` and
+/// then times out. Keeps when each lead was delivered and the most requests in flight.
 struct OneHangs {
+    hang_lead: &'static str,
     hang: Duration,
     delivered_at: Mutex<Vec<Instant>>,
     hung: Mutex<Option<(Instant, Instant)>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl OneHangs {
+    fn new(hang_lead: &'static str, hang: Duration) -> Self {
+        OneHangs {
+            hang_lead,
+            hang,
+            delivered_at: Mutex::default(),
+            hung: Mutex::default(),
+            in_flight: Default::default(),
+            peak: Default::default(),
+        }
+    }
+
+    /// Leads delivered while the request hung.
+    fn delivered_during_hang(&self) -> usize {
+        let (start, end) = self.hung.lock().unwrap().expect("the request hung");
+        self.delivered_at
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|t| **t > start && **t < end)
+            .count()
+    }
 }
 
 #[async_trait]
@@ -123,7 +151,19 @@ impl Connector for OneHangs {
         Ok(CheckReport::default())
     }
     async fn push(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
-        if batch.iter().any(|r| r.lead_id == "lead-0") && self.hung.lock().unwrap().is_none() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now_in_flight = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now_in_flight, SeqCst);
+        let outcomes = self.answer(batch).await;
+        self.in_flight.fetch_sub(1, SeqCst);
+        outcomes
+    }
+}
+
+impl OneHangs {
+    async fn answer(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
+        if batch.iter().any(|r| r.lead_id == self.hang_lead) && self.hung.lock().unwrap().is_none()
+        {
             let start = Instant::now();
             tokio::time::sleep(self.hang).await;
             *self.hung.lock().unwrap() = Some((start, Instant::now()));
@@ -143,11 +183,8 @@ impl Connector for OneHangs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_request_holds_one_slot_and_the_others_keep_delivering() {
     let (_d, ledger) = ledger_with(400).await;
-    let conn = Arc::new(OneHangs {
-        hang: Duration::from_millis(1500),
-        delivered_at: Mutex::default(),
-        hung: Mutex::default(),
-    });
+    let conn = Arc::new(OneHangs::new("lead-0", Duration::from_millis(1500)));
+    // No stalled request set aside: the hanging one holds its slot until it times out.
     let t = Arc::new(target(conn.clone(), 5, 4));
     let engine = TargetEngine::new(t, Arc::clone(&ledger), "me");
     let wait_until = Utc::now() + chrono::Duration::seconds(30);
@@ -155,20 +192,40 @@ async fn a_hanging_request_holds_one_slot_and_the_others_keep_delivering() {
         .drain(&CancellationToken::new(), Some(wait_until))
         .await
         .unwrap();
-    let (start, end) = conn.hung.lock().unwrap().expect("the request hung");
-    let during = conn
-        .delivered_at
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|t| **t > start && **t < end)
-        .count();
+    let during = conn.delivered_during_hang();
     eprintln!("{during} leads delivered while one request hung for 1.5 s");
     // Three slots of five leads, 20 ms a request: far more than a round's worth.
     assert!(during >= 100, "only {during} delivered during the hang");
+    assert_eq!(conn.peak.load(std::sync::atomic::Ordering::SeqCst), 4);
     assert_eq!(r.delivered, 400, "{r:?}");
     let status = ledger.status(Utc::now()).await.unwrap();
     assert_eq!(status.targets[0].delivered, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_is_set_aside_and_frees_its_slot() {
+    let (_d, ledger) = ledger_with(400).await;
+    // One request at a time; the hang comes once answers have set the usual round trip.
+    let conn = Arc::new(OneHangs::new("lead-100", Duration::from_millis(1500)));
+    let mut t = target(conn.clone(), 5, 1);
+    t.max_stalled = 1;
+    let engine = TargetEngine::new(Arc::new(t), Arc::clone(&ledger), "me");
+    let wait_until = Utc::now() + chrono::Duration::seconds(30);
+    let r = engine
+        .drain(&CancellationToken::new(), Some(wait_until))
+        .await
+        .unwrap();
+    let during = conn.delivered_during_hang();
+    let peak = conn.peak.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("{during} leads delivered while the only slot's request hung for 1.5 s; peak {peak} in flight");
+    // Set aside after 100 ms (twice the slowest answer, at least 100 ms), the slot goes on:
+    // 20 ms a request of five leads for the remaining 1.4 s.
+    assert!(during >= 100, "only {during} delivered during the hang");
+    assert_eq!(
+        peak, 2,
+        "one request in its slot, one set aside, never more"
+    );
+    assert_eq!(r.delivered, 400, "{r:?}");
 }
 
 /// Log lines written while `f` runs (at `info`, the daemon's default), in this thread.

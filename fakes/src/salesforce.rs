@@ -311,6 +311,45 @@ struct FakeState {
     api_used: u64,
     api_max: u64,
     requests: Vec<RequestInfo>,
+    /// Records by lower-cased external-ID value, to narrow an upsert's lookup as the real
+    /// org's index does (a scan of every record per request made the fake, not the client,
+    /// the benchmarks' bottleneck). Extended as records are added; dropped when a record's
+    /// external ID may have changed or records were taken back.
+    ext_index: Option<ExtIndex>,
+}
+
+/// See [`FakeState::ext_index`]: candidates only, each checked with `matches_ext`.
+struct ExtIndex {
+    field: String,
+    indexed: usize,
+    by_value: HashMap<String, Vec<usize>>,
+}
+
+impl FakeState {
+    /// The index over `field`, brought up to date with the records.
+    fn ext_index(&mut self, field: &str) -> &HashMap<String, Vec<usize>> {
+        let stale = self
+            .ext_index
+            .as_ref()
+            .is_none_or(|x| x.field != field || x.indexed > self.records.len());
+        if stale {
+            self.ext_index = Some(ExtIndex {
+                field: field.to_string(),
+                indexed: 0,
+                by_value: HashMap::new(),
+            });
+        }
+        let Some(index) = self.ext_index.as_mut() else {
+            unreachable!("set above")
+        };
+        for (i, r) in self.records.iter().enumerate().skip(index.indexed) {
+            if let Some(v) = field_str(&r.fields, field) {
+                index.by_value.entry(v.to_lowercase()).or_default().push(i);
+            }
+        }
+        index.indexed = self.records.len();
+        &index.by_value
+    }
 }
 
 /// A running fake Salesforce org. Dropping it stops the server.
@@ -381,6 +420,7 @@ impl SalesforceFake {
                 api_used: 0,
                 api_max: config.api_limit,
                 requests: Vec::new(),
+                ext_index: None,
             }),
             config,
         });
@@ -1170,18 +1210,21 @@ fn collection(
         }
     }
     let snapshot = all_or_none.then(|| (s.records.clone(), s.next_id, s.locked.clone()));
-    // Existing records by lower-cased external ID, built once per request (a scan of every
-    // record for every record sent made the fake, not the client, the bottleneck of the
-    // benchmarks). Records created by this request cannot match a later one: a value sent
-    // twice is refused above.
-    let mut by_ext: HashMap<String, Vec<usize>> = HashMap::new();
-    if let Some(spec) = &spec {
-        for (i, r) in s.records.iter().enumerate() {
-            if let Some(v) = field_str(&r.fields, &spec.name) {
-                by_ext.entry(v.to_lowercase()).or_default().push(i);
-            }
+    // Existing records by lower-cased external ID, as before this request. Records created
+    // by this request cannot match a later one: a value sent twice is refused above.
+    let by_ext: HashMap<String, Vec<usize>> = match &spec {
+        Some(spec) => {
+            let index = s.ext_index(&spec.name);
+            recs.iter()
+                .filter_map(|r| field_str(r, &spec.name))
+                .filter_map(|v| {
+                    let key = v.to_lowercase();
+                    index.get(&key).map(|hits| (key, hits.clone()))
+                })
+                .collect()
         }
-    }
+        None => HashMap::new(),
+    };
     let mut results: Vec<Result<(String, bool), SfError>> = Vec::with_capacity(n);
     for mut rec in recs {
         let ty = rec
@@ -1251,6 +1294,7 @@ fn collection(
     }
     if let Some(snapshot) = snapshot.filter(|_| results.iter().any(Result::is_err)) {
         s.records = snapshot.0;
+        s.ext_index = None;
         s.next_id = snapshot.1;
         s.locked = snapshot.2;
         for r in results.iter_mut() {
@@ -1298,6 +1342,8 @@ fn write(
     validate(s, &rec, creating)?;
     match existing {
         Some(i) => {
+            // An update may carry an external ID of its own: index anew.
+            s.ext_index = None;
             let r = &mut s.records[i];
             for (k, v) in rec {
                 let name = canonical(&s.fields, &k);

@@ -337,6 +337,9 @@ pub struct Limits {
     /// `None`: the connector's maximum.
     pub batch_size: Option<usize>,
     pub concurrency: Concurrency,
+    /// Stalled requests that may be set aside at once (`limits.max_stalled`); `None`: twice
+    /// the concurrency's maximum.
+    pub max_stalled: Option<usize>,
     /// A lead older than this is given up (dead) instead of retried.
     pub max_age: Duration,
     /// Overrides `ledger.lease` for this target.

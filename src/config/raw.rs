@@ -156,6 +156,7 @@ pub(crate) struct RawLimits {
     #[allow(dead_code)]
     pub concurrency: Option<IgnoredAny>,
     pub max_concurrency: Option<i64>,
+    pub max_stalled: Option<i64>,
     pub max_age: Option<String>,
     pub lease: Option<String>,
 }

@@ -239,6 +239,7 @@ fn minimal_config_gets_defaults() {
         Limits {
             batch_size: None,
             concurrency: Concurrency::Fixed(1),
+            max_stalled: None,
             max_age: Duration::from_secs(72 * 3600),
             lease: None
         }
@@ -396,6 +397,7 @@ fn full_target_is_read() {
         Limits {
             batch_size: Some(10000),
             concurrency: Concurrency::Fixed(64),
+            max_stalled: None,
             max_age: Duration::from_secs(86400),
             lease: Some(Duration::from_secs(90))
         }
@@ -429,7 +431,7 @@ fn unknown_nested_key_in_a_target() {
         e.to_string(),
         format!(
             "{}: unknown key `limits.batchsize` \
-             (expected one of batch_size, concurrency, max_concurrency, max_age, lease)",
+             (expected one of batch_size, concurrency, max_concurrency, max_stalled, max_age, lease)",
             f.path("targets/csv.toml").display()
         )
     );
@@ -1064,4 +1066,21 @@ fn ledger_location_mistakes_name_the_key() {
     let f = Fixture::new("[ledger]\nurl = \"postgres://h/db\"\nhost = \"h\"\n");
     let e = f.error("leadsync.toml", "ledger.host");
     assert!(e.message.contains("url"), "{e}");
+}
+
+#[test]
+fn max_stalled_is_a_bounded_count_and_zero_is_allowed() {
+    let f = Fixture::new(MAIN);
+    f.write(
+        "targets/crm.toml",
+        &target("[limits]\nconcurrency = 4\nmax_stalled = 0\n"),
+    );
+    let s = f.load().unwrap();
+    assert_eq!(s.targets[0].limits.max_stalled, Some(0));
+    f.write(
+        "targets/crm.toml",
+        &target("[limits]\nconcurrency = 4\nmax_stalled = 65\n"),
+    );
+    let e = f.error("targets/crm.toml", "limits.max_stalled");
+    assert!(e.message.contains("65"), "{e}");
 }

@@ -994,6 +994,10 @@ fn check_limits(fc: &mut FileCheck<'_>) -> Option<Limits> {
         Some(v) => fc.int_in(&["limits", "batch_size"], v, 1, 10_000).map(Some),
     };
     let concurrency = check_concurrency(fc, raw.max_concurrency);
+    let max_stalled = match raw.max_stalled {
+        None => Some(None),
+        Some(v) => fc.int_in(&["limits", "max_stalled"], v, 0, 64).map(Some),
+    };
     let max_age = fc.duration(
         &["limits", "max_age"],
         raw.max_age.as_deref(),
@@ -1004,6 +1008,7 @@ fn check_limits(fc: &mut FileCheck<'_>) -> Option<Limits> {
     Some(Limits {
         batch_size: batch_size?,
         concurrency: concurrency?,
+        max_stalled: max_stalled?,
         max_age: max_age?,
         lease: lease?,
     })

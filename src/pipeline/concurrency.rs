@@ -17,6 +17,8 @@ const SLOW_FACTOR: f64 = 2.0;
 const FLAT_FACTOR: f64 = 1.5;
 /// Weight of one new round trip in the moving average.
 const EWMA_WEIGHT: f64 = 0.1;
+/// Answered round trips kept for [`ConcurrencyLimit::rtt_recent_max`].
+const RECENT_RTTS: usize = 64;
 
 /// What one answered request says about the target's capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub struct ConcurrencyLimit {
     adaptive: bool,
     current: f64,
     rtt_avg: Option<f64>,
+    /// The last `RECENT_RTTS` round trips of requests that were answered (not throttled).
+    recent: std::collections::VecDeque<Duration>,
     last_cut: Option<Instant>,
 }
 
@@ -47,6 +51,7 @@ impl ConcurrencyLimit {
             adaptive,
             current: if adaptive { 1.0 } else { max as f64 },
             rtt_avg: None,
+            recent: std::collections::VecDeque::with_capacity(RECENT_RTTS),
             last_cut: None,
         }
     }
@@ -61,8 +66,20 @@ impl ConcurrencyLimit {
         self.rtt_avg.map(Duration::from_secs_f64)
     }
 
+    /// The longest of the recent answered round trips: what this target's normal answers
+    /// take at worst (the engine sets a request aside as stalled well past it).
+    pub fn rtt_recent_max(&self) -> Option<Duration> {
+        self.recent.iter().max().copied()
+    }
+
     /// Learn from one answered request.
     pub fn observe(&mut self, rtt: Duration, congestion: Congestion, at: Instant) {
+        if congestion != Congestion::Overloaded {
+            if self.recent.len() == RECENT_RTTS {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(rtt);
+        }
         let rtt = rtt.as_secs_f64();
         let ratio = self.rtt_avg.map(|avg| rtt / avg.max(1e-6));
         let congested = match congestion {

@@ -4,7 +4,11 @@
 //! finishes, its outcome is recorded and the next batch starts at once, and the next batch is
 //! claimed (and leased) while requests are in flight, so that claiming and ledger writes
 //! overlap the network. A request that hangs holds its one slot until its timeout, never the
-//! others, and its batch's lease is renewed while it runs.
+//! others, and its batch's lease is renewed while it runs. A request that has run twice as
+//! long as the target's slowest recent answer (a stall, see [`Flights`]) is set aside: it
+//! keeps its connection and lease until it is answered or times out, but no longer holds a
+//! slot, so a receiver that hangs on some requests does not slow the rest down to its
+//! timeout. `limits.max_stalled` bounds how many are set aside at once (0: none).
 //!
 //! The engine keeps the target's health circuit ([`super::health`]) and concurrency limit
 //! ([`super::concurrency`]) across pushes, writes one log line per failed request (per-lead
@@ -18,6 +22,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use leadsync_core::{DeliveryFailure, DeliveryOutcome, FailureClass, OutboundRecord};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -37,8 +42,81 @@ pub trait HealthSink: Send + Sync {
     fn target_down(&self, target: &str, reason: Option<&str>);
 }
 
+/// Batches claimed ahead in one ledger transaction, at most (half the concurrency, at least
+/// one): fewer transactions when many slots are fed, few leads leased before they fly.
+const MAX_CLAIM_AHEAD: usize = 4;
+/// A request running this many times the longest recent answered round trip is stalled.
+const STALL_FACTOR: u32 = 2;
+/// ... but never sooner than this (a fast receiver's jitter is not a stall).
+const STALL_FLOOR: Duration = Duration::from_millis(100);
+
+/// The requests in flight, with when each started: those running longer than the stall
+/// threshold are set aside and do not count against the concurrency limit.
+struct Flights {
+    running: FuturesUnordered<JoinHandle<Trip>>,
+    started: std::collections::HashMap<tokio::task::Id, Instant>,
+}
+
+impl Flights {
+    fn new() -> Self {
+        Flights {
+            running: FuturesUnordered::new(),
+            started: std::collections::HashMap::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    fn push(&mut self, flight: JoinHandle<Trip>) {
+        self.started.insert(flight.id(), Instant::now());
+        self.running.push(flight);
+    }
+
+    /// Whether one more request may start under `limit`, with up to `max_stalled` stalled
+    /// requests set aside (beyond that, a stalled request holds its slot again, so the
+    /// connections to a target stay bounded).
+    fn may_start(&self, limit: usize, max_stalled: usize, stall_after: Option<Duration>) -> bool {
+        let total = self.running.len();
+        let Some(stall_after) = stall_after.filter(|_| max_stalled > 0) else {
+            return total < limit;
+        };
+        let holding = self
+            .started
+            .values()
+            .filter(|s| s.elapsed() < stall_after)
+            .count();
+        holding < limit && total < limit + max_stalled
+    }
+
+    /// When the next request still holding a slot turns into a stall.
+    fn next_stall(&self, stall_after: Option<Duration>) -> Option<Instant> {
+        let stall_after = stall_after?;
+        let now = Instant::now();
+        self.started
+            .values()
+            .map(|s| *s + stall_after)
+            .filter(|at| *at > now)
+            .min()
+    }
+
+    /// The next request to come back (its slot freed), or `None` when none is in flight.
+    async fn next(&mut self) -> Option<Result<Trip, tokio::task::JoinError>> {
+        let joined = self.running.next().await?;
+        let task = match &joined {
+            Ok(trip) => trip.task,
+            Err(e) => e.id(),
+        };
+        self.started.remove(&task);
+        Some(joined)
+    }
+}
+
 /// One batch's trip to the CRM and back.
 struct Trip {
+    /// The task that flew it (the key of its start time in [`Flights`]).
+    task: tokio::task::Id,
     batch: Vec<ClaimedDelivery>,
     outcomes: Vec<DeliveryOutcome>,
     rtt: Duration,
@@ -54,6 +132,15 @@ struct EngineState {
     /// The target has answered this engine: a "down" left by the engine before it (a
     /// restart, a reload that fixed the credentials) has been cleared.
     confirmed_up: bool,
+}
+
+/// A trip's answer, judged and waiting to be written to the ledger.
+struct Landing {
+    answered: DateTime<Utc>,
+    recorded: Vec<RecordedOutcome>,
+    pause: Option<DateTime<Utc>>,
+    transition: Transition,
+    report: PushReport,
 }
 
 /// What may start next.
@@ -178,8 +265,8 @@ impl TargetEngine {
         report.paused_until = self
             .state()
             .and_then(|s| s.paused_until.filter(|p| *p > now));
-        let mut flights: FuturesUnordered<JoinHandle<Trip>> = FuturesUnordered::new();
-        let mut ready: Option<Vec<ClaimedDelivery>> = None;
+        let mut flights = Flights::new();
+        let mut ready: VecDeque<Vec<ClaimedDelivery>> = VecDeque::new();
         let mut more = true;
         let result = self
             .keep_in_flight(
@@ -192,7 +279,7 @@ impl TargetEngine {
             )
             .await;
         // Whatever happened, nothing claimed is left leased and nothing answered unrecorded.
-        if let Some(batch) = ready {
+        for batch in ready {
             self.release(&batch).await?;
         }
         while let Some(joined) = flights.next().await {
@@ -209,8 +296,8 @@ impl TargetEngine {
         &self,
         stop: &CancellationToken,
         refill: bool,
-        flights: &mut FuturesUnordered<JoinHandle<Trip>>,
-        ready: &mut Option<Vec<ClaimedDelivery>>,
+        flights: &mut Flights,
+        ready: &mut VecDeque<Vec<ClaimedDelivery>>,
         more: &mut bool,
         report: &mut PushReport,
     ) -> Result<(), PipelineError> {
@@ -220,22 +307,41 @@ impl TargetEngine {
                 self.fill(stop, flights, ready, more).await?;
                 filled = !refill;
             }
-            if refill && *more && ready.is_none() && !flights.is_empty() && self.may_claim_ahead() {
-                // Claim the next batch while requests are in flight.
-                let next = self.claim(self.target.batch_size).await?;
+            if refill && *more && ready.is_empty() && !flights.is_empty() && self.may_claim_ahead()
+            {
+                // Claim the next batches while requests are in flight, several in one
+                // transaction when several slots are to be fed.
+                let ahead = (self.concurrency() / 2).clamp(1, MAX_CLAIM_AHEAD);
+                let next = self.claim(self.target.batch_size * ahead).await?;
                 if next.is_empty() {
                     *more = false;
-                } else {
-                    *ready = Some(next);
                 }
+                ready.extend(split_batches(next, self.target.batch_size));
             }
-            let Some(joined) = flights.next().await else {
+            // Wait for an answer, or (refilling) for a request to stall and free its slot.
+            let stall = if refill && self.target.max_stalled > 0 {
+                flights.next_stall(self.stall_after())
+            } else {
+                None
+            };
+            let joined = tokio::select! {
+                // An answer first: it may pause the target before anything else starts.
+                biased;
+                joined = flights.next() => joined,
+                _ = sleep_until_opt(stall) => continue,
+            };
+            let Some(joined) = joined else {
                 return Ok(());
             };
             // `fly` catches a connector's panic; a join error means the runtime is shutting
             // down: the batch's leases run out and it is pushed again.
             if let Ok(trip) = joined {
-                report.add(self.land(trip).await?);
+                let landing = self.judge(trip);
+                if refill {
+                    // The freed slot's next request goes out before the ledger writes.
+                    self.fill(stop, flights, ready, more).await?;
+                }
+                report.add(self.commit(landing).await?);
             }
             // An answer may have made work due again (a released batch, a closed circuit).
             *more = *more || refill;
@@ -246,11 +352,18 @@ impl TargetEngine {
     async fn fill(
         &self,
         stop: &CancellationToken,
-        flights: &mut FuturesUnordered<JoinHandle<Trip>>,
-        ready: &mut Option<Vec<ClaimedDelivery>>,
+        flights: &mut Flights,
+        ready: &mut VecDeque<Vec<ClaimedDelivery>>,
         more: &mut bool,
     ) -> Result<(), PipelineError> {
-        while *more && !stop.is_cancelled() && flights.len() < self.concurrency() {
+        while *more
+            && !stop.is_cancelled()
+            && flights.may_start(
+                self.concurrency(),
+                self.target.max_stalled,
+                self.stall_after(),
+            )
+        {
             match self.next_start(flights.is_empty()).await? {
                 Start::Wait => {
                     *more = false;
@@ -262,7 +375,7 @@ impl TargetEngine {
                 }
                 Start::Batch => {}
             }
-            let batch = match ready.take() {
+            let batch = match ready.pop_front() {
                 Some(b) => b,
                 None => self.claim(self.target.batch_size).await?,
             };
@@ -277,6 +390,13 @@ impl TargetEngine {
 
     fn state(&self) -> Option<std::sync::MutexGuard<'_, EngineState>> {
         self.state.lock().ok()
+    }
+
+    /// How long a request may run before it is set aside as stalled: `STALL_FACTOR` times the
+    /// longest recent answered round trip, at least `STALL_FLOOR`; `None` before any answer.
+    fn stall_after(&self) -> Option<Duration> {
+        let longest = self.state()?.limit.rtt_recent_max()?;
+        Some((longest * STALL_FACTOR).max(STALL_FLOOR))
     }
 
     fn may_claim_ahead(&self) -> bool {
@@ -379,6 +499,7 @@ impl TargetEngine {
         let owner = self.owner.clone();
         let clock = Arc::clone(&self.clock);
         tokio::spawn(async move {
+            let task = tokio::task::id();
             let started = Instant::now();
             let records: Vec<OutboundRecord> = batch.iter().map(|d| outbound(&target, d)).collect();
             let ids: Vec<i64> = batch.iter().map(|d| d.delivery_id).collect();
@@ -392,6 +513,7 @@ impl TargetEngine {
                 never = renew => match never {},
             };
             Trip {
+                task,
                 batch,
                 outcomes,
                 rtt: started.elapsed(),
@@ -400,29 +522,47 @@ impl TargetEngine {
         })
     }
 
-    /// Record one trip: decide each delivery, update the circuit and the concurrency limit,
-    /// log one line if the request failed, pause the target if it was throttled.
+    /// Record one trip: [`TargetEngine::judge`] it, then write the result to the ledger.
     async fn land(&self, trip: Trip) -> Result<PushReport, PipelineError> {
+        let landing = self.judge(trip);
+        self.commit(landing).await
+    }
+
+    /// What one trip's answer means, without waiting for the ledger: decide each delivery,
+    /// update the circuit and the concurrency limit, log one line if the request failed,
+    /// pause the target (in memory) if it was throttled. The next request may start on this
+    /// knowledge while [`TargetEngine::commit`] writes it down.
+    fn judge(&self, trip: Trip) -> Landing {
         let answered = self.clock.now();
         let verdict = Verdict::of(&trip.outcomes);
-        let (transition, down) = {
+        let mut landing = Landing {
+            answered,
+            recorded: Vec::with_capacity(trip.batch.len()),
+            pause: None,
+            transition: Transition::None,
+            report: PushReport {
+                requests: 1,
+                request_time: trip.rtt,
+                ..PushReport::default()
+            },
+        };
+        metrics::histogram!(m::REQUEST_DURATION, "target" => self.target.name.clone())
+            .record(trip.rtt.as_secs_f64());
+        let down = {
             let Some(mut s) = self.state() else {
-                return Ok(PushReport::default());
+                return landing;
             };
             let first_answer = verdict == Verdict::Up && !s.confirmed_up;
             s.confirmed_up |= verdict == Verdict::Up;
             let t = s.circuit.observe(verdict, answered, trip.probe);
-            let t = match t {
+            landing.transition = match t {
                 Transition::None if first_answer => Transition::Confirmed,
                 t => t,
             };
             s.limit
                 .observe(trip.rtt, congestion(&trip.outcomes), Instant::now());
-            (t, s.circuit.is_open())
+            s.circuit.is_open()
         };
-        let mut report = PushReport::default();
-        let mut recorded = Vec::with_capacity(trip.batch.len());
-        let mut pause: Option<DateTime<Utc>> = None;
         let mut first_failure: Option<DeliveryFailure> = None;
         let mut released = 0u64;
         for (d, outcome) in trip.batch.iter().zip(trip.outcomes) {
@@ -434,30 +574,45 @@ impl TargetEngine {
                     // The target's failure, not the lead's: no attempt is charged.
                     tracing::debug!(target = %self.target.name, lead = %d.lead.id, class = f.class.as_str(), error_code = %f.code, "target down; delivery put back");
                     released += 1;
-                    recorded.push(RecordedOutcome::Release {
+                    landing.recorded.push(RecordedOutcome::Release {
                         delivery_id: d.delivery_id,
                         next_attempt_at: answered,
                     });
                     continue;
                 }
             }
-            let (rec, p) = decide_outcome(&self.target, d, outcome, answered, &mut report);
-            pause = pause.max(p);
-            recorded.push(rec);
+            let (rec, p) = decide_outcome(&self.target, d, outcome, answered, &mut landing.report);
+            landing.pause = landing.pause.max(p);
+            landing.recorded.push(rec);
         }
-        report.retrying += released;
+        landing.report.retrying += released;
         if let Some(f) = &first_failure {
-            self.log_failed_request(f, trip.batch.len(), &report, released, down);
+            self.log_failed_request(f, trip.batch.len(), &landing.report, released, down);
         }
+        if let Some(until) = landing.pause {
+            if let Some(mut s) = self.state() {
+                s.paused_until = Some(until);
+            }
+            landing.report.paused_until = Some(until);
+        }
+        landing
+    }
+
+    /// Write a judged trip to the ledger: the pause, each delivery's outcome, the circuit's
+    /// transition and the connector's status note.
+    async fn commit(&self, landing: Landing) -> Result<PushReport, PipelineError> {
+        let Landing {
+            answered,
+            recorded,
+            pause,
+            transition,
+            report,
+        } = landing;
         if let Some(until) = pause {
             tracing::warn!(target = %self.target.name, paused_until = %until.to_rfc3339(), "target throttled; paused as a whole");
             self.ledger
                 .pause_target(&self.target.name, until, "throttled by the CRM")
                 .await?;
-            if let Some(mut s) = self.state() {
-                s.paused_until = Some(until);
-            }
-            report.paused_until = Some(until);
         }
         self.ledger.record(&recorded, &self.owner).await?;
         self.transition(transition).await?;
@@ -587,6 +742,28 @@ async fn push_batch(target: &Target, records: Vec<OutboundRecord>) -> Vec<Delive
         }
     }
     outcomes
+}
+
+/// Split a claim of several batches' worth into batches of `size`.
+fn split_batches(mut claimed: Vec<ClaimedDelivery>, size: usize) -> Vec<Vec<ClaimedDelivery>> {
+    let size = size.max(1);
+    let mut batches = Vec::with_capacity(claimed.len().div_ceil(size));
+    while claimed.len() > size {
+        let rest = claimed.split_off(size);
+        batches.push(std::mem::replace(&mut claimed, rest));
+    }
+    if !claimed.is_empty() {
+        batches.push(claimed);
+    }
+    batches
+}
+
+/// Sleep until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn failed_all(n: usize, f: DeliveryFailure) -> Vec<DeliveryOutcome> {

@@ -60,6 +60,9 @@ pub struct Target {
     pub concurrency: usize,
     /// `limits.concurrency = "adaptive"`: find the target's knee (AIMD) up to `concurrency`.
     pub adaptive: bool,
+    /// Requests that may be set aside as stalled at once, beyond `concurrency`
+    /// (`limits.max_stalled`; 0 keeps `concurrency` a hard cap).
+    pub max_stalled: usize,
     pub max_age: Duration,
     pub lease: Duration,
     pub retry: RetryPolicy,
@@ -106,6 +109,10 @@ pub struct PushReport {
     pub dead: u64,
     /// The target was (or became) paused.
     pub paused_until: Option<DateTime<Utc>>,
+    /// Requests answered (or timed out), and the time they held in all, from mapping to
+    /// answer: their mean is the round trip the concurrency works against.
+    pub requests: u64,
+    pub request_time: std::time::Duration,
 }
 
 impl PushReport {
@@ -115,6 +122,8 @@ impl PushReport {
         self.retrying += other.retrying;
         self.dead += other.dead;
         self.paused_until = self.paused_until.max(other.paused_until);
+        self.requests += other.requests;
+        self.request_time += other.request_time;
     }
 }
 
