@@ -15,6 +15,12 @@
 //! for the next pull. An unfinished file older than that is read as it is: its broken tail is
 //! quarantined like any bad record.
 //!
+//! **Bytes that are not UTF-8** are judged field by field (`leadsync_core::decode`): in the
+//! customer's e-mail, names, company or phone they quarantine the record, naming the field;
+//! elsewhere they become U+FFFD and the lead is logged with a warning naming the field, the
+//! file and the line. A quarantined `.jsonl` line keeps its original bytes in `rejected/`; a
+//! `.json` element is copied there with U+FFFD in their place.
+//!
 //! A lead's id is `spool:` + a hash of the record with its keys sorted, so the same record in
 //! two files, or read twice after a crash, is one lead.
 
