@@ -34,7 +34,7 @@ use leadsync::ledger::{
 };
 use leadsync::pipeline::{drain_target, pull_source, PushReport, Target};
 use leadsync::sources::Source;
-use leadsync_core::{idempotency_key, read_lead, KeyScope};
+use leadsync_core::{idempotency_key, KeyScope};
 use leadsync_fakes::dataverse::FakeDataverse;
 use leadsync_fakes::https_receiver::{HttpsReceiver, ReceiverOptions, Reply};
 use leadsync_fakes::salesforce::{SalesforceFake, SalesforceFakeConfig};
@@ -704,9 +704,9 @@ async fn bench_ledger() {
         .expect("ledger");
     let leads: Vec<StagedLead> = (0..n)
         .map(|i| {
-            let v =
+            let record =
                 leadsync_core::lead::parse_record(lead_json(i, "ledger").as_bytes()).expect("json");
-            let lead = read_lead(format!("spool:{i:016x}"), &v).expect("lead");
+            let lead = record.read_lead(format!("spool:{i:016x}")).expect("lead");
             StagedLead {
                 deliveries: vec![PlannedDelivery {
                     target: "crm".into(),

@@ -17,20 +17,20 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("read_table_entity", |b| {
         b.iter(|| {
-            let v = parse_record(black_box(TABLE_ENTITY.as_bytes())).unwrap();
-            read_lead("id".into(), &v).unwrap()
+            let r = parse_record(black_box(TABLE_ENTITY.as_bytes())).unwrap();
+            r.read_lead("id".into()).unwrap()
         })
     });
     g.bench_function("read_https_payload", |b| {
         b.iter(|| {
-            let v = parse_record(black_box(HTTPS_PAYLOAD.as_bytes())).unwrap();
-            read_lead("id".into(), &v).unwrap()
+            let r = parse_record(black_box(HTTPS_PAYLOAD.as_bytes())).unwrap();
+            r.read_lead("id".into()).unwrap()
         })
     });
     g.bench_function("parse_lead_source", |b| {
         b.iter(|| LeadSource::parse(black_box("AppSource (SPZA)-INS|bitnami.openedxcypress")))
     });
-    let value = parse_record(HTTPS_PAYLOAD.as_bytes()).unwrap();
+    let value = parse_record(HTTPS_PAYLOAD.as_bytes()).unwrap().value;
     let lead = read_lead("spool:abc".into(), &value).unwrap();
     g.bench_function("spool_lead_id", |b| {
         b.iter(|| spool_lead_id(black_box(&value)))

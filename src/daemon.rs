@@ -29,7 +29,7 @@ use crate::admin::{self, Health};
 use crate::ledger::{InstanceInfo, Ledger, OpenMode};
 use crate::pipeline::{self, HealthSink, PullOutcome, SourceLease, Target, TargetEngine};
 use crate::sources::Source;
-use crate::wiring::{self, build_sources, instance_id, Loaded};
+use crate::wiring::{self, build_sources, Loaded};
 
 /// How long in-flight work may take to finish after SIGTERM or a reload.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -40,12 +40,6 @@ const PURGE_EVERY: Duration = Duration::from_secs(3600);
 /// How often the instance's heartbeat is written to the ledger (for `status`, and failover:
 /// three missed beats and the others free its leases).
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
-
-/// When this process started (its heartbeat's `started_at`, kept across reloads).
-fn process_started() -> chrono::DateTime<Utc> {
-    static STARTED: std::sync::OnceLock<chrono::DateTime<Utc>> = std::sync::OnceLock::new();
-    *STARTED.get_or_init(Utc::now)
-}
 
 /// One target's push job: its engine (circuit and concurrency live there across pushes),
 /// a mutex that keeps the job from overlapping itself, `dirty` for new work that arrived
@@ -256,7 +250,8 @@ impl Generation {
         health: Arc<Health>,
     ) -> anyhow::Result<Generation> {
         let settings = &loaded.settings;
-        let owner = instance_id();
+        let identity = crate::identity::current();
+        let owner = identity.id.clone();
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         let pushes = loaded
@@ -278,7 +273,7 @@ impl Generation {
         let shared = Arc::new(Shared {
             ledger,
             owner,
-            instance: wiring::instance_info(process_started()),
+            instance: identity.heartbeat(),
             source_ttl: settings.ledger.lease.max(Duration::from_secs(1)),
             source_names: settings.sources.iter().map(|s| s.name.clone()).collect(),
             last_beat: std::sync::Mutex::new(None),
@@ -387,6 +382,8 @@ impl Generation {
             tracker.spawn(Arc::clone(job).push());
         }
         tracing::info!(
+            instance = %shared.owner,
+            version = crate::identity::VERSION,
             sources = settings.sources.len(),
             targets = loaded.targets.len(),
             "leadsync running"
@@ -525,6 +522,8 @@ fn watchdog_interval() -> Option<Duration> {
 }
 
 pub async fn run(mut loaded: Loaded) -> anyhow::Result<()> {
+    // Fix the identity (and its start time) before anything slow.
+    crate::identity::current();
     let ledger_location = loaded.settings.ledger.location.clone();
     let ledger = wiring::open_ledger(&loaded.settings, OpenMode::Exclusive).await?;
     let health = Arc::new(Health::default());

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod identity;
 pub mod ledger;
 pub mod metrics;
 pub mod pipeline;

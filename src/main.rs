@@ -59,6 +59,10 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::InstanceId => {
+            println!("{}", leadsync::identity::current().id);
+            ExitCode::from(EXIT_OK)
+        }
         command => ExitCode::from(commands::main(
             &cli.config,
             cli.log_level.as_deref(),

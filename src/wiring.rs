@@ -1,5 +1,5 @@
 //! Wiring: build what a command needs from the checked configuration — the targets (through
-//! the registry), the sources, the ledger, and this process's identity.
+//! the registry), the sources and the ledger. (This process's identity is `identity.rs`.)
 //!
 //! Secrets are resolved only where a connector or source is really built (`run`, `sync`,
 //! `send-test`, `check`): the operator commands that only read or change the ledger
@@ -11,12 +11,11 @@
 //! [`WiringError`]s: a configuration mistake (exit 78) or a runtime failure.
 
 use anyhow::Context;
-use chrono::Utc;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{self, Settings, SourceKind};
-use crate::ledger::{InstanceInfo, Ledger, OpenMode};
+use crate::ledger::{Ledger, OpenMode};
 use crate::pipeline::Target;
 use crate::registry;
 use crate::sources::spool::SpoolSource;
@@ -253,29 +252,6 @@ fn build_azure_table_source(
          (build with the `azure-table` feature)",
         settings.config_path.display()
     )))
-}
-
-/// This process's lease owner name.
-pub fn instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{host}:{}", std::process::id())
-}
-
-/// The process's heartbeat identity: its lease owner name, host and pid.
-pub fn instance_info(started_at: chrono::DateTime<Utc>) -> InstanceInfo {
-    let id = instance_id();
-    let host = id
-        .rsplit_once(':')
-        .map_or(id.as_str(), |(h, _)| h)
-        .to_string();
-    InstanceInfo {
-        id,
-        host,
-        pid: std::process::id(),
-        started_at,
-    }
 }
 
 /// Open the ledger the settings name (SQLite file or PostgreSQL) in `mode`: `Exclusive`

@@ -99,7 +99,8 @@ fn expectations() -> BTreeMap<&'static str, (usize, Vec<&'static str>)> {
     e("bom.jsonl", 0, &["bom-jsonl-1", "bom-jsonl-2"]);
     e("crlf.jsonl", 0, &["crlf-1", "crlf-2"]);
     e("nul-bytes.jsonl", 2, &["nul-1"]);
-    e("invalid-utf8.jsonl", 1, &["invalid-utf8"]);
+    // A bad first name is quarantined; a bad description is delivered with U+FFFD.
+    e("invalid-utf8.jsonl", 2, &["invalid-utf8-description"]);
     e("emoji-rtl.jsonl", 0, &["emoji", "rtl"]);
     e("injection.jsonl", 0, &["sql", "csv"]);
     e("empty-records.jsonl", 2, &[]);
@@ -243,7 +244,16 @@ fn hostile_corpus_is_accepted_tolerated_or_quarantined_never_a_panic() {
     assert!(row("csv")["Company"].starts_with("'@"));
     assert!(row("csv")["Title"].starts_with("'-"));
     assert!(!row("nul-1")["Description"].contains('\0'), "NUL stripped");
-    assert!(row("invalid-utf8")["First Name"].contains('\u{FFFD}'));
+    assert_eq!(
+        row("invalid-utf8-description")["Description"],
+        "marker:invalid-utf8-description caf\u{FFFD} cr\u{FFFD}me"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.values().all(|v| !v.contains('\u{FFFD}'))
+                || r["Description"].contains("invalid-utf8-description")),
+        "no other cell holds a replacement character"
+    );
     eprintln!(
         "hostile corpus: {} files ({} generated, up to {} MB and {DEPTH} levels deep), \
          {} leads kept, {total_q} records quarantined, no panic",

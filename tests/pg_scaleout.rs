@@ -16,6 +16,9 @@
 //! without it, fails under `LEADSYNC_REQUIRE_SERVICES=1`. Each run uses a schema of its own,
 //! dropped at the end.
 
+mod common;
+use common::{pg_or_skip, pg_url};
+
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -34,32 +37,6 @@ const LONG_LEASE: &str = "2m";
 /// How soon after a SIGKILL the survivors must hold (or have delivered) what the killed
 /// instance held: three missed 5 s heartbeats, a survivor's next beat, a claim.
 const TAKEOVER_WITHIN: Duration = Duration::from_secs(20);
-
-fn pg_url() -> String {
-    std::env::var("LEADSYNC_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
-/// A connection, or `None` with a loud message (a failure under LEADSYNC_REQUIRE_SERVICES=1).
-async fn pg_or_skip(test: &str) -> Option<PgConnection> {
-    let conn = tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&pg_url()))
-        .await
-        .map_err(|_| "no answer within 5 s".to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
-    match conn {
-        Ok(c) => Some(c),
-        Err(e) if std::env::var("LEADSYNC_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("PostgreSQL unreachable and LEADSYNC_REQUIRE_SERVICES=1: {e}")
-        }
-        Err(e) => {
-            leadsync_fakes::announce_skip(&format!(
-                "{test}: PostgreSQL is unreachable ({e}); \
-                 set LEADSYNC_REQUIRE_SERVICES=1 to make this a failure"
-            ));
-            None
-        }
-    }
-}
 
 /// A throw-away deployment: config (with `ledger.lease` = `lease`), spool with 10,000 leads
 /// in 10 files, output folder, and a schema of its own.
@@ -463,8 +440,9 @@ async fn source_taken_over(
     }
 }
 
+/// The node whose process leases as `owner` (`host:pid:nonce`).
 fn node_of(cluster: &Cluster, owner: &str) -> Option<usize> {
-    let pid: u32 = owner.rsplit(':').next().and_then(|p| p.parse().ok())?;
+    let pid: u32 = owner.split(':').nth(1).and_then(|p| p.parse().ok())?;
     (0..INSTANCES).find(|i| cluster.pid(*i) == Some(pid))
 }
 

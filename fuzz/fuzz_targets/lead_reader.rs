@@ -5,9 +5,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(value) = leadsync_core::lead::parse_record(data) {
-        let id = leadsync::sources::spool::spool_lead_id(&value);
-        if let Ok(lead) = leadsync_core::lead::read_lead(id.clone(), &value) {
+    if let Ok(record) = leadsync_core::lead::parse_record(data) {
+        let id = leadsync::sources::spool::spool_lead_id(&record.value);
+        if let Ok(lead) = record.read_lead(id.clone()) {
             assert_eq!(lead.id, id);
         }
     }

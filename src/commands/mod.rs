@@ -86,6 +86,10 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff), e.g. `leadsync man | man -l -`.
     Man,
+    /// Print the name this process would lease work under (`host:pid:nonce`); for tests and
+    /// diagnosis. Needs no configuration.
+    #[command(hide = true)]
+    InstanceId,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +182,6 @@ async fn dispatch(settings: Settings, command: Command) -> Result<u8, WiringErro
         Command::Replay { target, since } => operator::replay(s, &target, &since).await,
         Command::Forget { email } => operator::forget(s, &email).await,
         // Answered by `main.rs` before any configuration is read.
-        Command::Completions { .. } | Command::Man => Ok(EXIT_OK),
+        Command::Completions { .. } | Command::Man | Command::InstanceId => Ok(EXIT_OK),
     }
 }

@@ -78,7 +78,7 @@ pub(super) async fn send_test(
         .context("staging the test lead")?;
     println!("test lead {lead_id} staged for {}", t.name);
     let deadline = tokio::time::Instant::now() + wait;
-    let owner = wiring::instance_id();
+    let owner = crate::identity::current().id.clone();
     loop {
         pipeline::push_round(&ledger, t, &owner, Utc::now())
             .await

@@ -1,14 +1,15 @@
 //! `status` (per target: pending, delivered, dead, oldest pending, and a note: down, paused,
-//! last error, the connector's report; sources; instances) and
-//! `trace <lead>` (one lead's path through every target). Read-only, beside a running daemon.
+//! last error, the connector's report; sources; instances with host, pid, version and start
+//! time) and `trace <lead>` (one lead's path through every target). Read-only, beside a
+//! running daemon.
 
 use anyhow::Context;
-use chrono::Utc;
+use chrono::{SecondsFormat, Utc};
 use std::time::Duration;
 
 use super::{EXIT_OK, EXIT_RUNTIME};
 use crate::config::Settings;
-use crate::ledger::OpenMode;
+use crate::ledger::{InstanceStatus, OpenMode};
 use crate::wiring::{self, WiringError};
 
 fn age(since: Option<chrono::DateTime<Utc>>) -> String {
@@ -81,32 +82,46 @@ pub(super) async fn status(settings: &Settings, json: bool) -> Result<u8, Wiring
         );
     }
     if !status.instances.is_empty() {
-        println!();
-        println!(
-            "{:<32} {:>6} {:>14} {:>9}  sources pulled",
-            "INSTANCE", "STATE", "LAST SEEN", "LEASED"
-        );
-        for i in &status.instances {
-            let state = match (i.alive, i.seen_at) {
-                (true, _) => "up",
-                (false, Some(_)) => "gone",
-                (false, None) => "-",
-            };
-            println!(
-                "{:<32} {:>6} {:>14} {:>9}  {}",
-                i.id,
-                state,
-                age(i.seen_at),
-                i.delivery_leases,
-                if i.sources.is_empty() {
-                    "-".to_string()
-                } else {
-                    i.sources.join(", ")
-                }
-            );
-        }
+        print_instances(&status.instances);
     }
     Ok(EXIT_OK)
+}
+
+/// One line per instance: its id, host, pid, version, start, heartbeat and leases.
+fn print_instances(instances: &[InstanceStatus]) {
+    println!();
+    println!(
+        "{:<40} {:<20} {:>8} {:<10} {:<20} {:>5} {:>14} {:>7}  sources pulled",
+        "INSTANCE", "HOST", "PID", "VERSION", "STARTED", "STATE", "LAST SEEN", "LEASED"
+    );
+    for i in instances {
+        let state = match (i.alive, i.seen_at) {
+            (true, _) => "up",
+            (false, Some(_)) => "gone",
+            (false, None) => "-",
+        };
+        let started = i.started_at.map_or_else(
+            || "-".to_string(),
+            |t| t.to_rfc3339_opts(SecondsFormat::Secs, true),
+        );
+        let sources = if i.sources.is_empty() {
+            "-".to_string()
+        } else {
+            i.sources.join(", ")
+        };
+        println!(
+            "{:<40} {:<20} {:>8} {:<10} {:<20} {:>5} {:>14} {:>7}  {}",
+            i.id,
+            i.host,
+            i.pid,
+            i.version.as_deref().unwrap_or("-"),
+            started,
+            state,
+            age(i.seen_at),
+            i.delivery_leases,
+            sources
+        );
+    }
 }
 
 pub(super) async fn trace(settings: &Settings, lead: &str, json: bool) -> Result<u8, WiringError> {

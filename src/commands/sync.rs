@@ -18,7 +18,7 @@ pub(super) async fn sync_once(loaded: &Loaded, wait: Duration) -> Result<u8, Wir
     let ledger = wiring::open_ledger(&loaded.settings, OpenMode::Exclusive).await?;
     let mut sources = wiring::build_sources(&loaded.settings)?;
     let mut staged = crate::ledger::StageReport::default();
-    let owner = wiring::instance_id();
+    let owner = crate::identity::current().id.clone();
     let lease = SourceLease {
         owner: &owner,
         ttl: loaded.settings.ledger.lease,

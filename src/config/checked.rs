@@ -145,7 +145,8 @@ pub struct TelemetrySettings {
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
-    /// JSON under systemd (no terminal on stderr), text otherwise.
+    /// The journal's native protocol when stderr is the journal, JSON lines when stderr is
+    /// not a terminal, text otherwise (see `telemetry.rs`).
     #[default]
     Auto,
     Json,

@@ -75,13 +75,14 @@ fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-/// An instance named `host:pid`, as its heartbeat describes it.
+/// An instance named `host:pid[:nonce]`, as its heartbeat describes it.
 fn instance(id: &str) -> InstanceInfo {
-    let (host, pid) = id.split_once(':').expect("host:pid");
+    let (host, pid) = crate::identity::host_and_pid(id);
     InstanceInfo {
         id: id.into(),
-        host: host.into(),
-        pid: pid.parse().expect("pid"),
+        host,
+        pid,
+        version: "0.0.1-test".into(),
         started_at: Utc::now() - TimeDelta::hours(1),
     }
 }
@@ -1293,60 +1294,59 @@ async fn pg_source_leases_pass_between_instances(ledger: &PostgresLedger) {
 async fn pg_status_shows_instances_and_their_leases(ledger: &PostgresLedger) {
     let now = Utc::now();
     let started = now - TimeDelta::minutes(5);
-    for (id, seen) in [("host-a:1", now), ("host-b:2", now - TimeDelta::minutes(2))] {
-        let (host, pid) = id.split_once(':').expect("id");
-        ledger
-            .heartbeat(
-                &InstanceInfo {
-                    id: id.into(),
-                    host: host.into(),
-                    pid: pid.parse().expect("pid"),
-                    started_at: started,
-                },
-                seen,
-            )
-            .await
-            .expect("heartbeat");
+    // `twin` shares `a`'s host and pid (another machine cloned from one image): only the
+    // nonce tells them apart, and they must stay two instances.
+    let (a, b, twin) = ("host-a:1:00a0a0", "host-b:2:00b0b0", "host-a:1:0f0f0f");
+    for (id, seen) in [(a, now), (b, now - TimeDelta::minutes(2))] {
+        let info = InstanceInfo {
+            started_at: started,
+            ..instance(id)
+        };
+        ledger.heartbeat(&info, seen).await.expect("heartbeat");
     }
     ledger
-        .stage(batch(&["a", "b", "c"], &["crm"], None))
+        .stage(batch(&["a", "b", "c", "d"], &["crm"], None))
         .await
         .expect("stage");
     let claim_at = soon();
-    assert_eq!(
-        ledger
-            .claim("crm", claim_at, 2, LEASE, "host-a:1")
+    // A `sync --once` (no heartbeat) and an owner named by a version before the nonce.
+    for (owner, n) in [(a, 2), ("sync-host:77:00cafe", 1), (twin, 1)] {
+        let claimed = ledger
+            .claim("crm", claim_at, n, LEASE, owner)
             .await
-            .expect("claim")
-            .len(),
-        2
-    );
-    assert_eq!(
-        ledger
-            .claim("crm", claim_at, 2, LEASE, "sync:77")
-            .await
-            .expect("claim")
-            .len(),
-        1
-    );
+            .expect("claim");
+        assert_eq!(claimed.len(), n as usize);
+    }
     assert!(ledger
-        .acquire_source("inbox", "host-a:1", LEASE, claim_at)
+        .acquire_source("inbox", "old-host:5", LEASE, claim_at)
         .await
         .expect("source"));
     let status = ledger.status(claim_at).await.expect("status");
     let ids: Vec<&str> = status.instances.iter().map(|i| i.id.as_str()).collect();
-    assert_eq!(ids, ["host-a:1", "host-b:2", "sync:77"]);
+    assert_eq!(
+        ids,
+        [a, twin, b, "old-host:5", "sync-host:77:00cafe"],
+        "one row per owner name"
+    );
     let a = &status.instances[0];
     assert!(a.alive);
     assert_eq!((a.host.as_str(), a.pid), ("host-a", 1));
-    assert_eq!(a.sources, ["inbox"]);
+    assert_eq!(a.version.as_deref(), Some("0.0.1-test"));
     assert_eq!(a.delivery_leases, 2);
     assert_eq!(a.started_at.map(ms), Some(ms(started)));
-    let b = &status.instances[1];
+    let twin = &status.instances[1];
+    assert_eq!((twin.host.as_str(), twin.pid), ("host-a", 1));
+    assert_eq!((twin.delivery_leases, twin.seen_at), (1, None));
+    let b = &status.instances[2];
     assert!(!b.alive, "no heartbeat for two minutes");
+    assert_eq!(b.version.as_deref(), Some("0.0.1-test"));
     assert_eq!((b.sources.len(), b.delivery_leases), (0, 0));
-    let sync = &status.instances[2];
-    assert_eq!((sync.host.as_str(), sync.pid), ("sync", 77));
+    let old = &status.instances[3];
+    assert_eq!((old.host.as_str(), old.pid), ("old-host", 5));
+    assert_eq!(old.sources, ["inbox"]);
+    assert_eq!((old.version.as_deref(), old.started_at), (None, None));
+    let sync = &status.instances[4];
+    assert_eq!((sync.host.as_str(), sync.pid), ("sync-host", 77));
     assert_eq!((sync.delivery_leases, sync.seen_at), (1, None));
     // Expired leases are not shown.
     let later = ledger

@@ -192,10 +192,12 @@ pub struct LedgerStatus {
 /// One leadsync process, as its heartbeat describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceInfo {
-    /// The lease owner name, `host:pid`.
+    /// The lease owner name, `host:pid:nonce` (see `crate::identity`).
     pub id: String,
     pub host: String,
     pub pid: u32,
+    /// The leadsync version it runs.
+    pub version: String,
     pub started_at: DateTime<Utc>,
 }
 
@@ -205,6 +207,9 @@ pub struct InstanceStatus {
     pub id: String,
     pub host: String,
     pub pid: u32,
+    /// `None` for a lease owner that never sent a heartbeat (e.g. `sync --once`), or one
+    /// that ran a version before heartbeats carried it.
+    pub version: Option<String>,
     /// `None` for a lease owner that never sent a heartbeat (e.g. `sync --once`).
     pub started_at: Option<DateTime<Utc>>,
     pub seen_at: Option<DateTime<Utc>>,

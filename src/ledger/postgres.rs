@@ -7,10 +7,11 @@
 //!
 //! - **Delivery leases.** A claim is one statement: the due, unleased (or lease-expired)
 //!   pending rows are picked with `FOR UPDATE SKIP LOCKED` and leased to the claiming
-//!   instance (`lease_owner` = its `host:pid`) in the same `UPDATE`, so two instances never
-//!   get the same row and never wait on each other. An instance that dies leaves its leases
-//!   to run out; the claim condition then hands the rows to whoever asks next. Opening the
-//!   ledger never clears leases: they may belong to live instances.
+//!   instance (`lease_owner` = its `host:pid:nonce`, see `crate::identity`) in the same
+//!   `UPDATE`, so two instances never get the same row and never wait on each other. An
+//!   instance that dies leaves its leases to run out; the claim condition then hands the
+//!   rows to whoever asks next. Opening the ledger never clears leases: they may belong to
+//!   live instances.
 //! - **Late outcomes.** `record` only changes rows still `pending`. When an instance's lease
 //!   ran out mid-push and another instance took the delivery over, both may push (the CRM
 //!   write is idempotent) and both may record: a second `Delivered` finds the row delivered
@@ -19,8 +20,9 @@
 //!   holder either.
 //! - **Source leases.** `source_leases` has one row per source; only its holder pulls
 //!   ([`Ledger::acquire_source`]), renewed while it pulls and taken over once it runs out.
-//! - **Heartbeats.** `instances` has one row per daemon, refreshed every few seconds, so
-//!   `status` lists the instances with their source and delivery leases.
+//! - **Heartbeats.** `instances` has one row per daemon (its id, host, pid, version and start
+//!   time), refreshed every few seconds, so `status` lists the instances with their source
+//!   and delivery leases.
 //! - **Failover.** An instance whose heartbeat stopped (SIGKILL, lost host) would hold its
 //!   leases until they run out (`ledger.lease`, minutes). The live instances call
 //!   [`Ledger::release_stale_leases`] after each heartbeat: one statement frees the delivery
@@ -412,14 +414,6 @@ struct PgClaimRow {
     claim: ClaimRow,
 }
 
-/// `host:pid` split back, for lease owners that never sent a heartbeat (`sync --once`).
-fn split_owner(owner: &str) -> (String, u32) {
-    match owner.rsplit_once(':') {
-        Some((host, pid)) => (host.to_string(), pid.parse().unwrap_or(0)),
-        None => (owner.to_string(), 0),
-    }
-}
-
 #[async_trait]
 impl Ledger for PostgresLedger {
     async fn stage(&self, batch: StageBatch) -> Result<StageReport, LedgerError> {
@@ -564,7 +558,7 @@ impl Ledger for PostgresLedger {
 
         // Instances: every heartbeat, plus lease owners that never sent one.
         let mut instances: BTreeMap<String, InstanceStatus> = BTreeMap::new();
-        let rows = sqlx::query("SELECT id, host, pid, started_at, seen_at FROM instances")
+        let rows = sqlx::query("SELECT id, host, pid, version, started_at, seen_at FROM instances")
             .fetch_all(&mut *tx)
             .await?;
         let alive_after = now_ms - i64::try_from(INSTANCE_ALIVE.as_millis()).unwrap_or(0);
@@ -576,6 +570,7 @@ impl Ledger for PostgresLedger {
                 InstanceStatus {
                     host: row.try_get("host")?,
                     pid: to_u32(row.try_get("pid")?),
+                    version: row.try_get("version")?,
                     started_at: Some(from_ms(row.try_get("started_at")?, &id)?),
                     seen_at: Some(from_ms(seen_at, &id)?),
                     alive: seen_at >= alive_after,
@@ -586,11 +581,12 @@ impl Ledger for PostgresLedger {
             );
         }
         let unknown = |owner: &str| {
-            let (host, pid) = split_owner(owner);
+            let (host, pid) = crate::identity::host_and_pid(owner);
             InstanceStatus {
                 id: owner.to_string(),
                 host,
                 pid,
+                version: None,
                 started_at: None,
                 seen_at: None,
                 alive: false,
@@ -774,13 +770,14 @@ impl Ledger for PostgresLedger {
         let now = to_ms(now);
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO instances (id, host, pid, started_at, seen_at) \
-             VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO instances (id, host, pid, version, started_at, seen_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at",
         )
         .bind(instance.id.as_str())
         .bind(instance.host.as_str())
         .bind(i64::from(instance.pid))
+        .bind(instance.version.as_str())
         .bind(to_ms(instance.started_at))
         .bind(now)
         .execute(&mut *tx)

@@ -15,11 +15,18 @@
 //! for the next pull. An unfinished file older than that is read as it is: its broken tail is
 //! quarantined like any bad record.
 //!
+//! **Bytes that are not UTF-8** are judged field by field (`leadsync_core::decode`): in the
+//! customer's e-mail, names, company or phone they quarantine the record, naming the field;
+//! elsewhere they become U+FFFD and the lead is logged with a warning naming the field, the
+//! file and the line. A quarantined `.jsonl` line keeps its original bytes in `rejected/`; a
+//! `.json` element is copied there with U+FFFD in their place.
+//!
 //! A lead's id is `spool:` + a hash of the record with its keys sorted, so the same record in
 //! two files, or read twice after a crash, is one lead.
 
 use async_trait::async_trait;
-use leadsync_core::lead::{parse_record, read_lead, ReadError, MAX_RECORD_BYTES};
+use leadsync_core::decode::{self, DecodedRecord, InvalidMark};
+use leadsync_core::lead::{parse_record, parse_record_text, ReadError, MAX_RECORD_BYTES};
 use leadsync_core::Lead;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -71,6 +78,8 @@ enum Records {
     Elements {
         items: std::vec::IntoIter<Result<Box<serde_json::value::RawValue>, ReadError>>,
         index: usize,
+        /// How the file's bytes that are not UTF-8 were marked, if it had any.
+        mark: Option<InvalidMark>,
     },
 }
 
@@ -166,9 +175,10 @@ impl SpoolSource {
                 }
             } else {
                 match read_json_file(&path, meta.len()) {
-                    Ok(items) => Records::Elements {
+                    Ok((items, mark)) => Records::Elements {
                         items: items.into_iter(),
                         index: 0,
+                        mark,
                     },
                     Err(JsonFileError::Incomplete) if young => {
                         tracing::debug!(source = %self.name, file = %path.display(), "file still being written; left for the next pull");
@@ -178,6 +188,7 @@ impl SpoolSource {
                     Err(e) => Records::Elements {
                         items: vec![Err(e.into_read_error())].into_iter(),
                         index: 0,
+                        mark: None,
                     },
                 }
             };
@@ -266,6 +277,7 @@ enum JsonFileError {
     Incomplete,
     TooLarge(u64),
     Invalid(String),
+    Unreadable(ReadError),
 }
 
 impl JsonFileError {
@@ -277,33 +289,37 @@ impl JsonFileError {
             JsonFileError::Incomplete => ReadError::Json("file ends before the JSON does".into()),
             JsonFileError::Invalid(m) => ReadError::Json(m),
             JsonFileError::Io(e) => ReadError::Json(e.to_string()),
+            JsonFileError::Unreadable(e) => e,
         }
     }
 }
 
 type RawRecord = Result<Box<serde_json::value::RawValue>, ReadError>;
 
-/// A `.json` file: one object, or an array whose elements are records.
-fn read_json_file(path: &Path, len: u64) -> Result<Vec<RawRecord>, JsonFileError> {
+/// A `.json` file: one object, or an array whose elements are records; with the mark its
+/// bytes that are not UTF-8 were decoded as (each element is checked field by field).
+fn read_json_file(
+    path: &Path,
+    len: u64,
+) -> Result<(Vec<RawRecord>, Option<InvalidMark>), JsonFileError> {
     if len > MAX_JSON_FILE_BYTES {
         return Err(JsonFileError::TooLarge(len));
     }
     let bytes = std::fs::read(path).map_err(JsonFileError::Io)?;
-    let text = String::from_utf8_lossy(&bytes);
-    let text = text.trim_start_matches('\u{feff}');
+    let decoded = decode::decode(&bytes).map_err(JsonFileError::Unreadable)?;
+    let text = decoded.text.trim_start_matches('\u{feff}');
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
-    if trimmed.starts_with('[') {
-        return match serde_json::from_str::<Vec<Box<serde_json::value::RawValue>>>(trimmed) {
-            Ok(items) => Ok(items.into_iter().map(Ok).collect()),
-            Err(e) if e.is_eof() => Err(JsonFileError::Incomplete),
-            Err(e) => Err(JsonFileError::Invalid(e.to_string())),
-        };
-    }
-    match serde_json::from_str::<Box<serde_json::value::RawValue>>(trimmed) {
-        Ok(v) => Ok(vec![Ok(v)]),
+    let items = if trimmed.starts_with('[') {
+        serde_json::from_str::<Vec<Box<serde_json::value::RawValue>>>(trimmed)
+            .map(|items| items.into_iter().map(Ok).collect())
+    } else {
+        serde_json::from_str::<Box<serde_json::value::RawValue>>(trimmed).map(|v| vec![Ok(v)])
+    };
+    match items {
+        Ok(items) => Ok((items, decoded.mark)),
         Err(e) if e.is_eof() => Err(JsonFileError::Incomplete),
         Err(e) => Err(JsonFileError::Invalid(e.to_string())),
     }
@@ -382,9 +398,9 @@ pub fn spool_lead_id(record: &Value) -> String {
     format!("spool:{}", hex::encode(&digest[..16]))
 }
 
-fn to_lead(bytes: &[u8]) -> Result<Lead, ReadError> {
-    let value = parse_record(bytes)?;
-    read_lead(spool_lead_id(&value), &value)
+/// The lead in a decoded record, under its spool id.
+fn to_lead(record: DecodedRecord) -> Result<Lead, ReadError> {
+    record.read_lead(spool_lead_id(&record.value))
 }
 
 impl OpenFile {
@@ -415,10 +431,14 @@ impl OpenFile {
                     if len > MAX_RECORD_BYTES {
                         (place, Err(ReadError::TooLarge(len)), None)
                     } else {
-                        (place, to_lead(slice), Some(slice.to_vec()))
+                        (
+                            place,
+                            parse_record(slice).and_then(to_lead),
+                            Some(slice.to_vec()),
+                        )
                     }
                 }
-                Records::Elements { items, index } => {
+                Records::Elements { items, index, mark } => {
                     let Some(item) = items.next() else {
                         return Ok(true);
                     };
@@ -426,8 +446,10 @@ impl OpenFile {
                     let place = format!("element {index}");
                     match item {
                         Ok(raw) => {
-                            let b = raw.get().as_bytes();
-                            (place, to_lead(b), Some(b.to_vec()))
+                            let text = raw.get();
+                            let lead = parse_record_text(text, *mark).and_then(to_lead);
+                            let shown = decode::unmark(text, *mark).as_bytes().to_vec();
+                            (place, lead, Some(shown))
                         }
                         Err(e) => (place, Err(e), None),
                     }
@@ -620,6 +642,52 @@ mod tests {
         // Keep mode: unchanged files are not read again in the same process.
         assert!(src.next_batch(None, 10).await.unwrap().is_none());
         assert!(d.join("w.jsonl").exists());
+    }
+
+    #[tokio::test]
+    async fn latin1_identity_is_quarantined_and_latin1_description_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mut jsonl = Vec::new();
+        jsonl.extend_from_slice(b"{\"UserDetails\":{\"Email\":\"good@example.com\"}}\n");
+        jsonl.extend_from_slice(b"{\"UserDetails\":{\"Email\":\"jos\xe9@example.com\"}}\n");
+        jsonl.extend_from_slice(
+            b"{\"UserDetails\":{\"Email\":\"d@example.com\"},\"Description\":\"caf\xe9\"}\n",
+        );
+        std::fs::write(d.join("a.jsonl"), jsonl).unwrap();
+        std::fs::write(
+            d.join("b.json"),
+            b"[{\"CustomerInfo\":\"{\\\"LastName\\\":\\\"M\xfcller\\\"}\"},{\"LeadSource\":\"SPZA\"}]",
+        )
+        .unwrap();
+        let mut src =
+            SpoolSource::new("s".into(), d.to_path_buf(), AfterRead::Move, Duration::ZERO);
+        let (leads, q) = drain(&mut src, 10).await;
+        let reasons: Vec<_> = q
+            .iter()
+            .map(|r| format!("{} {}", r.origin, r.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "s:a.jsonl:line 2 UserDetails.Email holds bytes that are not UTF-8",
+                "s:b.json:element 1 CustomerInfo.LastName holds bytes that are not UTF-8",
+            ]
+        );
+        assert_eq!(leads.len(), 3, "the good records and the description case");
+        let described = leads.iter().find(|l| l.description.is_some()).unwrap();
+        assert_eq!(
+            described.description.as_ref().unwrap().expose(),
+            "caf\u{FFFD}"
+        );
+        assert!(described
+            .warnings
+            .contains(&"Description held bytes that are not UTF-8; kept with U+FFFD".to_string()));
+        // The quarantined line keeps its original bytes in rejected/.
+        assert_eq!(
+            std::fs::read(d.join("rejected/a.jsonl")).unwrap(),
+            b"{\"UserDetails\":{\"Email\":\"jos\xe9@example.com\"}}\n"
+        );
     }
 
     #[tokio::test]

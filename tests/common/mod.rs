@@ -1,5 +1,5 @@
 //! Helpers shared by the end-to-end tests: a throw-away deployment (config, spool, output)
-//! in a temporary folder, and a way to run the real binary against it.
+//! in a temporary folder, a way to run the real binary against it, and the test PostgreSQL.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -211,6 +211,37 @@ impl Drop for Daemon {
         if let Some(c) = self.child.as_mut() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+}
+
+/// The test PostgreSQL (`LEADSYNC_TEST_PG_URL` to change it).
+pub fn pg_url() -> String {
+    std::env::var("LEADSYNC_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+/// A connection, or `None` with a loud message (a failure under LEADSYNC_REQUIRE_SERVICES=1).
+pub async fn pg_or_skip(test: &str) -> Option<sqlx::PgConnection> {
+    use sqlx::Connection;
+    let conn = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        sqlx::PgConnection::connect(&pg_url()),
+    )
+    .await
+    .map_err(|_| "no answer within 5 s".to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    match conn {
+        Ok(c) => Some(c),
+        Err(e) if std::env::var("LEADSYNC_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("PostgreSQL unreachable and LEADSYNC_REQUIRE_SERVICES=1: {e}")
+        }
+        Err(e) => {
+            leadsync_fakes::announce_skip(&format!(
+                "{test}: PostgreSQL is unreachable ({e}); \
+                 set LEADSYNC_REQUIRE_SERVICES=1 to make this a failure"
+            ));
+            None
         }
     }
 }

@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::decode::{self, DecodedRecord, InvalidMark};
 use crate::pii::Pii;
 
 /// The largest record accepted (Azure Table's own entity limit).
@@ -336,6 +337,10 @@ pub enum ReadError {
     TooLarge(usize),
     #[error("record carries no lead: no customer details, LeadSource, ActionCode or offer")]
     Empty,
+    /// An identity field (see [`crate::decode`]) held bytes that are not UTF-8; `field` names
+    /// it (`UserDetails.Email`), never its value.
+    #[error("{field} holds bytes that are not UTF-8")]
+    NotUtf8 { field: String },
 }
 
 /// Which shape a record came in (for warnings and the Table id).
@@ -357,14 +362,26 @@ fn json_kind(v: &Value) -> &'static str {
 }
 
 /// Parse one record's bytes (a `.json` element or a `.jsonl` line) into a JSON value,
-/// enforcing the size limit first.
-pub fn parse_record(bytes: &[u8]) -> Result<Value, ReadError> {
+/// enforcing the size limit first. Bytes that are not UTF-8 refuse the record when they sit
+/// in an identity field, and are kept as U+FFFD with a warning elsewhere ([`crate::decode`]).
+pub fn parse_record(bytes: &[u8]) -> Result<DecodedRecord, ReadError> {
     if bytes.len() > MAX_RECORD_BYTES {
         return Err(ReadError::TooLarge(bytes.len()));
     }
-    let text = String::from_utf8_lossy(bytes);
-    let text = text.trim_start_matches('\u{feff}');
-    serde_json::from_str(text).map_err(|e| ReadError::Json(e.to_string()))
+    let text = decode::decode(bytes)?;
+    decode::parse_json(text.text.trim_start_matches('\u{feff}'), text.mark)
+}
+
+/// [`parse_record`] for a record cut from a text already decoded (an element of a `.json`
+/// array), with the mark that text's bad bytes were decoded as.
+pub fn parse_record_text(
+    text: &str,
+    mark: Option<InvalidMark>,
+) -> Result<DecodedRecord, ReadError> {
+    if text.len() > MAX_RECORD_BYTES {
+        return Err(ReadError::TooLarge(text.len()));
+    }
+    decode::parse_json(text.trim_start_matches('\u{feff}'), mark)
 }
 
 /// Read a lead from a JSON value in either wire shape. `id` is the lead's stable id, chosen
@@ -935,8 +952,8 @@ mod tests {
 
         #[test]
         fn reader_never_panics(s in "\\PC{0,200}") {
-            if let Ok(v) = parse_record(s.as_bytes()) {
-                let _ = read_lead("p".into(), &v);
+            if let Ok(r) = parse_record(s.as_bytes()) {
+                let _ = r.read_lead("p".into());
             }
         }
     }

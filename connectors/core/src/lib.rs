@@ -1,15 +1,17 @@
 //! leadsync-core: what every part of leadsync shares.
 //!
 //! The lead model, its readers and the quarantine record of what could not be read
-//! ([`lead`]), the connector contract and failure classes ([`connector`]), how a connector is
-//! built from a target's settings ([`build`]), the field-mapping engine ([`mapping`]),
-//! idempotency keys ([`key`]), redaction of personal data and secrets ([`pii`]), secret
-//! references ([`secret_ref`]),
-//! `Retry-After` parsing ([`retry_after`]), and the HTTP pieces every HTTP connector shares:
-//! client setup and status classification ([`http`]) and the OAuth token cache ([`oauth`]).
+//! ([`lead`]), the decoding of record bytes that may not be UTF-8 ([`decode`]), the
+//! connector contract and failure classes ([`connector`]), how a connector is built from a
+//! target's settings ([`build`]), the field-mapping engine ([`mapping`]), idempotency keys
+//! ([`key`]), redaction of personal data and secrets ([`pii`]), secret references
+//! ([`secret_ref`]), `Retry-After` parsing ([`retry_after`]), and the HTTP pieces every HTTP
+//! connector shares: client setup and status classification ([`http`]) and the OAuth token
+//! cache ([`oauth`]).
 
 pub mod build;
 pub mod connector;
+pub mod decode;
 pub mod http;
 pub mod jwt;
 pub mod key;
