@@ -134,13 +134,36 @@ struct EngineState {
     confirmed_up: bool,
 }
 
-/// A trip's answer, judged and waiting to be written to the ledger.
+/// Trips' answers, judged and waiting to be written to the ledger.
 struct Landing {
     answered: DateTime<Utc>,
     recorded: Vec<RecordedOutcome>,
     pause: Option<DateTime<Utc>>,
-    transition: Transition,
+    /// The circuit's transitions, in the order the answers were judged.
+    transitions: Vec<Transition>,
     report: PushReport,
+}
+
+impl Landing {
+    fn empty(answered: DateTime<Utc>) -> Self {
+        Landing {
+            answered,
+            recorded: Vec::new(),
+            pause: None,
+            transitions: Vec::new(),
+            report: PushReport::default(),
+        }
+    }
+
+    /// Both landings, to be written in one go.
+    fn merge(mut self, other: Landing) -> Landing {
+        self.answered = self.answered.max(other.answered);
+        self.recorded.extend(other.recorded);
+        self.pause = self.pause.max(other.pause);
+        self.transitions.extend(other.transitions);
+        self.report.add(other.report);
+        self
+    }
 }
 
 /// What may start next.
@@ -333,16 +356,16 @@ impl TargetEngine {
             let Some(joined) = joined else {
                 return Ok(());
             };
-            // `fly` catches a connector's panic; a join error means the runtime is shutting
-            // down: the batch's leases run out and it is pushed again.
-            if let Ok(trip) = joined {
-                let landing = self.judge(trip);
-                if refill {
-                    // The freed slot's next request goes out before the ledger writes.
-                    self.fill(stop, flights, ready, more).await?;
-                }
-                report.add(self.commit(landing).await?);
+            // Judge this answer and any others already back, start the freed slots' next
+            // requests, then write all the answers down in one ledger transaction.
+            let mut landing = self.judge_joined(joined);
+            while let Some(Some(joined)) = flights.next().now_or_never() {
+                landing = landing.merge(self.judge_joined(joined));
             }
+            if refill {
+                self.fill(stop, flights, ready, more).await?;
+            }
+            report.add(self.commit(landing).await?);
             // An answer may have made work due again (a released batch, a closed circuit).
             *more = *more || refill;
         }
@@ -528,6 +551,16 @@ impl TargetEngine {
         self.commit(landing).await
     }
 
+    /// [`TargetEngine::judge`] a joined flight. `fly` catches a connector's panic; a join
+    /// error means the runtime is shutting down: the batch's leases run out and it is pushed
+    /// again.
+    fn judge_joined(&self, joined: Result<Trip, tokio::task::JoinError>) -> Landing {
+        match joined {
+            Ok(trip) => self.judge(trip),
+            Err(_) => Landing::empty(self.clock.now()),
+        }
+    }
+
     /// What one trip's answer means, without waiting for the ledger: decide each delivery,
     /// update the circuit and the concurrency limit, log one line if the request failed,
     /// pause the target (in memory) if it was throttled. The next request may start on this
@@ -535,17 +568,10 @@ impl TargetEngine {
     fn judge(&self, trip: Trip) -> Landing {
         let answered = self.clock.now();
         let verdict = Verdict::of(&trip.outcomes);
-        let mut landing = Landing {
-            answered,
-            recorded: Vec::with_capacity(trip.batch.len()),
-            pause: None,
-            transition: Transition::None,
-            report: PushReport {
-                requests: 1,
-                request_time: trip.rtt,
-                ..PushReport::default()
-            },
-        };
+        let mut landing = Landing::empty(answered);
+        landing.recorded.reserve(trip.batch.len());
+        landing.report.requests = 1;
+        landing.report.request_time = trip.rtt;
         metrics::histogram!(m::REQUEST_DURATION, "target" => self.target.name.clone())
             .record(trip.rtt.as_secs_f64());
         let down = {
@@ -555,10 +581,10 @@ impl TargetEngine {
             let first_answer = verdict == Verdict::Up && !s.confirmed_up;
             s.confirmed_up |= verdict == Verdict::Up;
             let t = s.circuit.observe(verdict, answered, trip.probe);
-            landing.transition = match t {
+            landing.transitions.push(match t {
                 Transition::None if first_answer => Transition::Confirmed,
                 t => t,
-            };
+            });
             s.limit
                 .observe(trip.rtt, congestion(&trip.outcomes), Instant::now());
             s.circuit.is_open()
@@ -605,7 +631,7 @@ impl TargetEngine {
             answered,
             recorded,
             pause,
-            transition,
+            transitions,
             report,
         } = landing;
         if let Some(until) = pause {
@@ -614,8 +640,12 @@ impl TargetEngine {
                 .pause_target(&self.target.name, until, "throttled by the CRM")
                 .await?;
         }
-        self.ledger.record(&recorded, &self.owner).await?;
-        self.transition(transition).await?;
+        if !recorded.is_empty() {
+            self.ledger.record(&recorded, &self.owner).await?;
+        }
+        for t in transitions {
+            self.transition(t).await?;
+        }
         self.remind(answered);
         if let Some(note) = self.target.connector.status_note() {
             self.ledger
