@@ -113,7 +113,8 @@ fn missing_config_file() {
 
 #[test]
 fn packaged_configuration_passes_check() {
-    // What the .deb installs under /etc/leadsync, checked as `ExecStartPre=` would.
+    // What the .deb installs under /etc/leadsync, checked as `run` (and `systemctl reload`'s
+    // `check`) would.
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/etc/leadsync.toml");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_leadsync"))
         .arg("--config")

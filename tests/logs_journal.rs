@@ -246,7 +246,7 @@ fn stderr_on_the_journal_logs_natively_with_priority_and_fields() {
     assert_eq!(failed["PRIORITY"], "3", "ERROR is err");
     assert!(failed["LEADSYNC_ERROR"]
         .as_str()
-        .is_some_and(|e| e.contains("no ledger yet")));
+        .is_some_and(|e| e.contains("no ledger at")));
     let all = serde_json::to_string(entries).expect("JSON");
     assert!(!all.contains("contoso.example"), "personal data: {all}");
 }

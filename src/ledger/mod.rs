@@ -43,6 +43,9 @@ pub enum LedgerError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("ledger at {path} is in use by another leadsync process (lock file {lock})")]
     Locked { path: String, lock: String },
+    /// An operator command found no ledger: nothing has run yet, or the path is wrong.
+    #[error("no ledger at {path} yet: run `leadsync sync --once` or `leadsync run` first")]
+    Missing { path: String },
     #[error("ledger I/O error on {path}: {source}")]
     Io {
         path: String,

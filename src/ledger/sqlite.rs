@@ -83,12 +83,8 @@ impl SqliteLedger {
     /// keeps the two consistent.
     pub async fn open_shared(path: &Path) -> Result<SqliteLedger, LedgerError> {
         if !path.exists() {
-            return Err(LedgerError::Io {
+            return Err(LedgerError::Missing {
                 path: path.display().to_string(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no ledger yet: run `leadsync sync --once` or `leadsync run` first",
-                ),
             });
         }
         Self::open_with(path, false).await
