@@ -273,7 +273,7 @@ impl Generation {
         let shared = Arc::new(Shared {
             ledger,
             owner,
-            instance: identity.heartbeat(),
+            instance: crate::ledger::InstanceInfo::from(identity),
             source_ttl: settings.ledger.lease.max(Duration::from_secs(1)),
             source_names: settings.sources.iter().map(|s| s.name.clone()).collect(),
             last_beat: std::sync::Mutex::new(None),

@@ -16,8 +16,6 @@
 use chrono::{DateTime, Utc};
 use std::sync::OnceLock;
 
-use crate::ledger::InstanceInfo;
-
 /// The version every heartbeat carries.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -47,17 +45,6 @@ impl Identity {
             pid,
             version: VERSION,
             started_at: Utc::now(),
-        }
-    }
-
-    /// What this process's heartbeat writes to the ledger.
-    pub fn heartbeat(&self) -> InstanceInfo {
-        InstanceInfo {
-            id: self.id.clone(),
-            host: self.host.clone(),
-            pid: self.pid,
-            version: self.version.to_string(),
-            started_at: self.started_at,
         }
     }
 }
@@ -126,8 +113,7 @@ mod tests {
             assert_eq!(id.host, usable_host_name(&host));
             assert!(id.id.starts_with(&format!("{}:{}:", id.host, id.pid)));
         }
-        assert_eq!(id.heartbeat().id, id.id);
-        assert_eq!(id.heartbeat().version, VERSION);
+        assert_eq!(id.version, VERSION);
     }
 
     #[test]

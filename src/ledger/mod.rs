@@ -204,6 +204,19 @@ pub struct InstanceInfo {
     pub started_at: DateTime<Utc>,
 }
 
+impl From<&crate::identity::Identity> for InstanceInfo {
+    /// What a process's heartbeat writes to the ledger.
+    fn from(me: &crate::identity::Identity) -> Self {
+        InstanceInfo {
+            id: me.id.clone(),
+            host: me.host.clone(),
+            pid: me.pid,
+            version: me.version.to_string(),
+            started_at: me.started_at,
+        }
+    }
+}
+
 /// One instance as `status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct InstanceStatus {

@@ -25,7 +25,7 @@
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
-use crate::lead::ReadError;
+use crate::read_error::ReadError;
 
 /// The customer fields that identify a person: never delivered with replaced bytes.
 pub const IDENTITY_FIELDS: [&str; 5] = ["FirstName", "LastName", "Email", "Phone", "Company"];
@@ -51,15 +51,6 @@ pub struct DecodedRecord {
     pub value: Value,
     /// One per field whose bad bytes became U+FFFD, naming the field (no personal data).
     pub warnings: Vec<String>,
-}
-
-impl DecodedRecord {
-    /// The lead in this record, carrying the decoding warnings beside the reader's own.
-    pub fn read_lead(&self, id: String) -> Result<crate::Lead, ReadError> {
-        let mut lead = crate::lead::read_lead(id, &self.value)?;
-        lead.warnings.extend(self.warnings.iter().cloned());
-        Ok(lead)
-    }
 }
 
 /// Decode `bytes` as UTF-8, marking each invalid sequence. Fails only when every candidate

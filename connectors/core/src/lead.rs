@@ -19,9 +19,7 @@ use std::fmt;
 
 use crate::decode::{self, DecodedRecord, InvalidMark};
 use crate::pii::Pii;
-
-/// The largest record accepted (Azure Table's own entity limit).
-pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+pub use crate::read_error::{ReadError, MAX_RECORD_BYTES};
 
 /// Where the lead came from, normalised; the raw string is kept in [`LeadSource::raw`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -326,21 +324,13 @@ pub struct QuarantinedRecord {
     pub reason: String,
 }
 
-/// Why a record could not become a lead. Messages carry no personal data.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ReadError {
-    #[error("not valid JSON: {0}")]
-    Json(String),
-    #[error("expected a JSON object, found {0}")]
-    NotAnObject(&'static str),
-    #[error("record is {0} bytes, over the {MAX_RECORD_BYTES}-byte limit")]
-    TooLarge(usize),
-    #[error("record carries no lead: no customer details, LeadSource, ActionCode or offer")]
-    Empty,
-    /// An identity field (see [`crate::decode`]) held bytes that are not UTF-8; `field` names
-    /// it (`UserDetails.Email`), never its value.
-    #[error("{field} holds bytes that are not UTF-8")]
-    NotUtf8 { field: String },
+impl DecodedRecord {
+    /// The lead in this record, carrying the decoding warnings beside the reader's own.
+    pub fn read_lead(&self, id: String) -> Result<Lead, ReadError> {
+        let mut lead = read_lead(id, &self.value)?;
+        lead.warnings.extend(self.warnings.iter().cloned());
+        Ok(lead)
+    }
 }
 
 /// Which shape a record came in (for warnings and the Table id).

@@ -19,6 +19,7 @@ pub mod lead;
 pub mod mapping;
 pub mod oauth;
 pub mod pii;
+pub mod read_error;
 pub mod retry_after;
 pub mod secret_ref;
 
