@@ -356,26 +356,19 @@ async fn bench_https() {
 const ADDED_LATENCY: Duration = Duration::from_millis(50);
 
 /// The HTTPS target, one lead per request, `concurrency` in flight, a 1 s request timeout,
-/// `max_stalled` if given (else its default, the concurrency).
+/// quick retries, `max_stalled` if given (else its default, twice the concurrency).
 fn https_hang_target(url: &str, concurrency: usize, max_stalled: Option<usize>) -> String {
-    let stalled = max_stalled.map_or(String::new(), |n| format!("max_stalled = {n}"));
+    // Appended to `[limits]`, which `https_target` ends with.
+    let stalled = max_stalled.map_or(String::new(), |n| format!("max_stalled = {n}\n"));
     format!(
-        r#"
-kind = "https"
-schedule = "*/30 * * * * *"
-[connection]
-url = "{url}"
-allow_http = true
+        r#"{limits}{stalled}
 [connection.http]
 timeout = "1s"
-[limits]
-batch_size = 1
-concurrency = {concurrency}
-{stalled}
 [retry]
 min_delay = "100ms"
 max_delay = "1s"
-"#
+"#,
+        limits = https_target(url, false, 1, concurrency)
     )
 }
 

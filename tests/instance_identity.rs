@@ -16,7 +16,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::Executor;
 
 fn leadsync() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_leadsync"));
@@ -200,24 +199,7 @@ impl Drop for SharedLedger {
             let _ = d.kill();
             let _ = d.wait();
         }
-        let schema = self.schema.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_url()).await {
-                    let _ = conn
-                        .execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str())
-                        .await;
-                }
-            });
-        })
-        .join();
+        common::drop_pg_schema(self.schema.clone());
     }
 }
 

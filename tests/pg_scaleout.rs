@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::PgConnection;
 
 const LEADS: usize = 10_000;
 const FILES: usize = 10;
@@ -241,23 +241,7 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
-        let schema = self.schema.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok(mut conn) = PgConnection::connect(&pg_url()).await {
-                    let _ = conn
-                        .execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str())
-                        .await;
-                }
-            });
-        })
-        .join();
+        common::drop_pg_schema(self.schema.clone());
     }
 }
 

@@ -221,6 +221,28 @@ pub fn pg_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
 }
 
+/// Drop a test's PostgreSQL schema, from a `Drop` (so on its own thread and runtime, whether
+/// or not the caller is inside one); failures are ignored: the schema is throw-away.
+pub fn drop_pg_schema(schema: String) {
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use sqlx::{Connection, Executor};
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_url()).await {
+                let _ = conn
+                    .execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str())
+                    .await;
+            }
+        });
+    })
+    .join();
+}
+
 /// A connection, or `None` with a loud message (a failure under LEADSYNC_REQUIRE_SERVICES=1).
 pub async fn pg_or_skip(test: &str) -> Option<sqlx::PgConnection> {
     use sqlx::Connection;
