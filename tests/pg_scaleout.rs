@@ -8,9 +8,11 @@
 //! the file target de-duplicates only within one file, so one file per process keeps each
 //! process's writes honest, and the union of the files is what "the CRM" received. Exactly
 //! once is judged twice: the ledger says 10,000 delivered, 0 pending, 0 dead; and across all
-//! files every lead's key is present, and none twice, except (after a SIGKILL) the batch the
+//! files every lead's key is present, and none twice, except (after a SIGKILL) what the
 //! killed process had written but not yet recorded, which a survivor pushes again under the
-//! same idempotency key (what a CRM upsert absorbs), bounded by one claim.
+//! same idempotency key (what a CRM upsert absorbs): only deliveries it held leased at the
+//! kill (the batch in flight and the one claimed ahead; the next request leaves before the
+//! previous answer is written down).
 //!
 //! Needs the PostgreSQL at 127.0.0.1:5432 (`LEADSYNC_TEST_PG_URL` to change it); skips loudly
 //! without it, fails under `LEADSYNC_REQUIRE_SERVICES=1`. Each run uses a schema of its own,
@@ -30,7 +32,7 @@ use sqlx::PgConnection;
 const LEADS: usize = 10_000;
 const FILES: usize = 10;
 const INSTANCES: usize = 3;
-/// Deliveries one process claims at a time (`batch_size` × `concurrency`).
+/// `batch_size` of the target (`concurrency` is 1).
 const CLAIM: usize = 100;
 /// `ledger.lease` of the SIGKILL runs: far longer than a takeover may take.
 const LONG_LEASE: &str = "2m";
@@ -441,6 +443,19 @@ async fn leased_to(conn: &mut PgConnection, schema: &str, owner: &str) -> Vec<i6
     .expect("leased deliveries")
 }
 
+/// The idempotency keys (what the file target writes as `leadsync_key`) of deliveries `ids`.
+async fn keys_of(conn: &mut PgConnection, schema: &str, ids: &[i64]) -> HashSet<String> {
+    sqlx::query_scalar::<_, String>(&format!(
+        "SELECT idempotency_key FROM \"{schema}\".deliveries WHERE id = ANY($1)"
+    ))
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await
+    .expect("keys of leased deliveries")
+    .into_iter()
+    .collect()
+}
+
 /// How long after `since` every one of `ids` is delivered or leased to another owner than
 /// `dead` (polled every 50 ms, up to `within` + 10 s so a late takeover is measured too).
 async fn taken_over(
@@ -625,9 +640,19 @@ async fn sigkill_scenario(test: &str, source_holder: bool) {
          recorded, pushed again by a survivor under the same idempotency key",
         repushed.len()
     );
+    // Re-pushed: only what the killed instance held leased when it stopped.
+    let held = keys_of(&mut conn, &schema, &leased).await;
+    let foreign: Vec<&&str> = repushed.iter().filter(|k| !held.contains(**k)).collect();
     assert!(
-        repushed.len() <= CLAIM,
-        "{} keys re-pushed: more than the killed instance's one in-flight claim",
+        foreign.is_empty(),
+        "{} re-pushed key(s) the killed instance did not hold leased, e.g. {:?}",
+        foreign.len(),
+        foreign.first()
+    );
+    assert!(
+        repushed.len() <= 2 * CLAIM,
+        "{} keys re-pushed: more than the killed instance's batch in flight and the one \
+         claimed ahead",
         repushed.len()
     );
     assert_eq!(
