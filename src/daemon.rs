@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Health};
+use crate::inbox::{inbox_settings, Inbox, InboxRoute};
 use crate::ledger::{InstanceInfo, Ledger, OpenMode};
 use crate::pipeline::{self, HealthSink, PullOutcome, SourceLease, Target, TargetEngine};
 use crate::sources::Source;
@@ -195,6 +196,24 @@ impl Shared {
     }
 }
 
+/// Where the inbox's staged leads go under this generation: its targets, pushed at once.
+fn inbox_route(shared: &Arc<Shared>, tracker: &TaskTracker) -> InboxRoute {
+    let pushes = shared.pushes.clone();
+    let tracker = tracker.clone();
+    let stop = shared.stop.clone();
+    InboxRoute {
+        targets: shared.targets.clone(),
+        on_staged: Box::new(move || {
+            if stop.is_cancelled() {
+                return;
+            }
+            for job in &pushes {
+                tracker.spawn(Arc::clone(job).push());
+            }
+        }),
+    }
+}
+
 /// The scheduler and jobs of one configuration; replaced on SIGHUP.
 struct Generation {
     scheduler: JobScheduler,
@@ -248,6 +267,7 @@ impl Generation {
         loaded: &Loaded,
         ledger: Arc<dyn Ledger>,
         health: Arc<Health>,
+        inbox: Option<&Inbox>,
     ) -> anyhow::Result<Generation> {
         let settings = &loaded.settings;
         let identity = crate::identity::current();
@@ -294,7 +314,8 @@ impl Generation {
             .await
             .context("starting the scheduler")?;
         let sources = build_sources(settings).map_err(|e| anyhow::anyhow!("{e}"))?;
-        for (src, source) in settings.sources.iter().zip(sources) {
+        let pulled = settings.sources.iter().filter(|s| s.kind.is_pulled());
+        for (src, source) in pulled.zip(sources) {
             let source = Arc::new(Mutex::new(source));
             add_job(
                 &scheduler,
@@ -373,6 +394,9 @@ impl Generation {
         .await?;
         health.tick();
         scheduler.start().await.context("starting the scheduler")?;
+        if let Some(inbox) = inbox {
+            inbox.set_route(inbox_route(&shared, &tracker));
+        }
         // Checks talk to the CRMs: run them beside the jobs, not before them.
         let s = Arc::clone(&shared);
         tracker.spawn(async move { s.check_targets(false).await });
@@ -521,6 +545,29 @@ fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
+/// Whether the reloaded configuration's inbox can be taken in place (logs why not; the old
+/// configuration stays).
+fn inbox_reloads(inbox: Option<&Inbox>, new: &Loaded) -> bool {
+    let wanted = inbox_settings(&new.settings.sources);
+    let result = match (inbox, wanted) {
+        (None, None) => Ok(()),
+        (Some(inbox), Some((name, s))) => inbox.reload(name, s),
+        (None, Some((name, _))) => Err(format!(
+            "source {name}: a new https_inbox needs a restart to listen"
+        )),
+        (Some(_), None) => {
+            Err("the https_inbox was removed; restart to stop listening".to_string())
+        }
+    };
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "configuration reload refused; still running on the old configuration");
+            false
+        }
+    }
+}
+
 pub async fn run(mut loaded: Loaded) -> anyhow::Result<()> {
     // Fix the identity (and its start time) before anything slow.
     crate::identity::current();
@@ -543,8 +590,21 @@ pub async fn run(mut loaded: Loaded) -> anyhow::Result<()> {
         .with_context(|| format!("binding the admin endpoint on {}", admin.listen))?;
     }
 
-    let mut generation =
-        Generation::start(&loaded, Arc::clone(&ledger), Arc::clone(&health)).await?;
+    // The inbox outlives generations: a reload must not close the port the marketplace
+    // POSTs to.
+    let inbox = match inbox_settings(&loaded.settings.sources) {
+        Some((name, s)) => {
+            Some(Inbox::start(name, s, &loaded.settings.config_dir, Arc::clone(&ledger)).await?)
+        }
+        None => None,
+    };
+    let mut generation = Generation::start(
+        &loaded,
+        Arc::clone(&ledger),
+        Arc::clone(&health),
+        inbox.as_ref(),
+    )
+    .await?;
     notify(&[sd_notify::NotifyState::Ready]);
 
     if let Some(interval) = watchdog_interval() {
@@ -584,11 +644,12 @@ pub async fn run(mut loaded: Loaded) -> anyhow::Result<()> {
                             "configuration reload refused: ledger.path/ledger.url changed (restart to move the ledger); still running on the old configuration"
                         );
                     }
+                    Ok(new) if !inbox_reloads(inbox.as_ref(), &new) => {}
                     Ok(new) => {
                         tracing::info!("configuration reloaded; restarting jobs");
                         generation.stop().await;
                         loaded = new;
-                        generation = match Generation::start(&loaded, Arc::clone(&ledger), Arc::clone(&health)).await {
+                        generation = match Generation::start(&loaded, Arc::clone(&ledger), Arc::clone(&health), inbox.as_ref()).await {
                             Ok(g) => g,
                             Err(e) => {
                                 notify(&[sd_notify::NotifyState::Stopping]);
@@ -606,6 +667,10 @@ pub async fn run(mut loaded: Loaded) -> anyhow::Result<()> {
     }
     tracing::info!("stopping: no new work; waiting for in-flight pushes");
     notify(&[sd_notify::NotifyState::Stopping]);
+    if let Some(inbox) = inbox {
+        // Answer what is being received before the jobs that push it stop.
+        inbox.stop().await;
+    }
     generation.stop().await;
     process_stop.cancel();
     tracing::info!("stopped");

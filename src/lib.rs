@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod identity;
+pub mod inbox;
 pub mod ledger;
 pub mod metrics;
 pub mod pipeline;

@@ -55,6 +55,12 @@ pub const CIRCUIT_OPENED: &str = "leadsync_target_circuit_opened_total";
 /// Pending deliveries older than the follow-up SLA (`telemetry.followup_sla`). Label `target`.
 pub const FOLLOWUP_OVERDUE: &str = "leadsync_followup_overdue";
 
+/// Requests the `https_inbox` answered, by status code. Labels `source`, `code`.
+pub const INBOX_REQUESTS: &str = "leadsync_inbox_requests_total";
+/// Seconds from an inbox request's arrival to its answer (a `200` only once durable).
+/// Label `source`.
+pub const INBOX_REQUEST_DURATION: &str = "leadsync_inbox_request_duration_seconds";
+
 /// Latency buckets, seconds: sub-second to a day (the marketplace's follow-up advice).
 const LATENCY_BUCKETS: &[f64] = &[
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0,
@@ -71,11 +77,22 @@ pub fn install() -> Option<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.to_string()), LATENCY_BUCKETS)
         .ok()?
         .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.to_string()), REQUEST_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(INBOX_REQUEST_DURATION.to_string()),
+                REQUEST_BUCKETS,
+            )
+        })
         .ok()?
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).ok()?;
     metrics::describe_counter!(LEADS_STAGED, "Leads a source staged (new ones only)");
+    metrics::describe_counter!(INBOX_REQUESTS, "Requests the https_inbox answered, by code");
+    metrics::describe_histogram!(
+        INBOX_REQUEST_DURATION,
+        "Seconds from an inbox request to its answer (200 only once durable)"
+    );
     metrics::describe_gauge!(
         SOURCE_LAST_SUCCESS,
         metrics::Unit::Seconds,

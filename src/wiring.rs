@@ -100,7 +100,36 @@ pub fn build(settings: Settings) -> Result<Loaded, WiringError> {
     // Sources are built for real when a command runs; building them here reports a bad
     // connection string or missing secret as a configuration error (exit 78).
     build_sources(&settings)?;
+    check_inboxes(&settings).map_err(WiringError::Config)?;
     Ok(Loaded { settings, targets })
+}
+
+/// The `https_inbox` sources: at most one, its secrets readable, its certificate and key
+/// usable. Returns a line per inbox saying where it listens.
+pub fn check_inboxes(settings: &Settings) -> Result<Vec<String>, String> {
+    let inboxes: Vec<_> = settings
+        .sources
+        .iter()
+        .filter_map(|s| match &s.kind {
+            SourceKind::HttpsInbox(i) => Some((s.name.as_str(), i)),
+            _ => None,
+        })
+        .collect();
+    if inboxes.len() > 1 {
+        return Err(format!(
+            "{}: at most one source of kind \"https_inbox\" (found {}); one inbox takes \
+             several secrets and senders",
+            settings.config_path.display(),
+            inboxes.len()
+        ));
+    }
+    inboxes
+        .into_iter()
+        .map(|(name, i)| {
+            crate::inbox::check(name, i, &settings.config_dir)
+                .map_err(|e| format!("{}: {e}", settings.config_path.display()))
+        })
+        .collect()
 }
 
 /// What `check` without `--connect` could build: outside the service, a `{ credential = … }`
@@ -193,6 +222,7 @@ pub fn build_sources(settings: &Settings) -> Result<Vec<Box<dyn Source>>, Wiring
     settings
         .sources
         .iter()
+        .filter(|s| s.kind.is_pulled())
         .map(|s| -> Result<Box<dyn Source>, WiringError> {
             Ok(match &s.kind {
                 SourceKind::Spool(spool) => Box::new(SpoolSource::new(
@@ -202,6 +232,7 @@ pub fn build_sources(settings: &Settings) -> Result<Vec<Box<dyn Source>>, Wiring
                     spool.settle,
                 )),
                 SourceKind::AzureTable(a) => build_azure_table_source(settings, &s.name, a)?,
+                SourceKind::HttpsInbox(_) => unreachable!("filtered out above: not pulled"),
             })
         })
         .collect()

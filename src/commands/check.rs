@@ -24,10 +24,14 @@ pub(super) async fn check(s: &Settings, connect: bool) -> Result<u8, WiringError
         }
         (built.targets, built.notes)
     };
+    let inboxes = wiring::check_inboxes(s).map_err(WiringError::Config)?;
     println!("configuration {} is valid", s.config_path.display());
     println!("  ledger: {}", s.ledger.location.describe());
-    for src in &s.sources {
+    for src in s.sources.iter().filter(|s| s.kind.is_pulled()) {
         println!("  source {}: schedule {}", src.name, src.schedule);
+    }
+    for line in inboxes {
+        println!("  {line}");
     }
     if s.targets.iter().all(|t| !t.enabled) {
         println!("  warning: no enabled target: leads will be staged but go nowhere");

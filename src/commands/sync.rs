@@ -46,6 +46,17 @@ pub(super) async fn sync_once(loaded: &Loaded, wait: Duration) -> Result<u8, Wir
         staged.already_known += r.already_known;
         staged.quarantined += r.quarantined;
     }
+    for s in loaded
+        .settings
+        .sources
+        .iter()
+        .filter(|s| !s.kind.is_pulled())
+    {
+        println!(
+            "source {}: an https_inbox receives only while `leadsync run` serves it",
+            s.name
+        );
+    }
     println!(
         "staged {} new lead(s), {} already known, {} quarantined",
         staged.staged, staged.already_known, staged.quarantined

@@ -248,7 +248,7 @@ impl fmt::Display for CronSchedule {
 pub struct SourceSettings {
     /// The table's key; also the name the ledger keeps this source's cursor under.
     pub name: String,
-    /// When to pull (UTC).
+    /// When to pull (UTC); an `https_inbox` is not pulled and keeps the default, unused.
     pub schedule: CronSchedule,
     pub kind: SourceKind,
 }
@@ -258,14 +258,21 @@ pub struct SourceSettings {
 pub enum SourceKind {
     Spool(SpoolSettings),
     AzureTable(AzureTableSourceSettings),
+    HttpsInbox(HttpsInboxSettings),
 }
 
 impl SourceKind {
+    /// Whether the source is read on its schedule (an `https_inbox` receives instead).
+    pub fn is_pulled(&self) -> bool {
+        !matches!(self, SourceKind::HttpsInbox(_))
+    }
+
     /// The `kind` value as written in TOML.
     pub fn name(&self) -> &'static str {
         match self {
             SourceKind::Spool(_) => "spool",
             SourceKind::AzureTable(_) => "azure_table",
+            SourceKind::HttpsInbox(_) => "https_inbox",
         }
     }
 }
@@ -293,6 +300,33 @@ pub struct AzureTableSourceSettings {
     pub overlap: Duration,
     /// Entities per page requested from the service (1 to 1000, default 1000).
     pub page_size: u32,
+}
+
+/// An HTTPS endpoint the marketplace POSTs each lead to (`kind = "https_inbox"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpsInboxSettings {
+    pub listen: SocketAddr,
+    /// The path leads are POSTed to; the secret follows it (`/leads/<secret>`) or comes as
+    /// `?code=<secret>`. Starts with `/`, no trailing `/`.
+    pub path: String,
+    /// One or more secrets (whitespace-separated in the resolved value: rotation).
+    pub secret: SecretRef,
+    /// Accepted as `Authorization: Bearer <token>` on the bare path, for other senders.
+    pub bearer_token: Option<SecretRef>,
+    /// PEM certificate chain and key; `None` serves plain HTTP (for a local reverse proxy).
+    pub tls: Option<InboxTls>,
+    /// Client networks allowed to connect; empty: any.
+    pub allow_from: Vec<ipnet::IpNet>,
+    pub max_body_bytes: usize,
+    /// Requests a second per client address (bursts of twice that); 0: no limit.
+    pub rate_limit: u32,
+}
+
+/// The inbox's certificate and key files (absolute; re-read on SIGHUP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// What a spool source does with a file once its lead is staged.

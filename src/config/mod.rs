@@ -35,9 +35,9 @@ use config::{Config, Environment, File, FileFormat, Map, Source, Value};
 
 pub use checked::{
     redact_database_url, AdminSettings, AfterRead, AzureTableSourceSettings, Concurrency,
-    CronSchedule, DncPolicy, LedgerLocation, LedgerSettings, Limits, LogFormat,
-    PostgresLedgerSettings, RetryPolicy, Settings, SourceKind, SourceSettings, SpoolSettings,
-    TargetFilter, TargetSettings, TelemetrySettings, TestLeads,
+    CronSchedule, DncPolicy, HttpsInboxSettings, InboxTls, LedgerLocation, LedgerSettings, Limits,
+    LogFormat, PostgresLedgerSettings, RetryPolicy, Settings, SourceKind, SourceSettings,
+    SpoolSettings, TargetFilter, TargetSettings, TelemetrySettings, TestLeads,
 };
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 

@@ -63,7 +63,7 @@ pub(crate) struct RawAdmin {
 }
 
 /// The source kinds, for the `kind` key of `[sources.<name>]`.
-pub(crate) const SOURCE_KINDS: &[&str] = &["spool", "azure_table"];
+pub(crate) const SOURCE_KINDS: &[&str] = &["spool", "azure_table", "https_inbox"];
 
 /// `[sources.<name>]`, by its `kind`. The tag is read by hand (not `#[serde(tag)]`, whose
 /// buffering loses the key path of errors inside the table); each kind's struct repeats the
@@ -72,6 +72,7 @@ pub(crate) const SOURCE_KINDS: &[&str] = &["spool", "azure_table"];
 pub(crate) enum RawSourceKind {
     Spool(RawSpool),
     AzureTable(RawAzureTable),
+    HttpsInbox(RawHttpsInbox),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +103,28 @@ pub(crate) struct RawAzureTable {
     pub table: Option<String>,
     pub overlap: Option<String>,
     pub page_size: Option<i64>,
+}
+
+/// `[sources.<name>]` with `kind = "https_inbox"`: the marketplace POSTs leads to it. It is
+/// not pulled, so it has no `schedule`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttpsInbox {
+    #[allow(dead_code)]
+    pub kind: Option<IgnoredAny>,
+    pub listen: Option<String>,
+    pub path: Option<String>,
+    /// Secret references, read from the tree by `validate.rs`.
+    #[allow(dead_code)]
+    pub secret: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    pub bearer_token: Option<IgnoredAny>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub plain_http: Option<bool>,
+    pub allow_from: Option<Vec<String>>,
+    pub max_body_bytes: Option<i64>,
+    pub rate_limit: Option<i64>,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -509,8 +509,8 @@ fn check_source(
         fc.err(
             &base,
             format!(
-                "expected a table with `kind = \"spool\"` or `kind = \"azure_table\"` and its \
-                 settings, found {}",
+                "expected a table with `kind = \"spool\"`, `kind = \"azure_table\"` or \
+                 `kind = \"https_inbox\"` and its settings, found {}",
                 describe(value)
             ),
         );
@@ -528,6 +528,9 @@ fn check_source(
         }
         Some(ValueKind::String(k)) if k == "azure_table" => {
             RawSourceKind::AzureTable(fc.read::<RawAzureTable>(&keys(&base))?)
+        }
+        Some(ValueKind::String(k)) if k == "https_inbox" => {
+            RawSourceKind::HttpsInbox(fc.read::<RawHttpsInbox>(&keys(&base))?)
         }
         Some(ValueKind::String(k)) => {
             fc.err(&kind_path, format!("expected one of {kinds}, found {k:?}"));
@@ -601,7 +604,134 @@ fn check_source(
                 kind,
             })
         }
+        RawSourceKind::HttpsInbox(raw) => {
+            let kind = check_https_inbox(fc, config_dir, name, raw);
+            name_ok.then_some(())?;
+            Some(SourceSettings {
+                name: name.to_string(),
+                schedule: CronSchedule::parse(CronSchedule::DEFAULT).ok()?,
+                kind: SourceKind::HttpsInbox(kind?),
+            })
+        }
     }
+}
+
+/// The settings of an `https_inbox` source: listener, secrets, TLS or an acknowledged plain
+/// HTTP, client networks and limits.
+fn check_https_inbox(
+    fc: &mut FileCheck<'_>,
+    config_dir: &Path,
+    name: &str,
+    raw: RawHttpsInbox,
+) -> Option<HttpsInboxSettings> {
+    let at = |key: &'static str| ["sources", name, key];
+    let listen = match raw.listen.as_deref().map(str::trim) {
+        None => {
+            fc.err(&at("listen"), "missing; expected an address and port such as \"0.0.0.0:8443\"");
+            None
+        }
+        Some(s) => s.parse::<SocketAddr>().map_err(|_| {
+            fc.err(&at("listen"), format!("expected an address and port such as \"0.0.0.0:8443\" or \"[::]:8443\", found {s:?}"));
+        }).ok(),
+    };
+    let path = check_inbox_path(fc, &at("path"), raw.path.as_deref());
+    let secret = check_secret(fc, &at("secret"), config_dir);
+    let bearer_token = if lookup(fc.root, &keys(&at("bearer_token"))).is_some() {
+        Some(check_secret(fc, &at("bearer_token"), config_dir))
+    } else {
+        None
+    };
+    let tls = match (raw.tls_cert.as_deref(), raw.tls_key.as_deref()) {
+        (None, None) => Some(None),
+        (cert, key) => {
+            let cert = fc.path(&at("tls_cert"), cert, config_dir);
+            let key = fc.path(&at("tls_key"), key, config_dir);
+            Some(Some(InboxTls {
+                cert: cert?,
+                key: key?,
+            }))
+        }
+    };
+    if let (Some(listen), Some(None)) = (listen, &tls) {
+        if !listen.ip().is_loopback() && raw.plain_http != Some(true) {
+            fc.err(
+                &at("listen"),
+                format!(
+                    "{listen} is not a loopback address and no `tls_cert`/`tls_key` are set: \
+                     leads would travel unencrypted; set both, listen on 127.0.0.1 behind a TLS \
+                     reverse proxy, or set `plain_http = true` if a proxy on this network \
+                     terminates TLS"
+                ),
+            );
+            return None;
+        }
+    }
+    let allow_from = check_networks(fc, &at("allow_from"), raw.allow_from.unwrap_or_default());
+    let max_body = fc.int_in(
+        &at("max_body_bytes"),
+        raw.max_body_bytes.unwrap_or(1 << 20),
+        1024,
+        16 << 20,
+    );
+    let rate_limit = fc.int_in(
+        &at("rate_limit"),
+        raw.rate_limit.unwrap_or(20),
+        0,
+        1_000_000,
+    );
+    Some(HttpsInboxSettings {
+        listen: listen?,
+        path: path?,
+        secret: secret?,
+        bearer_token: bearer_token.map(|b| b.ok_or(())).transpose().ok()?,
+        tls: tls?,
+        allow_from: allow_from?,
+        max_body_bytes: max_body?,
+        rate_limit: u32::try_from(rate_limit?).ok()?,
+    })
+}
+
+/// The inbox path: starts with `/`, no trailing `/`, plain characters (default `/leads`).
+fn check_inbox_path(fc: &mut FileCheck<'_>, at: &[&str], raw: Option<&str>) -> Option<String> {
+    let path = raw.map(str::trim).unwrap_or("/leads");
+    let plain = path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/-_.".contains(c));
+    if path.len() < 2 || !path.starts_with('/') || path.ends_with('/') || !plain {
+        fc.err(
+            at,
+            format!("expected a path such as \"/leads\" (letters, digits, - _ . /; no trailing /), found {path:?}"),
+        );
+        return None;
+    }
+    Some(path.to_string())
+}
+
+/// Client networks such as `"10.0.0.0/8"` or a single address.
+fn check_networks(
+    fc: &mut FileCheck<'_>,
+    at: &[&str],
+    raw: Vec<String>,
+) -> Option<Vec<ipnet::IpNet>> {
+    let mut nets = Vec::new();
+    let mut ok = true;
+    for s in raw {
+        let s = s.trim();
+        let net = s
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(n) => nets.push(n),
+            Err(_) => {
+                fc.err(
+                    at,
+                    format!("expected networks such as \"10.0.0.0/8\" or addresses, found {s:?}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(nets)
 }
 
 const SECRET_HINT: &str = "a secret: { env = \"NAME\" }, { file = \"PATH\" }, \

@@ -45,6 +45,10 @@ pub trait HealthSink: Send + Sync {
 /// Batches claimed ahead in one ledger transaction, at most (half the concurrency, at least
 /// one): fewer transactions when many slots are fed, few leads leased before they fly.
 const MAX_CLAIM_AHEAD: usize = 4;
+/// Judged answers waiting for the committer, at most, before the request loop waits for it:
+/// a slow ledger slows the pushing down instead of piling up unwritten answers (which a
+/// crash would push again).
+const WRITES_AHEAD: usize = 2;
 /// A request running this many times the longest recent answered round trip is stalled.
 const STALL_FACTOR: u32 = 2;
 /// ... but never sooner than this (a fast receiver's jitter is not a stall).
@@ -166,6 +170,9 @@ impl Landing {
     }
 }
 
+/// Where the request loop hands judged answers to the committer.
+type Writes = tokio::sync::mpsc::Sender<Landing>;
+
 /// What may start next.
 enum Start {
     Batch,
@@ -277,44 +284,80 @@ impl TargetEngine {
     /// Push what is due now, keeping the concurrency limit's worth of requests in flight,
     /// until nothing more is due, the target pauses or goes down, or `stop`. Without
     /// `refill`, one round: start up to the limit, record them all, return.
+    ///
+    /// Answers are written to the ledger by a committer polled beside the request loop (in
+    /// this task, so both always make progress): the loop judges an answer, starts the next
+    /// request and goes on claiming while the committer writes, in order, everything
+    /// answered meanwhile in one transaction.
     pub async fn push_due(
         &self,
         stop: &CancellationToken,
         refill: bool,
     ) -> Result<PushReport, PipelineError> {
         self.read_pause().await?;
-        let mut report = PushReport::default();
         let now = self.clock.now();
-        report.paused_until = self
+        let paused_until = self
             .state()
             .and_then(|s| s.paused_until.filter(|p| *p > now));
-        let mut flights = Flights::new();
-        let mut ready: VecDeque<Vec<ClaimedDelivery>> = VecDeque::new();
-        let mut more = true;
-        let result = self
-            .keep_in_flight(
-                stop,
-                refill,
-                &mut flights,
-                &mut ready,
-                &mut more,
-                &mut report,
-            )
-            .await;
-        // Whatever happened, nothing claimed is left leased and nothing answered unrecorded.
-        for batch in ready {
-            self.release(&batch).await?;
-        }
-        while let Some(joined) = flights.next().await {
-            if let Ok(trip) = joined {
-                report.add(self.land(trip).await?);
+        // A failed ledger write stops the loop from starting anything more.
+        let halt = stop.child_token();
+        let (writes, pending) = tokio::sync::mpsc::channel::<Landing>(WRITES_AHEAD);
+        let requests = async {
+            let mut flights = Flights::new();
+            let mut ready: VecDeque<Vec<ClaimedDelivery>> = VecDeque::new();
+            let mut more = true;
+            let result = self
+                .keep_in_flight(&halt, refill, &mut flights, &mut ready, &mut more, &writes)
+                .await;
+            // Whatever happened, nothing claimed is left leased and nothing answered
+            // unrecorded.
+            let released = async {
+                for batch in ready {
+                    self.release(&batch).await?;
+                }
+                Ok::<(), PipelineError>(())
             }
-        }
-        result.map(|()| report)
+            .await;
+            while let Some(joined) = flights.next().await {
+                let _ = writes.send(self.judge_joined(joined)).await;
+            }
+            drop(writes);
+            result.and(released)
+        };
+        let (looped, committed) = tokio::join!(requests, self.committer(pending, &halt));
+        let mut report = committed?;
+        looped?;
+        report.paused_until = report.paused_until.max(paused_until);
+        Ok(report)
     }
 
-    /// The loop of [`TargetEngine::push_due`]: start what the limit allows, claim ahead, land
-    /// each trip as it comes back.
+    /// Write each judged answer to the ledger as it comes, several at once when several
+    /// are waiting; on a failed write, stop the loop (`halt`) and return the error once
+    /// everything sent has been tried.
+    async fn committer(
+        &self,
+        mut pending: tokio::sync::mpsc::Receiver<Landing>,
+        halt: &CancellationToken,
+    ) -> Result<PushReport, PipelineError> {
+        let mut report = PushReport::default();
+        let mut failed = None;
+        while let Some(mut landing) = pending.recv().await {
+            while let Ok(next) = pending.try_recv() {
+                landing = landing.merge(next);
+            }
+            match self.commit(landing).await {
+                Ok(r) => report.add(r),
+                Err(e) => {
+                    halt.cancel();
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        failed.map_or(Ok(report), Err)
+    }
+
+    /// The loop of [`TargetEngine::push_due`]: start what the limit allows, claim ahead, hand
+    /// each trip's judged answer to the committer as it comes back.
     async fn keep_in_flight(
         &self,
         stop: &CancellationToken,
@@ -322,15 +365,20 @@ impl TargetEngine {
         flights: &mut Flights,
         ready: &mut VecDeque<Vec<ClaimedDelivery>>,
         more: &mut bool,
-        report: &mut PushReport,
+        writes: &Writes,
     ) -> Result<(), PipelineError> {
         let mut filled = false;
         loop {
             if !filled {
-                self.fill(stop, flights, ready, more).await?;
+                self.fill(stop, flights, ready, more, writes).await?;
                 filled = !refill;
             }
-            if refill && *more && ready.is_empty() && !flights.is_empty() && self.may_claim_ahead()
+            if refill
+                && *more
+                && !stop.is_cancelled()
+                && ready.is_empty()
+                && !flights.is_empty()
+                && self.may_claim_ahead()
             {
                 // Claim the next batches while requests are in flight, several in one
                 // transaction when several slots are to be fed.
@@ -357,15 +405,15 @@ impl TargetEngine {
                 return Ok(());
             };
             // Judge this answer and any others already back, start the freed slots' next
-            // requests, then write all the answers down in one ledger transaction.
+            // requests, then hand all the answers to the committer.
             let mut landing = self.judge_joined(joined);
             while let Some(Some(joined)) = flights.next().now_or_never() {
                 landing = landing.merge(self.judge_joined(joined));
             }
             if refill {
-                self.fill(stop, flights, ready, more).await?;
+                self.fill(stop, flights, ready, more, writes).await?;
             }
-            report.add(self.commit(landing).await?);
+            let _ = writes.send(landing).await;
             // An answer may have made work due again (a released batch, a closed circuit).
             *more = *more || refill;
         }
@@ -378,6 +426,7 @@ impl TargetEngine {
         flights: &mut Flights,
         ready: &mut VecDeque<Vec<ClaimedDelivery>>,
         more: &mut bool,
+        writes: &Writes,
     ) -> Result<(), PipelineError> {
         while *more
             && !stop.is_cancelled()
@@ -387,7 +436,7 @@ impl TargetEngine {
                 self.stall_after(),
             )
         {
-            match self.next_start(flights.is_empty()).await? {
+            match self.next_start(flights.is_empty(), writes).await? {
                 Start::Wait => {
                     *more = false;
                     return Ok(());
@@ -437,7 +486,7 @@ impl TargetEngine {
     }
 
     /// Decide what may start: a batch, the circuit's probe, or nothing yet.
-    async fn next_start(&self, idle: bool) -> Result<Start, PipelineError> {
+    async fn next_start(&self, idle: bool, writes: &Writes) -> Result<Start, PipelineError> {
         let now = self.clock.now();
         let gate = {
             let Some(s) = self.state() else {
@@ -452,12 +501,12 @@ impl TargetEngine {
             Gate::Open => Ok(Start::Batch),
             Gate::Wait => Ok(Start::Wait),
             Gate::Probe if !idle => Ok(Start::Wait),
-            Gate::Probe => self.probe(now).await,
+            Gate::Probe => self.probe(now, writes).await,
         }
     }
 
     /// The circuit's probe: the connector's own check (a token request), then one lead.
-    async fn probe(&self, now: DateTime<Utc>) -> Result<Start, PipelineError> {
+    async fn probe(&self, now: DateTime<Utc>, writes: &Writes) -> Result<Start, PipelineError> {
         let asked = self.target.connector.probe().await;
         if let Some(Err(f)) = &asked {
             tracing::debug!(target = %self.target.name, class = f.class.as_str(), error_code = %f.code, "probe: the target is still down");
@@ -471,11 +520,14 @@ impl TargetEngine {
         if batch.is_empty() {
             if asked.is_some() {
                 // The connector's own check passed and there is nothing to send: it is up.
+                // Written by the committer, after the answers before it.
                 let t = self
                     .state()
                     .map(|mut s| s.circuit.observe(Verdict::Up, now, true))
                     .unwrap_or(Transition::None);
-                self.transition(t).await?;
+                let mut up = Landing::empty(now);
+                up.transitions.push(t);
+                let _ = writes.send(up).await;
             } else if let Some(mut s) = self.state() {
                 s.circuit.probe_failed(now);
             }
@@ -543,12 +595,6 @@ impl TargetEngine {
                 probe,
             }
         })
-    }
-
-    /// Record one trip: [`TargetEngine::judge`] it, then write the result to the ledger.
-    async fn land(&self, trip: Trip) -> Result<PushReport, PipelineError> {
-        let landing = self.judge(trip);
-        self.commit(landing).await
     }
 
     /// [`TargetEngine::judge`] a joined flight. `fly` catches a connector's panic; a join

@@ -392,10 +392,16 @@ fn canonical_json(v: &Value, out: &mut Vec<u8>) {
 
 /// The stable id of a spool record.
 pub fn spool_lead_id(record: &Value) -> String {
+    content_lead_id("spool", record)
+}
+
+/// `<prefix>:<hash of the record's canonical JSON>`: the same record read twice (a file
+/// moved back, a POST sent again) is the same lead.
+pub fn content_lead_id(prefix: &str, record: &Value) -> String {
     let mut bytes = Vec::new();
     canonical_json(record, &mut bytes);
     let digest = Sha256::digest(&bytes);
-    format!("spool:{}", hex::encode(&digest[..16]))
+    format!("{prefix}:{}", hex::encode(&digest[..16]))
 }
 
 /// The lead in a decoded record, under its spool id.
