@@ -195,6 +195,17 @@ impl Daemon {
             .map(|c| c.id().to_string())
             .unwrap_or_default()
     }
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+    /// SIGKILL it and wait for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
     /// Wait for it to exit; its whole log.
     pub fn wait_with_output(mut self) -> String {
         if let Some(mut c) = self.child.take() {
