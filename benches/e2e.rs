@@ -16,6 +16,10 @@
 //! - `freshness`: the real binary in `run` mode, a spool source pulled every second, an https
 //!   target; leads dropped at random times; drop → arrival at the fake, p50/p99/max.
 //!   `LEADSYNC_BENCH_FRESH_LEADS` (default 100), `LEADSYNC_BENCH_FRESH_SECS` (default 40).
+//! - `inbox`: the real binary in `run` mode with an `https_inbox` source (plain HTTP on
+//!   loopback, no rate limit) and an https target at zero latency: POST → durable `200`
+//!   latency and POSTs/s with 1 and 64 concurrent clients, and POST → arrival at the fake.
+//!   `LEADSYNC_BENCH_INBOX_POSTS` (default 2000 for one client, 10× that for 64).
 //! - `ledger`: `Ledger::stage` in batches of 500 into SQLite, then the push side's
 //!   `claim` + `record` in rounds of 1,600. `LEADSYNC_BENCH_LEDGER_LEADS` (default 100000).
 //! - `rss`: peak RSS (VmHWM) of the real binary doing `sync --once` through a generated
@@ -688,6 +692,144 @@ async fn bench_freshness() {
     println!("(drop = rename into the spool; delivered = arrival at the receiver; same clock)");
 }
 
+const INBOX_SECRET: &str = "bench-inbox-secret-0123456789";
+
+/// `clients` clients POST `posts` leads (tag `tag`) between them, each waiting for its
+/// answer; returns each POST's (Description, sent at, seconds to a 200) and the wall time.
+async fn post_leads(
+    url: &str,
+    posts: usize,
+    clients: usize,
+    tag: &str,
+) -> (Vec<(String, DateTime<Utc>, f64)>, f64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (client, url, tag) = (client.clone(), url.to_string(), tag.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut done = Vec::new();
+            for i in (c..posts).step_by(clients) {
+                let body = lead_json(i, &tag);
+                let desc = format!("{tag} lead {i}: interested in a 50-seat pilot");
+                let (at, t) = (Utc::now(), Instant::now());
+                let ok = client
+                    .post(&url)
+                    .body(body)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() == 200);
+                if ok {
+                    done.push((desc, at, t.elapsed().as_secs_f64()));
+                }
+            }
+            done
+        }));
+    }
+    let mut all = Vec::with_capacity(posts);
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    (all, started.elapsed().as_secs_f64())
+}
+
+async fn bench_inbox() {
+    let posts = env_usize("LEADSYNC_BENCH_INBOX_POSTS", 2000);
+    println!("\n## inbox: `leadsync run` with an https_inbox (HTTP on loopback) and an https target at zero latency");
+    let fake = HttpsReceiver::start(ReceiverOptions::http())
+        .await
+        .expect("receiver");
+    let d = Deployment::new(
+        "crm",
+        &https_target(&fake.url("/leads"), false, 10, 8),
+        "*/1 * * * * *",
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    std::fs::write(
+        d.config(),
+        format!(
+            r#"
+[ledger]
+path = "../state/ledger.db"
+
+[telemetry]
+log_format = "json"
+log_level = "warn"
+
+[sources.marketplace]
+kind = "https_inbox"
+listen = "127.0.0.1:{port}"
+secret = "{INBOX_SECRET}"
+rate_limit = 0
+"#
+        ),
+    )
+    .expect("config");
+    let child = start_run(&d);
+    let url = format!("http://127.0.0.1:{port}/leads/{INBOX_SECRET}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            stop(child);
+            println!("  ! the inbox did not listen in 30 s");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    post_leads(&url, 50, 4, "warm").await;
+    println!(
+        "{:>8} {:>7} {:>9} {:>12} {:>12} {:>16} {:>16}",
+        "clients",
+        "posts",
+        "POSTs/s",
+        "200 p50 ms",
+        "200 p99 ms",
+        "delivered p50 ms",
+        "delivered p99 ms"
+    );
+    for (clients, n, tag) in [(1, posts, "one"), (64, posts * 10, "many")] {
+        let (done, secs) = post_leads(&url, n, clients, tag).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut got = arrivals(&fake);
+        while got.iter().filter(|(d, _)| d.starts_with(tag)).count() < done.len()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            got = arrivals(&fake);
+        }
+        let arrived: std::collections::HashMap<String, DateTime<Utc>> = got.into_iter().collect();
+        let mut answer: Vec<f64> = done.iter().map(|(_, _, s)| s * 1000.0).collect();
+        answer.sort_by(f64::total_cmp);
+        let mut delivered: Vec<f64> = done
+            .iter()
+            .filter_map(|(desc, at, _)| {
+                arrived
+                    .get(desc)
+                    .map(|t| (*t - *at).num_microseconds().unwrap_or(0) as f64 / 1e3)
+            })
+            .collect();
+        delivered.sort_by(f64::total_cmp);
+        println!(
+            "{:>8} {:>7} {:>9.0} {:>12.2} {:>12.2} {:>16.1} {:>16.1}",
+            clients,
+            format!("{}/{n}", done.len()),
+            done.len() as f64 / secs,
+            percentile(&answer, 50.0),
+            percentile(&answer, 99.0),
+            percentile(&delivered, 50.0),
+            percentile(&delivered, 99.0),
+        );
+    }
+    stop(child);
+    println!("(goals: ≥ 2,000 durable POSTs/s with 64 clients on 2 cores; p99 POST → delivered ≤ 100 ms; 200 = after the SQLite commit, synchronous=FULL; the clients share the two cores)");
+}
+
 async fn bench_ledger() {
     let n = env_usize("LEADSYNC_BENCH_LEDGER_LEADS", 100_000);
     println!("\n## ledger: SQLite (WAL, synchronous=FULL), {n} leads, one delivery each");
@@ -948,6 +1090,7 @@ async fn main() {
         "https-hang",
         "batch",
         "freshness",
+        "inbox",
         "ledger",
         "rss",
         "idle",
@@ -975,6 +1118,9 @@ async fn main() {
     }
     if want("freshness") {
         bench_freshness().await;
+    }
+    if want("inbox") {
+        bench_inbox().await;
     }
     if want("ledger") {
         bench_ledger().await;

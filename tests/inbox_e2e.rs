@@ -420,3 +420,48 @@ fn check_refuses_plain_http_off_loopback_and_short_secrets() {
         "{err}"
     );
 }
+
+#[test]
+fn the_example_configuration_loads_and_checks_with_real_files() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config/examples/leadsync-inbox.toml");
+    let empty = tempfile::tempdir().unwrap();
+    let s = leadsync::config::load_with_env(
+        &example,
+        &leadsync::registry::known_kinds(),
+        vec![(
+            "LEADSYNC_TARGETS_DIR".to_string(),
+            empty.path().display().to_string(),
+        )],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let leadsync::config::SourceKind::HttpsInbox(inbox) = &s.sources[0].kind else {
+        panic!("{:?}", s.sources[0].kind);
+    };
+    assert_eq!(inbox.path, "/leads");
+    assert_eq!((inbox.max_body_bytes, inbox.rate_limit), (1 << 20, 20));
+    // With a certificate, key and secret where the example points, the listener checks out.
+    let pki = TestPki::generate().unwrap();
+    let dir = empty.path();
+    std::fs::write(dir.join("inbox.crt"), &pki.server_cert_pem).unwrap();
+    std::fs::write(dir.join("inbox.key"), &pki.server_key_pem).unwrap();
+    let mut inbox = inbox.clone();
+    inbox.tls = Some(leadsync::config::InboxTls {
+        cert: dir.join("inbox.crt"),
+        key: dir.join("inbox.key"),
+    });
+    inbox.secret = leadsync_core::SecretRef::Inline(SECRET.into());
+    let line = leadsync::inbox::check("marketplace", &inbox, dir).unwrap();
+    assert!(
+        line.contains("https://0.0.0.0:8443/leads/<secret>"),
+        "{line}"
+    );
+    // A key that does not match is named.
+    std::fs::write(
+        dir.join("inbox.key"),
+        TestPki::generate().unwrap().server_key_pem,
+    )
+    .unwrap();
+    let e = leadsync::inbox::check("marketplace", &inbox, dir).unwrap_err();
+    assert!(e.contains("inbox.key"), "{e}");
+}
