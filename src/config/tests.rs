@@ -709,7 +709,7 @@ fn other_source_mistakes() {
     let e = f.error("leadsync.toml", "sources.table.kind");
     assert_eq!(
         e.message,
-        "expected one of spool, azure_table, found \"azure_tabel\""
+        "expected one of spool, azure_table, https_inbox, found \"azure_tabel\""
     );
     f.error("leadsync.toml", "sources.\"bad name\"");
     let e = f.error("leadsync.toml", "sources.nodir.dir");
