@@ -107,7 +107,23 @@ struct Deployment {
 }
 
 impl Deployment {
+    /// A spool source pulled on `source_schedule` and one target.
     fn new(target_name: &str, target_toml: &str, source_schedule: &str) -> Deployment {
+        let spool = format!(
+            r#"
+[sources.inbox]
+kind = "spool"
+dir = "../spool"
+after = "move"
+settle = "0s"
+schedule = "{source_schedule}"
+"#
+        );
+        Self::with_source(target_name, target_toml, &spool)
+    }
+
+    /// `source_toml` (a `[sources.<name>]` table) and one target.
+    fn with_source(target_name: &str, target_toml: &str, source_toml: &str) -> Deployment {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         for d in ["config/targets", "spool", "state"] {
@@ -123,14 +139,7 @@ path = "../state/ledger.db"
 [telemetry]
 log_format = "json"
 log_level = "warn"
-
-[sources.inbox]
-kind = "spool"
-dir = "../spool"
-after = "move"
-settle = "0s"
-schedule = "{source_schedule}"
-"#
+{source_toml}"#
             ),
         )
         .expect("config");
@@ -755,26 +764,15 @@ async fn bench_inbox() {
     let fake = HttpsReceiver::start(ReceiverOptions::http())
         .await
         .expect("receiver");
-    let d = Deployment::new(
-        "crm",
-        &https_target(&fake.url("/leads"), false, 10, 8),
-        "*/1 * * * * *",
-    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("port");
-    std::fs::write(
-        d.config(),
-        format!(
+    let d = Deployment::with_source(
+        "crm",
+        &https_target(&fake.url("/leads"), false, 10, 8),
+        &format!(
             r#"
-[ledger]
-path = "../state/ledger.db"
-
-[telemetry]
-log_format = "json"
-log_level = "warn"
-
 [sources.marketplace]
 kind = "https_inbox"
 listen = "127.0.0.1:{port}"
@@ -782,8 +780,7 @@ secret = "{INBOX_SECRET}"
 rate_limit = 0
 "#
         ),
-    )
-    .expect("config");
+    );
     let child = start_run(&d);
     let url = format!("http://127.0.0.1:{port}/leads/{INBOX_SECRET}");
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -2,32 +2,11 @@
 //! and broken), the push that follows a pull, and the admin endpoint's metrics.
 
 mod common;
-use common::{text, Deployment};
+use common::{eventually, free_port, text, Deployment};
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Poll `f` every 100 ms until it is true, for at most `limit` (a liveness bound, not a
-/// performance assertion).
-fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for: {what}");
-}
 
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")

@@ -5,7 +5,7 @@
 //! was answered 200; TLS and a secret rotated by SIGHUP.
 
 mod common;
-use common::{Daemon, Deployment};
+use common::{eventually, free_port, Daemon, Deployment};
 
 use leadsync_fakes::https_receiver::{HttpsReceiver, ReceiverOptions, TestPki};
 use std::collections::HashSet;
@@ -15,37 +15,12 @@ use std::time::{Duration, Instant};
 
 const SECRET: &str = "inbox-secret-0123456789abcdef";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A deployment whose only source is an inbox on `port` (`extra` appended to its table),
 /// with a JSONL file target and, when given, an HTTPS target at `hook`.
 fn deployment(port: u16, extra: &str, hook: Option<&str>) -> Deployment {
-    let d = Deployment::with_target(
-        r#"
-kind = "file"
-schedule = "0 0 0 1 1 *"
-[connection]
-path = "../../out/leads.jsonl"
-format = "jsonl"
-"#,
-    );
-    std::fs::write(
-        d.config(),
-        format!(
+    let d = Deployment::with_sources(
+        &format!(
             r#"
-[ledger]
-path = "../state/ledger.db"
-
-[telemetry]
-log_format = "json"
-log_level = "info"
-
 [sources.marketplace]
 kind = "https_inbox"
 listen = "127.0.0.1:{port}"
@@ -54,8 +29,14 @@ secret = "{SECRET}"
 {extra}
 "#
         ),
-    )
-    .unwrap();
+        r#"
+kind = "file"
+schedule = "0 0 0 1 1 *"
+[connection]
+path = "../../out/leads.jsonl"
+format = "jsonl"
+"#,
+    );
     if let Some(hook) = hook {
         std::fs::write(
             d.root().join("config/targets/hook.toml"),
@@ -84,17 +65,6 @@ fn start(d: &Deployment, port: u16) -> Daemon {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
     daemon
-}
-
-fn eventually(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 fn url(port: u16, secret: &str) -> String {
@@ -152,29 +122,43 @@ async fn posted_leads_reach_every_target_once_and_bad_bodies_are_refused() {
         let (status, answer) = post(&client, &at, body).await;
         assert_eq!(status, 200, "{answer}");
     }
+    // The same lead POSTed by 10 clients at once (one group commit, or several): one lead.
+    let same = lead(7);
+    let concurrent: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, at, body) = (client.clone(), at.clone(), same.clone());
+            tokio::spawn(async move { post(&client, &at, &body).await.0 })
+        })
+        .collect();
+    for c in concurrent {
+        assert_eq!(c.await.unwrap(), 200);
+    }
     // A body that is not a lead, and one that is not JSON: 400 with a reason, quarantined.
     let (status, answer) = post(&client, &at, "[1, 2]").await;
     assert_eq!(status, 400, "{answer}");
-    assert!(answer.contains("rejected"), "{answer}");
+    assert!(
+        answer.contains("item 1: ") && answer.contains("item 2: "),
+        "{answer}"
+    );
     let (status, answer) = post(&client, &at, "this is not json").await;
     assert_eq!(status, 400);
     assert!(answer.contains("not JSON"), "{answer}");
 
-    // 5 distinct leads stored (the repeated sample once); the test lead is skipped by the
-    // default filter: 4 delivered to each target, once. 3 records quarantined.
-    eventually(Duration::from_secs(30), "4 leads in the file", || {
-        file_keys(&d).len() >= 4
+    // 6 distinct leads stored (the repeated ones once); the test lead is skipped by the
+    // default filter: 5 delivered to each target, once. 3 records quarantined.
+    eventually(Duration::from_secs(30), "5 leads in the file", || {
+        file_keys(&d).len() >= 5
     });
-    eventually(Duration::from_secs(30), "4 leads at the hook", || {
-        hook.posts().len() >= 4
+    eventually(Duration::from_secs(30), "5 leads at the hook", || {
+        hook.posts().len() >= 5
     });
     std::thread::sleep(Duration::from_millis(500));
     let keys = file_keys(&d);
-    assert_eq!(keys.len(), 4, "{keys:?}");
-    assert_eq!(keys.iter().collect::<HashSet<_>>().len(), 4);
-    assert_eq!(hook.posts().len(), 4);
+    assert_eq!(keys.len(), 5, "{keys:?}");
+    assert_eq!(keys.iter().collect::<HashSet<_>>().len(), 5);
+    assert_eq!(hook.posts().len(), 5);
     let status = d.status_json();
-    assert_eq!(status["leads"], 5, "{status}");
+    assert_eq!(status["leads"], 6, "{status}");
     assert_eq!(status["quarantined"], 3, "{status}");
     drop(daemon);
 }

@@ -19,6 +19,15 @@ use super::InboxRoute;
 /// POSTs whose leads one ledger transaction stages at most.
 const GROUP_MAX: usize = 256;
 
+/// How a rejected item's origin ends: `item <n>` (1-based).
+const ITEM: &str = "item ";
+
+/// What the client is told of a rejected item: its number and why.
+pub fn rejection(r: &QuarantinedRecord) -> String {
+    let item = r.origin.rsplit_once(ITEM).map_or("", |(_, n)| n);
+    format!("{ITEM}{item}: {}", r.reason)
+}
+
 /// What one body held: its leads, and the items that are not leads, with why.
 #[derive(Debug, Default)]
 pub struct ReadBody {
@@ -29,7 +38,7 @@ pub struct ReadBody {
 /// Read a body: a lead object, or an array of them. An item that is not a lead is rejected
 /// with the reader's reason; a body that is not JSON at all is one rejected item.
 pub fn read_body(source: &str, bytes: &[u8]) -> ReadBody {
-    let origin = |i: usize| format!("{source}:POST at {}:item {i}", Utc::now().to_rfc3339());
+    let origin = |i: usize| format!("{source}:POST at {}:{ITEM}{i}", Utc::now().to_rfc3339());
     let mut out = ReadBody::default();
     let reject = |out: &mut ReadBody, i: usize, reason: String| {
         out.rejected.push(QuarantinedRecord {
@@ -187,6 +196,7 @@ mod tests {
         );
         assert_eq!((mixed.leads.len(), mixed.rejected.len()), (1, 1));
         assert!(mixed.rejected[0].origin.ends_with("item 2"));
+        assert!(rejection(&mixed.rejected[0]).starts_with("item 2: "));
         for bad in [&b"not json"[..], b"", b"[]", b"{\"a\": "] {
             let r = read_body("inbox", bad);
             assert_eq!((r.leads.len(), r.rejected.len()), (0, 1), "{bad:?}");

@@ -24,20 +24,8 @@ format = "csv"
     }
 
     pub fn with_target(target_toml: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("config/targets")).unwrap();
-        std::fs::create_dir_all(root.join("spool")).unwrap();
-        std::fs::write(
-            root.join("config/leadsync.toml"),
+        Self::with_sources(
             r#"
-[ledger]
-path = "../state/ledger.db"
-
-[telemetry]
-log_format = "json"
-log_level = "info"
-
 [sources.inbox]
 kind = "spool"
 dir = "../spool"
@@ -45,6 +33,29 @@ after = "move"
 settle = "0s"
 schedule = "*/1 * * * * *"
 "#,
+            target_toml,
+        )
+    }
+
+    /// A deployment whose main file holds `sources_toml` after the ledger and telemetry
+    /// settings, with one target file `targets/csv.toml`.
+    pub fn with_sources(sources_toml: &str, target_toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("config/targets")).unwrap();
+        std::fs::create_dir_all(root.join("spool")).unwrap();
+        std::fs::write(
+            root.join("config/leadsync.toml"),
+            format!(
+                r#"
+[ledger]
+path = "../state/ledger.db"
+
+[telemetry]
+log_format = "json"
+log_level = "info"
+{sources_toml}"#
+            ),
         )
         .unwrap();
         std::fs::write(root.join("config/targets/csv.toml"), target_toml).unwrap();
@@ -103,6 +114,28 @@ schedule = "*/1 * * * * *"
         );
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
     }
+}
+
+/// A TCP port free on 127.0.0.1 now (another process could take it before it is bound).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` every 100 ms until it is true, for at most `limit` (a liveness bound, not a
+/// performance assertion).
+pub fn eventually(limit: std::time::Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("timed out waiting for: {what}");
 }
 
 pub fn text(out: &Output) -> String {
