@@ -45,6 +45,16 @@ pub const KINDS: &[ConnectorKind] = &[
         name: "azure_table",
         build: leadsync_azure_table::build,
     },
+    #[cfg(feature = "marketo")]
+    ConnectorKind {
+        name: "marketo",
+        build: leadsync_marketo::build,
+    },
+    #[cfg(feature = "hubspot")]
+    ConnectorKind {
+        name: "hubspot",
+        build: leadsync_hubspot::build,
+    },
 ];
 
 /// The names of this build's target kinds, for the configuration check and its messages.

@@ -281,6 +281,36 @@ impl WithoutUrl for reqwest::Error {
     }
 }
 
+/// `https`, or plain `http` to this machine only (tests, local fakes and proxies): tokens
+/// and lead data travel in these requests.
+pub fn is_https_or_loopback(url: &reqwest::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => matches!(
+            url.host_str(),
+            Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
+        ),
+        _ => false,
+    }
+}
+
+/// A CRM's base URL from configuration: https (or loopback http, see
+/// [`is_https_or_loopback`]), with no query string or user name. The error says what is
+/// wrong, for the caller to put under its key.
+pub fn parse_service_url(s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    if !is_https_or_loopback(&url) {
+        return Err(format!(
+            "expected an https:// URL, found scheme {:?}",
+            url.scheme()
+        ));
+    }
+    if url.query().is_some() || !url.username().is_empty() {
+        return Err("the URL must not carry a query string or user name".into());
+    }
+    Ok(url)
+}
+
 /// `Authorization: Bearer <token>` value from a secret.
 pub fn bearer(token: &Secret) -> String {
     format!("Bearer {}", token.expose())

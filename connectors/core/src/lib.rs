@@ -7,7 +7,8 @@
 //! ([`key`]), redaction of personal data and secrets ([`pii`]), secret references
 //! ([`secret_ref`]), `Retry-After` parsing ([`retry_after`]), and the HTTP pieces every HTTP
 //! connector shares: client setup and status classification ([`http`]) and the OAuth token
-//! cache ([`oauth`]).
+//! cache ([`oauth`]), pacing calls under a CRM's published call-rate limits ([`pace`]) and
+//! keeping writes to one record in order ([`serial`]).
 
 pub mod build;
 pub mod connector;
@@ -18,10 +19,12 @@ pub mod key;
 pub mod lead;
 pub mod mapping;
 pub mod oauth;
+pub mod pace;
 pub mod pii;
 pub mod read_error;
 pub mod retry_after;
 pub mod secret_ref;
+pub mod serial;
 
 pub use build::{BuildContext, BuildError, BuildFn};
 pub use connector::{

@@ -180,32 +180,6 @@ pub fn default_mapping(settings: &DynamicsSettings) -> Mapping {
     Mapping::new(rules.into_iter().filter_map(Result::ok).collect())
 }
 
-fn is_loopback(url: &reqwest::Url) -> bool {
-    matches!(
-        url.host_str(),
-        Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
-    )
-}
-
 pub(crate) fn parse_url(key: &str, s: &str) -> Result<reqwest::Url, DynamicsError> {
-    let url = reqwest::Url::parse(s.trim())
-        .map_err(|e| DynamicsError::new(key, format!("{s:?} is not a URL: {e}")))?;
-    match url.scheme() {
-        "https" => {}
-        // Plain HTTP only to this machine (tests, local proxies): tokens travel in headers.
-        "http" if is_loopback(&url) => {}
-        other => {
-            return Err(DynamicsError::new(
-                key,
-                format!("expected an https:// URL, found scheme {other:?}"),
-            ))
-        }
-    }
-    if url.query().is_some() || !url.username().is_empty() {
-        return Err(DynamicsError::new(
-            key,
-            "the URL must not carry a query string or user name",
-        ));
-    }
-    Ok(url)
+    leadsync_core::http::parse_service_url(s).map_err(|reason| DynamicsError::new(key, reason))
 }

@@ -45,7 +45,8 @@ pub use settings::{
     DEFAULT_DESCRIPTION_TEMPLATE,
 };
 
-use settings::{acceptable_url, duration, valid_field_name};
+use leadsync_core::http::is_https_or_loopback as acceptable_url;
+use settings::{duration, valid_field_name};
 
 /// Build a Salesforce target from its settings (the registry's entry for kind `salesforce`):
 /// the only way a target's own mapping gets in.

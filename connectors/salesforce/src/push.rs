@@ -10,10 +10,10 @@
 //! It must not sleep or retry (the pipeline does), and never logs a field value.
 
 use leadsync_core::http::body_excerpt;
+use leadsync_core::serial::rounds_by_key;
 use leadsync_core::{DeliveryFailure, DeliveryOutcome, FailureClass, OutboundRecord};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
-use std::collections::HashSet;
 
 use crate::SalesforceConnector;
 
@@ -24,7 +24,7 @@ impl SalesforceConnector {
     /// Deliver a batch: one outcome per record, in order.
     pub(crate) async fn push_batch(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
         let mut out: Vec<Option<DeliveryOutcome>> = vec![None; batch.len()];
-        for round in rounds_by_key(batch) {
+        for round in rounds_by_key(batch.iter().map(|r| r.idempotency_key.as_str())) {
             for chunk in round.chunks(MAX_BATCH) {
                 let outcomes = if let [only] = chunk {
                     vec![self.upsert_one(&batch[*only]).await]
@@ -176,52 +176,5 @@ impl SalesforceConnector {
             self.tokens.invalidate(&answer.token).await;
         }
         out
-    }
-}
-
-/// Split a batch into rounds with no idempotency key twice in a round (Salesforce refuses a
-/// collection naming one external ID twice), keeping each key's records in order.
-fn rounds_by_key(batch: &[OutboundRecord]) -> Vec<Vec<usize>> {
-    let mut rounds: Vec<(HashSet<String>, Vec<usize>)> = Vec::new();
-    for (i, r) in batch.iter().enumerate() {
-        let key = r.idempotency_key.to_lowercase();
-        // After the last round holding this key, so that later events land later.
-        let last = rounds.iter().rposition(|(keys, _)| keys.contains(&key));
-        let start = last.map(|l| l + 1).unwrap_or(0);
-        match rounds[start..]
-            .iter_mut()
-            .find(|(keys, _)| !keys.contains(&key))
-        {
-            Some((keys, idx)) => {
-                keys.insert(key);
-                idx.push(i);
-            }
-            None => rounds.push((HashSet::from([key]), vec![i])),
-        }
-    }
-    rounds.into_iter().map(|(_, idx)| idx).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-
-    #[test]
-    fn rounds_keep_keys_apart_and_in_order() {
-        let rec = |k: &str| OutboundRecord {
-            lead_id: k.into(),
-            idempotency_key: k.into(),
-            attempt: 1,
-            lead: Arc::new(
-                leadsync_core::read_lead("x".into(), &json!({"LeadSource": "SPZA"})).unwrap(),
-            ),
-            fields: Default::default(),
-        };
-        let batch = [rec("a"), rec("b"), rec("a"), rec("c"), rec("a"), rec("b")];
-        assert_eq!(
-            rounds_by_key(&batch),
-            vec![vec![0, 1, 3], vec![2, 5], vec![4]]
-        );
     }
 }

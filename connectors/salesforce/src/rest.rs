@@ -14,8 +14,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::Value;
 use std::sync::Arc;
 
-use crate::settings::acceptable_url;
 use crate::SalesforceConnector;
+use leadsync_core::http::is_https_or_loopback as acceptable_url;
 
 /// The org's API request usage, from `Sforce-Limit-Info: api-usage=<used>/<max>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

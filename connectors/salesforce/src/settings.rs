@@ -9,7 +9,6 @@
 
 use leadsync_core::http::HttpSettings;
 use leadsync_core::{FieldLimit, FieldRule, Mapping, SecretRef};
-use reqwest::Url;
 use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
@@ -194,18 +193,6 @@ pub fn lead_field_limits() -> Vec<FieldLimit> {
         max_chars: n,
     })
     .collect()
-}
-
-/// `https`, or `http` to a loopback address (tests, local fakes).
-pub(crate) fn acceptable_url(url: &Url) -> bool {
-    match url.scheme() {
-        "https" => true,
-        "http" => matches!(
-            url.host_str(),
-            Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
-        ),
-        _ => false,
-    }
 }
 
 pub(crate) fn duration(key: &str, s: &str) -> Result<Duration, SalesforceError> {
