@@ -59,13 +59,15 @@ impl MarketoConnector {
             let name = rule.crm_field.to_lowercase();
             let key = format!("mapping.fields.{}", rule.crm_field);
             match lead.fields.get(&name) {
-                None => return Err(fail(
-                    &key,
-                    format!(
+                None => {
+                    return Err(fail(
+                        &key,
+                        format!(
                         "Marketo has no lead field {} (REST name); create it or change the mapping",
                         rule.crm_field
                     ),
-                )),
+                    ))
+                }
                 Some(f) if f.read_only => {
                     return Err(fail(
                         &key,
