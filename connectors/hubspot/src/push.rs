@@ -5,7 +5,9 @@
 //! out as batch upserts of at most [`MAX_BATCH`] inputs.
 //!
 //! HubSpot answers 200 when every input was written, 207 with `errors[]` naming the inputs
-//! that were not, and may refuse a whole batch (400) for one bad input: the batch is then
+//! that were not by their `objectWriteTraceId` (set to the id value), and refuses a whole
+//! batch (400, 409) for one bad input when it cannot answer per input (always when matching
+//! on `email`): the batch is then
 //! split in halves and each half sent again (not when the refusal is the batch's own, an
 //! unknown property), so the good inputs are
 //! delivered and the bad ones stand alone with HubSpot's reason. Results are matched to
@@ -109,7 +111,8 @@ impl HubSpotConnector {
                 *v = Value::String(n.to_string());
             }
         }
-        json!({"idProperty": self.id_property, "id": id, "properties": props})
+        // The trace id is how a 207's error names its input; the id value is unique in a call.
+        json!({"idProperty": self.id_property, "id": id, "objectWriteTraceId": id, "properties": props})
     }
 
     /// Upsert `inputs`, splitting a batch HubSpot refused as a whole (see the module
@@ -210,8 +213,9 @@ fn delivered(r: &Value) -> DeliveryOutcome {
     )
 }
 
-/// The id values an error names: every string in its `context` (HubSpot puts the inputs'
-/// ids there, e.g. `{"ids": ["a@b.com"]}`), lower-cased.
+/// The id values an error names: every string in its `context`, lower-cased. HubSpot puts
+/// the input's `objectWriteTraceId` there (`{"objectWriteTraceId": ["a@b.com"]}`), and the
+/// ids of a refused batch (`{"ids": [...]}`).
 fn named_ids(error: &Value) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(Value::Object(context)) = error.get("context") {
