@@ -17,6 +17,7 @@
 mod common;
 use common::{text, Deployment};
 use leadsync_fakes::https_receiver::{HttpsReceiver, ReceiverOptions, Reply, ReplyEffect};
+use leadsync_fakes::hubspot::{self, HubSpotFake, HubSpotFakeConfig};
 use leadsync_fakes::salesforce::{Fault, SalesforceFake, SalesforceFakeConfig};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -79,6 +80,11 @@ fn write_leads(d: &Deployment, n: usize) {
     }
 }
 
+/// The lead number of a first name `F<i>` (see [`write_leads`]).
+fn lead_number(first_name: Option<&str>) -> Option<usize> {
+    first_name?.strip_prefix('F')?.parse().ok()
+}
+
 /// `sync --once --wait 60s` until nothing is pending (at most `max` runs).
 fn sync_until_done(d: &Deployment, env: &[(&str, String)], max: usize) -> usize {
     for run in 1..=max {
@@ -117,6 +123,37 @@ fn trace_of(d: &Deployment, env: &[(&str, String)], lead: &str) -> serde_json::V
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Every lead of `0..leads` is in the CRM exactly once, and no key twice: `records` gives
+/// each stored record's key (idempotency key or e-mail) and lead number (see
+/// [`write_leads`]).
+fn assert_each_lead_once<'a>(
+    what: &str,
+    leads: usize,
+    records: impl Iterator<Item = (Option<&'a str>, Option<usize>)>,
+) {
+    let mut keys = HashSet::new();
+    let mut seen = vec![0usize; leads];
+    let mut stored = 0;
+    for (key, number) in records {
+        stored += 1;
+        let key = key.unwrap_or_else(|| panic!("{what}: a record without its key"));
+        assert!(
+            keys.insert(key.to_lowercase()),
+            "{what}: two records under one key"
+        );
+        let i = number.unwrap_or_else(|| panic!("{what}: a record without its lead number"));
+        seen[i] += 1;
+    }
+    let missing: Vec<_> = (0..leads).filter(|i| seen[*i] == 0).collect();
+    let doubled: Vec<_> = (0..leads).filter(|i| seen[*i] > 1).collect();
+    assert!(missing.is_empty(), "{what}: leads missing: {missing:?}");
+    assert!(
+        doubled.is_empty(),
+        "{what}: leads stored twice: {doubled:?}"
+    );
+    assert_eq!(stored, leads, "{what}");
 }
 
 /// No request in `log` (arrival, answered status, Retry-After seconds) arrived after a
@@ -254,29 +291,17 @@ max_retry_after = "10s"
 
     // Exactly once per key, every lead present, no lead under two keys.
     let stored = rx.stored();
-    let keys: HashSet<_> = stored.iter().map(|s| s.idempotency_key.clone()).collect();
-    assert_eq!(keys.len(), stored.len(), "one stored record per key");
-    assert!(
-        !keys.contains(&None),
-        "every write carried an Idempotency-Key"
+    assert_each_lead_once(
+        &format!("https seed {seed}"),
+        leads,
+        stored.iter().map(|s| {
+            let desc = s.body["Description"].as_str().unwrap_or_default();
+            let number = desc
+                .strip_prefix("lead number ")
+                .and_then(|n| n.parse().ok());
+            (s.idempotency_key.as_deref(), number)
+        }),
     );
-    let mut seen = vec![0usize; leads];
-    for s in &stored {
-        let desc = s.body["Description"].as_str().unwrap();
-        let i: usize = desc.trim_start_matches("lead number ").parse().unwrap();
-        seen[i] += 1;
-    }
-    let missing: Vec<_> = (0..leads).filter(|i| seen[*i] == 0).collect();
-    let doubled: Vec<_> = (0..leads).filter(|i| seen[*i] > 1).collect();
-    assert!(
-        missing.is_empty(),
-        "seed {seed}: leads missing: {missing:?}"
-    );
-    assert!(
-        doubled.is_empty(),
-        "seed {seed}: leads stored twice: {doubled:?}"
-    );
-    assert_eq!(stored.len(), leads);
 
     // Throttling: nothing arrived before a Retry-After ran out.
     let posts = rx.posts();
@@ -477,26 +502,12 @@ max_retry_after = "10s"
     // Exactly once per external id, every lead present.
     let records = fake.records();
     let ext = leadsync_fakes::salesforce::DEFAULT_EXTERNAL_ID_FIELD;
-    let keys: HashSet<_> = records
-        .iter()
-        .map(|r| r.get_str(ext).map(str::to_string))
-        .collect();
-    assert_eq!(keys.len(), records.len(), "one record per key");
-    assert!(!keys.contains(&None));
-    let mut seen = vec![0usize; leads];
-    for r in &records {
-        let i: usize = r.get_str("FirstName").unwrap()[1..].parse().unwrap();
-        seen[i] += 1;
-    }
-    let missing: Vec<_> = (0..leads).filter(|i| seen[*i] == 0).collect();
-    let doubled: Vec<_> = (0..leads).filter(|i| seen[*i] > 1).collect();
-    assert!(
-        missing.is_empty(),
-        "seed {seed}: leads missing: {missing:?}"
-    );
-    assert!(
-        doubled.is_empty(),
-        "seed {seed}: leads stored twice: {doubled:?}"
+    assert_each_lead_once(
+        &format!("salesforce seed {seed}"),
+        leads,
+        records
+            .iter()
+            .map(|r| (r.get_str(ext), lead_number(r.get_str("FirstName")))),
     );
 
     // Throttling respected (data requests only; the token endpoint is not throttled).
@@ -540,5 +551,146 @@ max_retry_after = "10s"
         "salesforce faults: seed {seed}: {leads} leads once each in {runs} sync run(s), \
          {} data requests, {expired} expired sessions, {rewrites} rewrites, {throttles} throttles waited out",
         data.len()
+    );
+}
+
+/// One fault (or none) per coming HubSpot call: 429 windows, 423, 5xx (HTML bodies from
+/// the gateway), writes committed and then failed, and one revoked-then-restored token
+/// (401: the target goes down and a probe brings it back).
+fn hubspot_schedule(rng: &mut Rng, positions: usize) -> Vec<Option<hubspot::Fault>> {
+    use hubspot::Fault as F;
+    let (mut throttles, mut unauthorized) = (0, 0);
+    (0..positions)
+        .map(|_| {
+            if rng.below(100) >= 20 {
+                return None;
+            }
+            Some(match rng.below(7) {
+                0 if throttles < 3 => {
+                    throttles += 1;
+                    F::TenSecondlyRolling {
+                        retry_after_secs: Some(1),
+                    }
+                }
+                1 if unauthorized < 1 => {
+                    unauthorized += 1;
+                    F::Unauthorized401
+                }
+                2 => F::Locked423,
+                3 => F::CommittedThenFailed,
+                4 => F::Unavailable,
+                5 => F::BadGateway,
+                _ => F::ServerError,
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn hubspot_target_under_seeded_faults_delivers_each_key_once() {
+    let leads = env_num("LEADSYNC_FAULT_LEADS", 300) as usize;
+    for seed in seeds(20261130) {
+        hubspot_round(seed, leads);
+    }
+}
+
+fn hubspot_round(seed: u64, leads: usize) {
+    const BATCH: usize = 10;
+    let rt = runtime();
+    let fake = Arc::new(
+        rt.block_on(HubSpotFake::start(HubSpotFakeConfig::default()))
+            .unwrap(),
+    );
+    let mut rng = Rng::new(seed);
+    let schedule = hubspot_schedule(&mut rng, leads / BATCH);
+    let faults = schedule.iter().flatten().count();
+    let committed = schedule
+        .iter()
+        .flatten()
+        .filter(|f| **f == hubspot::Fault::CommittedThenFailed)
+        .count();
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for f in schedule.iter().flatten() {
+        *kinds.entry(format!("{f:?}")).or_default() += 1;
+    }
+    for f in &schedule {
+        match f {
+            Some(f) => fake.inject(f.clone(), 1),
+            None => fake.inject_after(1, hubspot::Fault::ServerError, 0),
+        }
+    }
+    let slow = Arc::clone(&fake);
+    rt.spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        slow.set_latency(Duration::from_millis(150));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        slow.set_latency(Duration::ZERO);
+    });
+    eprintln!("hubspot faults: seed {seed}, {leads} leads, {faults} faults injected: {kinds:?}");
+    let d = Deployment::with_target(&format!(
+        r#"
+name = "hubspot"
+kind = "hubspot"
+schedule = "*/1 * * * * *"
+[connection]
+base_url = "{url}"
+access_token = {{ env = "FAULT_HS_TOKEN" }}
+[connection.http]
+timeout = "5s"
+[limits]
+batch_size = {BATCH}
+concurrency = 1
+[retry]
+min_delay = "20ms"
+max_delay = "200ms"
+max_retry_after = "10s"
+"#,
+        url = fake.base_url(),
+    ));
+    write_leads(&d, leads);
+    let env = [("FAULT_HS_TOKEN", HubSpotFakeConfig::default().token)];
+    let runs = sync_until_done(&d, &env, 5);
+
+    let contacts = fake.contacts();
+    assert_each_lead_once(
+        &format!("hubspot seed {seed}"),
+        leads,
+        contacts
+            .iter()
+            .map(|c| (c.get_str("email"), lead_number(c.get_str("firstname")))),
+    );
+    // Throttles waited out: 429 for its Retry-After, 423 for 2 s (one call at a time).
+    let calls: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/crm/"))
+        .collect();
+    let log: Vec<(Instant, u16, Option<u64>)> = calls
+        .iter()
+        .map(|r| match r.status {
+            429 => (r.at, 429, Some(1)),
+            423 => (r.at, 429, Some(2)),
+            s => (r.at, s, None),
+        })
+        .collect();
+    let throttles = assert_retry_after_respected(&log, &format!("hubspot seed {seed}"));
+    // Bounded: a contact is rewritten only by a call whose answer was lost.
+    assert!(
+        contacts.iter().all(|c| c.updates as usize <= committed),
+        "seed {seed}: a contact rewritten more often than answers were lost"
+    );
+    let min_batches = leads.div_ceil(BATCH);
+    assert!(
+        calls.len() <= 2 * min_batches + 2 * faults,
+        "seed {seed}: {} calls for {min_batches} batches and {faults} faults",
+        calls.len()
+    );
+    let status = status_of(&d, &env);
+    assert_eq!(status["targets"][0]["delivered"], leads as u64, "{status}");
+    assert_eq!(status["targets"][0]["dead"], 0, "{status}");
+    eprintln!(
+        "hubspot faults: seed {seed}: {leads} leads once each in {runs} sync run(s), {} calls, \
+         {throttles} throttles waited out",
+        calls.len()
     );
 }

@@ -7,6 +7,8 @@
 pub mod azure_table_faults;
 pub mod dataverse;
 pub mod https_receiver;
+pub mod hubspot;
+pub mod marketo;
 pub mod salesforce;
 
 /// Announce a skipped test where the person running `cargo test` sees it: written straight

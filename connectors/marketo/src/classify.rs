@@ -5,7 +5,7 @@
 //!
 //! | code | meaning | class |
 //! |---|---|---|
-//! | 601, 602 | token invalid / expired (after the one refresh `rest` makes) | auth expired |
+//! | 600, 601, 602 | token empty / invalid / expired (after the one refresh `rest` makes) | auth expired |
 //! | 603 | access denied (permissions, IP allow-list) | target down |
 //! | 604, 608, 611, 713 | time-out, temporarily unavailable, system error | transient |
 //! | 606 | more than 100 calls in 20 s | throttled, 20 s pause |
@@ -31,7 +31,7 @@ pub(crate) fn response_failure(code: &str, message: &str, now: DateTime<Utc>) ->
         DeliveryFailure::throttled(tag.clone(), text.clone(), Some(Duration::from_secs(secs)))
     };
     match code {
-        "601" | "602" => DeliveryFailure::new(FailureClass::AuthExpired, tag, text),
+        "600" | "601" | "602" => DeliveryFailure::new(FailureClass::AuthExpired, tag, text),
         "603" | "610" => DeliveryFailure::target_down(tag, text),
         "604" | "608" | "611" | "713" => DeliveryFailure::transient(tag, text),
         "606" => throttled(20),

@@ -1,7 +1,7 @@
 //! One call to the Marketo REST API: paced under the instance's limits, authenticated with
 //! the cached token, and read through Marketo's response envelope
-//! (`{"requestId","success","result"|"errors"}`, HTTP 200 even for errors). A 601/602 answer
-//! (token invalid or expired) drops the token and repeats the call once with a fresh one;
+//! (`{"requestId","success","result"|"errors"}`, HTTP 200 even for errors). A 600/601/602
+//! answer (token empty, invalid or expired) drops the token and repeats the call once with a fresh one;
 //! every other response-level error becomes the failure of the whole call (`classify`).
 //!
 //! What the calls are for lives in `push` and `check`. It logs URLs only redacted, codes
@@ -77,7 +77,7 @@ impl MarketoConnector {
                 });
             }
             let (code, message) = first_error(&envelope);
-            if matches!(code.as_str(), "601" | "602") && !refreshed {
+            if matches!(code.as_str(), "600" | "601" | "602") && !refreshed {
                 // One refresh for every caller that used this token, then once more.
                 self.tokens.invalidate(&token).await;
                 refreshed = true;

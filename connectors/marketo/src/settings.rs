@@ -36,7 +36,7 @@ fn default_max_in_flight() -> usize {
 }
 
 /// The lead field the description template is written to by default.
-pub const DEFAULT_DESCRIPTION_FIELD: &str = "leadComment";
+pub const DEFAULT_DESCRIPTION_FIELD: &str = "mktoPersonNotes";
 
 /// The default description: the customer's note, then the marketplace facts an operator
 /// needs to tell one lead from another (raw `LeadSource`, action, offer).
