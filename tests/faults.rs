@@ -18,6 +18,7 @@ mod common;
 use common::{text, Deployment};
 use leadsync_fakes::https_receiver::{HttpsReceiver, ReceiverOptions, Reply, ReplyEffect};
 use leadsync_fakes::hubspot::{self, HubSpotFake, HubSpotFakeConfig};
+use leadsync_fakes::marketo::{self, MarketoFake, MarketoFakeConfig};
 use leadsync_fakes::salesforce::{Fault, SalesforceFake, SalesforceFakeConfig};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
@@ -690,6 +691,150 @@ max_retry_after = "10s"
     assert_eq!(status["targets"][0]["dead"], 0, "{status}");
     eprintln!(
         "hubspot faults: seed {seed}: {leads} leads once each in {runs} sync run(s), {} calls, \
+         {throttles} throttles waited out",
+        calls.len()
+    );
+}
+
+/// One fault (or none) per coming Marketo call. Marketo answers every one with HTTP 200 and
+/// a code: 615 (too many at once: a 2 s pause), 604/608/611 (retry), 602 (token expired:
+/// refresh once) and a write committed and then answered 611.
+fn marketo_schedule(rng: &mut Rng, positions: usize) -> Vec<Option<marketo::Fault>> {
+    use marketo::Fault as F;
+    let mut throttles = 0;
+    (0..positions)
+        .map(|_| {
+            if rng.below(100) >= 20 {
+                return None;
+            }
+            Some(match rng.below(6) {
+                0 if throttles < 3 => {
+                    throttles += 1;
+                    F::Concurrency615
+                }
+                1 => F::TokenExpired602,
+                2 => F::CommittedThenFailed,
+                3 => F::Timeout604,
+                4 => F::Unavailable608,
+                _ => F::SystemError611,
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn marketo_target_under_seeded_faults_delivers_each_key_once() {
+    let leads = env_num("LEADSYNC_FAULT_LEADS", 300) as usize;
+    for seed in seeds(20261201) {
+        marketo_round(seed, leads);
+    }
+}
+
+fn marketo_round(seed: u64, leads: usize) {
+    const BATCH: usize = 10;
+    let rt = runtime();
+    let fake = Arc::new(
+        rt.block_on(MarketoFake::start(MarketoFakeConfig::default()))
+            .unwrap(),
+    );
+    let mut rng = Rng::new(seed);
+    let schedule = marketo_schedule(&mut rng, leads / BATCH);
+    let faults = schedule.iter().flatten().count();
+    let committed = schedule
+        .iter()
+        .flatten()
+        .filter(|f| **f == marketo::Fault::CommittedThenFailed)
+        .count();
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for f in schedule.iter().flatten() {
+        *kinds.entry(format!("{f:?}")).or_default() += 1;
+    }
+    for f in &schedule {
+        match f {
+            Some(f) => fake.inject(*f, 1),
+            None => fake.inject_after(1, marketo::Fault::SystemError611, 0),
+        }
+    }
+    let slow = Arc::clone(&fake);
+    rt.spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        slow.set_latency(Duration::from_millis(150));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        slow.set_latency(Duration::ZERO);
+    });
+    eprintln!("marketo faults: seed {seed}, {leads} leads, {faults} faults injected: {kinds:?}");
+    let config = MarketoFakeConfig::default();
+    let d = Deployment::with_target(&format!(
+        r#"
+name = "marketo"
+kind = "marketo"
+schedule = "*/1 * * * * *"
+[connection]
+endpoint = "{url}"
+client_id = "{client_id}"
+client_secret = {{ env = "FAULT_MKTO_SECRET" }}
+[connection.http]
+timeout = "5s"
+[limits]
+batch_size = {BATCH}
+concurrency = 1
+[retry]
+min_delay = "20ms"
+max_delay = "200ms"
+max_retry_after = "10s"
+"#,
+        url = fake.base_url(),
+        client_id = config.client_id,
+    ));
+    write_leads(&d, leads);
+    let env = [("FAULT_MKTO_SECRET", config.client_secret.clone())];
+    let runs = sync_until_done(&d, &env, 5);
+
+    let stored = fake.leads();
+    assert_each_lead_once(
+        &format!("marketo seed {seed}"),
+        leads,
+        stored
+            .iter()
+            .map(|l| (l.get_str("email"), lead_number(l.get_str("firstName")))),
+    );
+    // 615 waited out (one call at a time), on the REST calls only.
+    let calls: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/rest/"))
+        .collect();
+    let log: Vec<(Instant, u16, Option<u64>)> = calls
+        .iter()
+        .map(|r| match r.code.as_deref() {
+            Some("615") => (r.at, 429, Some(2)),
+            _ => (r.at, r.status, None),
+        })
+        .collect();
+    let throttles = assert_retry_after_respected(&log, &format!("marketo seed {seed}"));
+    assert!(
+        stored.iter().all(|l| l.updates as usize <= committed),
+        "seed {seed}: a lead rewritten more often than answers were lost"
+    );
+    let min_batches = leads.div_ceil(BATCH);
+    assert!(
+        calls.len() <= 2 * min_batches + 2 * faults,
+        "seed {seed}: {} calls for {min_batches} batches and {faults} faults",
+        calls.len()
+    );
+    // Within the instance's limits all along, and one token refresh per expiry at most.
+    assert!(fake.max_calls_in_window() <= 100);
+    let expired = kinds.get("TokenExpired602").copied().unwrap_or(0) as u64;
+    assert!(
+        fake.token_requests() <= 1 + expired,
+        "{} token requests",
+        fake.token_requests()
+    );
+    let status = status_of(&d, &env);
+    assert_eq!(status["targets"][0]["delivered"], leads as u64, "{status}");
+    assert_eq!(status["targets"][0]["dead"], 0, "{status}");
+    eprintln!(
+        "marketo faults: seed {seed}: {leads} leads once each in {runs} sync run(s), {} calls, \
          {throttles} throttles waited out",
         calls.len()
     );
