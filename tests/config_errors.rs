@@ -126,3 +126,78 @@ fn packaged_configuration_passes_check() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("target csv-export (file): ok"));
 }
+
+// ---------------------------------------------------------------------------------------
+// [qualify] rules (docs/qualification.md)
+// ---------------------------------------------------------------------------------------
+
+const FILE_TARGET: &str = "kind = \"file\"\n[connection]\npath = \"x.csv\"\n";
+
+#[test]
+fn qualify_rule_naming_an_unknown_field() {
+    let (_d, out) = broken_target(&format!(
+        "{FILE_TARGET}[qualify.rating]\ncases = [\n  {{ when = \"has email\", value = \"hot\" }},\n  \
+         {{ when = \"has emial and has company\", value = \"warm\" }},\n]\ndefault = \"cold\"\n"
+    ));
+    assert_config_error(&out, "csv.toml", "qualify.rating.cases[1].when");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown field `emial`"), "{}", text(&out));
+}
+
+#[test]
+fn qualify_rule_with_a_syntax_error() {
+    let (_d, out) = broken_target(&format!(
+        "{FILE_TARGET}[qualify.complete]\nwhen = \"has email and (has phone or\"\n"
+    ));
+    assert_config_error(&out, "csv.toml", "qualify.complete.when");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected a condition, found the end"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn qualify_rule_with_an_unknown_key() {
+    let (_d, out) = broken_target(&format!(
+        "{FILE_TARGET}[qualify.score]\nbase = 10\nadd = [{{ when = \"has phone\", pionts = 5 }}]\n"
+    ));
+    assert_config_error(&out, "csv.toml", "qualify.score.add[0].pionts");
+}
+
+#[test]
+fn qualify_values_using_each_other() {
+    let (_d, out) = broken_target(&format!(
+        "{FILE_TARGET}[qualify.hot]\nwhen = \"warm and has phone\"\n\
+         [qualify.warm]\nwhen = \"hot or has email\"\n"
+    ));
+    assert_config_error(&out, "csv.toml", "qualify.hot");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`hot` uses itself through"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn filter_naming_an_unknown_qualify_value() {
+    let (_d, out) = broken_target(&format!(
+        "{FILE_TARGET}[qualify.complete]\nwhen = \"has email and has company\"\n\
+         [filter]\nwhen = \"complet\"\n"
+    ));
+    assert_config_error(&out, "csv.toml", "filter.when");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("unknown field `complet` (did you mean `complete`?)"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn mapping_naming_an_undeclared_qualify_value() {
+    let (_d, out) = broken_target(&format!(
+        "{FILE_TARGET}[mapping.fields]\nRating = \"rating\"\n"
+    ));
+    assert_config_error(&out, "csv.toml", "mapping.fields.Rating");
+}

@@ -29,7 +29,8 @@ max_delay = "50ms"
 /// Run the binary off the async runtime, so the fake keeps answering meanwhile.
 async fn run(d: &Deployment, args: &[&str]) -> Output {
     let mut cmd = d.command();
-    cmd.args(args).env("HS_TEST_TOKEN", HubSpotFakeConfig::default().token);
+    cmd.args(args)
+        .env("HS_TEST_TOKEN", HubSpotFakeConfig::default().token);
     tokio::task::spawn_blocking(move || cmd.output().expect("run leadsync"))
         .await
         .unwrap()
@@ -61,25 +62,42 @@ fn leads_jsonl(n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixture_leads_arrive_mapped_and_a_replay_updates_the_same_contacts() {
     let Some(fx) = shared_fixtures() else { return };
-    let fake = HubSpotFake::start(HubSpotFakeConfig::default()).await.unwrap();
+    let fake = HubSpotFake::start(HubSpotFakeConfig::default())
+        .await
+        .unwrap();
     fake.add_property(PropertySpec::unique_text("leadsync_key"));
     let d = Deployment::with_target(&target_toml(&fake, "id_property = \"leadsync_key\"", ""));
     copy_dir(&fx.join("leads"), &d.spool());
     let out = run(&d, &["sync", "--once"]).await;
-    assert!(matches!(out.status.code(), Some(0) | Some(2)), "{}", text(&out));
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(2)),
+        "{}",
+        text(&out)
+    );
 
     let status = status_json(&d).await;
     let t = &status["targets"][0];
-    let (delivered, dead) = (t["delivered"].as_u64().unwrap(), t["dead"].as_u64().unwrap());
+    let (delivered, dead) = (
+        t["delivered"].as_u64().unwrap(),
+        t["dead"].as_u64().unwrap(),
+    );
     // Every lead but the marketplace test lead (test leads are opt-in) reached an end.
-    assert_eq!(delivered + dead, status["leads"].as_u64().unwrap() - 1, "{status}");
+    assert_eq!(
+        delivered + dead,
+        status["leads"].as_u64().unwrap() - 1,
+        "{status}"
+    );
     assert!(delivered >= 70, "{status}");
     let contacts = fake.contacts();
     assert_eq!(contacts.len() as u64, delivered);
     let ada = contacts
         .iter()
         .find(|c| c.get_str("email") == Some("ada.müller0@contoso.com"))
-        .or_else(|| contacts.iter().find(|c| c.get_str("firstname") == Some("Ada")))
+        .or_else(|| {
+            contacts
+                .iter()
+                .find(|c| c.get_str("firstname") == Some("Ada"))
+        })
         .expect("fixture lead present");
     assert_eq!(ada.get_str("firstname"), Some("Ada"));
     assert_eq!(ada.get_str("company"), Some("Contoso"));
@@ -89,28 +107,51 @@ async fn fixture_leads_arrive_mapped_and_a_replay_updates_the_same_contacts() {
     // Whatever HubSpot refused is a dead letter with its reason, not a lost lead.
     if dead > 0 {
         let out = run(&d, &["dead-letters", "list"]).await;
-        assert!(String::from_utf8_lossy(&out.stdout).contains("hubspot_"), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("hubspot_"),
+            "{}",
+            text(&out)
+        );
     }
 
-    let out = run(&d, &["replay", "--target", "hubspot", "--since", "2000-01-01"]).await;
+    let out = run(
+        &d,
+        &["replay", "--target", "hubspot", "--since", "2000-01-01"],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let out = run(&d, &["sync", "--once"]).await;
-    assert!(matches!(out.status.code(), Some(0) | Some(2)), "{}", text(&out));
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(2)),
+        "{}",
+        text(&out)
+    );
     let again = fake.contacts();
     assert_eq!(again.len(), contacts.len());
-    assert!(again.iter().all(|c| c.updates == 1), "every contact updated once");
+    assert!(
+        again.iter().all(|c| c.updates == 1),
+        "every contact updated once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_pauses_the_whole_target_and_loses_nothing() {
-    let fake = HubSpotFake::start(HubSpotFakeConfig::default()).await.unwrap();
+    let fake = HubSpotFake::start(HubSpotFakeConfig::default())
+        .await
+        .unwrap();
     let d = Deployment::with_target(&target_toml(
         &fake,
         "",
         "[limits]\nbatch_size = 5\nconcurrency = 2\n",
     ));
     std::fs::write(d.spool().join("leads.jsonl"), leads_jsonl(30)).unwrap();
-    fake.inject_after(1, Fault::TenSecondlyRolling { retry_after_secs: Some(2) }, 1);
+    fake.inject_after(
+        1,
+        Fault::TenSecondlyRolling {
+            retry_after_secs: Some(2),
+        },
+        1,
+    );
     let out = run(&d, &["sync", "--once", "--wait", "20s"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(fake.contacts().len(), 30);
@@ -134,12 +175,17 @@ async fn a_rate_limit_pauses_the_whole_target_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_connect_reports_a_missing_id_property() {
-    let fake = HubSpotFake::start(HubSpotFakeConfig::default()).await.unwrap();
+    let fake = HubSpotFake::start(HubSpotFakeConfig::default())
+        .await
+        .unwrap();
     let d = Deployment::with_target(&target_toml(&fake, "id_property = \"leadsync_key\"", ""));
     let out = run(&d, &["check", "--connect"]).await;
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("FAILED") && stdout.contains("leadsync_key"), "{stdout}");
+    assert!(
+        stdout.contains("FAILED") && stdout.contains("leadsync_key"),
+        "{stdout}"
+    );
     assert!(!stdout.contains(&HubSpotFakeConfig::default().token));
     fake.add_property(PropertySpec::unique_text("leadsync_key"));
     let out = run(&d, &["check", "--connect"]).await;
@@ -165,7 +211,16 @@ fn the_example_target_file_loads() {
         "{}",
         text(&out)
     );
-    let out = d.command().arg("check").env_remove("HUBSPOT_ACCESS_TOKEN").output().unwrap();
+    let out = d
+        .command()
+        .arg("check")
+        .env_remove("HUBSPOT_ACCESS_TOKEN")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78), "{}", text(&out));
-    assert!(text(&out).contains("connection.access_token"), "{}", text(&out));
+    assert!(
+        text(&out).contains("connection.access_token"),
+        "{}",
+        text(&out)
+    );
 }

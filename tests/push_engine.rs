@@ -144,7 +144,7 @@ impl Connector for OneHangs {
         100
     }
     fn mapping(&self) -> &Mapping {
-        static EMPTY: Mapping = Mapping { rules: Vec::new() };
+        static EMPTY: Mapping = Mapping::new(Vec::new());
         &EMPTY
     }
     async fn check(&self, _: bool) -> Result<CheckReport, CheckError> {

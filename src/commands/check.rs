@@ -77,6 +77,10 @@ async fn check_targets(targets: &[Arc<Target>], connect: bool) -> bool {
         match t.connector.check(connect).await {
             Ok(r) => {
                 println!("  target {} ({}): ok", t.name, t.connector.kind());
+                if let Some(q) = t.mapping.qualification.as_deref().filter(|q| !q.is_empty()) {
+                    let names: Vec<&str> = q.names().collect();
+                    println!("    - qualifies each lead: {}", names.join(", "));
+                }
                 for v in r.verified {
                     println!("    - {v}");
                 }

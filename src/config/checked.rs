@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use leadsync_core::mapping::MappingOverrides;
-use leadsync_core::{Action, KeyScope, Lead, Origin, SecretRef};
+use leadsync_core::{Action, KeyScope, Lead, Origin, Predicate, SecretRef};
 
 /// The whole validated configuration: `leadsync.toml` and every `targets/*.toml`.
 #[derive(Debug, Clone, PartialEq)]
@@ -434,7 +434,8 @@ pub enum DncPolicy {
 /// `DNC` leads are governed by `dnc` alone, not by `actions`: with `dnc = "mark"` (the
 /// default) a do-not-contact notice reaches the target even when `actions` does not list
 /// `DNC`, so that a customer who asked not to be contacted is marked in the CRM. The
-/// `origins` and `offers` selections apply to every lead.
+/// `origins`, `offers` and `when` selections apply to every lead (write `when = "... or dnc"`
+/// to let do-not-contact notices through a `when` condition).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TargetFilter {
     /// `None`: every action.
@@ -446,6 +447,9 @@ pub struct TargetFilter {
     pub offers: Option<Vec<String>>,
     pub test_leads: TestLeads,
     pub dnc: DncPolicy,
+    /// `when`: a condition of the `[qualify]` language, which may use the target's named
+    /// values (`"complete"`, `"score >= 60"`). `None`: every lead.
+    pub when: Option<Predicate>,
 }
 
 impl TargetFilter {
@@ -484,6 +488,11 @@ impl TargetFilter {
                     .is_some_and(|a| actions.iter().any(|x| same_action(x, a)));
             if !selected {
                 return Err("action not selected");
+            }
+        }
+        if let Some(when) = &self.when {
+            if !when.holds(lead) {
+                return Err("qualification: `when` is false");
             }
         }
         Ok(())

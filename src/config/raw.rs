@@ -5,7 +5,8 @@
 //! so that `validate.rs` can check them all and report every mistake with its key; these
 //! structs must not carry defaults or meaning beyond "this key exists with this type".
 //!
-//! Sections that need their own path-aware handling (`sources.*`, `mapping.fields`) are
+//! Sections that need their own path-aware handling (`sources.*`, `mapping.fields`,
+//! `qualify.*`) are
 //! declared here as [`IgnoredAny`] so they count as known keys, and are read from the
 //! merged value tree by `validate.rs`.
 
@@ -145,6 +146,8 @@ pub(crate) struct TargetTop {
     pub canary: Option<String>,
     /// Kind-specific: validated later by the connector, kept as JSON.
     pub connection: Option<serde_json::Value>,
+    /// Named values computed per lead: read from the tree by `validate.rs`.
+    pub qualify: Option<IgnoredAny>,
     pub filter: Option<IgnoredAny>,
     pub mapping: Option<IgnoredAny>,
     pub limits: Option<IgnoredAny>,
@@ -160,6 +163,8 @@ pub(crate) struct RawFilter {
     pub offers: Option<Vec<String>>,
     pub test_leads: Option<String>,
     pub dnc: Option<String>,
+    /// A condition of the `[qualify]` language (`"complete"`).
+    pub when: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

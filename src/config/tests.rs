@@ -390,6 +390,7 @@ fn full_target_is_read() {
             offers: Some(vec!["pub.offer".into()]),
             test_leads: TestLeads::Include,
             dnc: DncPolicy::Skip,
+            when: None,
         }
     );
     assert_eq!(
@@ -1083,4 +1084,177 @@ fn max_stalled_is_a_bounded_count_and_zero_is_allowed() {
     );
     let e = f.error("targets/crm.toml", "limits.max_stalled");
     assert!(e.message.contains("65"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// [qualify] (docs/qualification.md)
+// ---------------------------------------------------------------------------------------
+
+fn read(record: serde_json::Value) -> leadsync_core::Lead {
+    leadsync_core::read_lead("l".into(), &record).unwrap()
+}
+
+#[test]
+fn qualify_feeds_the_filter_and_the_mapping() {
+    let f = Fixture::new(MAIN);
+    f.write(
+        "targets/crm.toml",
+        &target(
+            "[qualify.rating]\n\
+             cases = [{ when = \"complete and action = PLT\", value = \"Hot\" }]\n\
+             default = \"Cold\"\n\
+             [qualify.complete]\nwhen = \"has email and has company and not free_mail\"\n\
+             [filter]\nwhen = \"complete\"\n\
+             [mapping.fields]\nRating = \"rating\"\n\
+             Summary = { template = \"{rating} (complete: {complete})\" }\n",
+        ),
+    );
+    let s = f.load().unwrap_or_else(|e| panic!("{e}"));
+    let t = &s.targets[0];
+    let q = t.mapping.qualification.as_deref().expect("a qualification");
+    assert_eq!(q.names().collect::<Vec<_>>(), ["complete", "rating"]);
+    let full = read(serde_json::json!({"UserDetails": {"Email": "a@contoso.com",
+        "Company": "Contoso"}, "LeadSource": "SPZA", "ActionCode": "PLT"}));
+    let free = read(serde_json::json!({"UserDetails": {"Email": "a@gmail.com",
+        "Company": "Contoso"}, "LeadSource": "SPZA", "ActionCode": "PLT"}));
+    assert_eq!(t.filter.admits(&full), Ok(()));
+    assert_eq!(
+        t.filter.admits(&free),
+        Err("qualification: `when` is false")
+    );
+    let m = t.mapping.apply_to(leadsync_core::Mapping::default());
+    let (rec, _) = m.apply(&full, "k", &[]);
+    assert_eq!(rec.get_str("Rating"), Some("Hot"));
+    assert_eq!(rec.get_str("Summary"), Some("Hot (complete: true)"));
+    let (rec, _) = m.apply(&free, "k", &[]);
+    assert_eq!(rec.get_str("Summary"), Some("Cold (complete: false)"));
+
+    // A filter condition without any [qualify] table uses lead fields only.
+    let f = Fixture::new(MAIN);
+    f.write(
+        "targets/crm.toml",
+        &target("[filter]\nwhen = \"country in [US, USA] and not free_mail\"\n"),
+    );
+    let s = f.load().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.targets[0].mapping.qualification, None);
+    assert!(s.targets[0].filter.when.is_some());
+}
+
+#[test]
+fn qualify_mistakes_name_file_and_key() {
+    let f = Fixture::new(MAIN);
+    f.write(
+        "targets/crm.toml",
+        &target(
+            "[qualify.rating]\ncases = [{ when = \"has email\", value = \"Hot\" },\n\
+             { when = \"emial = x\", value = \"Warm\" }]\n",
+        ),
+    );
+    let e = f.error("targets/crm.toml", "qualify.rating.cases[1].when");
+    assert!(e.message.starts_with("unknown field `emial`"), "{e}");
+
+    // A broken rule is reported once: the mapping that reads it is not blamed as well.
+    let f = Fixture::new(MAIN);
+    f.write(
+        "targets/crm.toml",
+        &target(
+            "[qualify.score]\nbase = 500\n[mapping.fields]\nScore = \"score\"\n\
+             [filter]\nwhen = \"score > 3\"\n",
+        ),
+    );
+    let errors = f.errors();
+    assert_eq!(errors.len(), 1, "{}", ConfigErrors(errors.clone()));
+    assert_eq!(errors[0].key, "qualify.score.base");
+
+    for (toml, key) in [
+        ("qualify = 3\n", "qualify"),
+        ("[qualify]\nrating = \"hot\"\n", "qualify.rating"),
+        ("[qualify.Rating]\nwhen = \"true\"\n", "qualify.Rating"),
+        ("[qualify.x]\nwhen = 5\n", "qualify.x.when"),
+        ("[filter]\nwhen = \"rating = hot\"\n", "filter.when"),
+    ] {
+        let f = Fixture::new(MAIN);
+        f.write("targets/crm.toml", &target(toml));
+        f.error("targets/crm.toml", key);
+    }
+}
+
+#[test]
+fn qualify_rules_may_come_from_the_environment() {
+    let f = Fixture::new(MAIN);
+    f.write(
+        "targets/crm.toml",
+        &target("[qualify.complete]\nwhen = \"has email\"\n"),
+    );
+    let s = f
+        .load_env(&[("LEADSYNC_TARGET_CRM__QUALIFY__COMPLETE__WHEN", "has phone")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let m = s.targets[0]
+        .mapping
+        .apply_to(leadsync_core::Mapping::default());
+    let v = m
+        .qualify(&read(
+            serde_json::json!({"UserDetails": {"Email": "a@b.example"}}),
+        ))
+        .unwrap();
+    assert_eq!(v.get("complete"), Some(&serde_json::json!(false)));
+    let errors = f
+        .load_env(&[("LEADSYNC_TARGET_CRM__QUALIFY__COMPLETE__WHEN", "has emial")])
+        .unwrap_err();
+    let e = errors.first().unwrap();
+    assert_eq!(e.key, "qualify.complete.when");
+    assert!(
+        e.message.ends_with(
+            "(set by environment variable LEADSYNC_TARGET_CRM__QUALIFY__COMPLETE__WHEN)"
+        ),
+        "{e}"
+    );
+}
+
+/// The shipped Salesforce and Dataverse examples rate leads as their comments say.
+#[test]
+fn shipped_example_rules_rate_leads() {
+    let examples = repo_config().join("examples/targets");
+    let f = Fixture::new(MAIN);
+    for name in ["salesforce.toml", "dynamics.toml"] {
+        f.write(
+            &format!("targets/{name}"),
+            &std::fs::read_to_string(examples.join(name)).unwrap(),
+        );
+    }
+    let s = load_with_env(
+        &f.path("leadsync.toml"),
+        &["salesforce", "dynamics"],
+        Vec::new(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let hot = read(
+        serde_json::json!({"UserDetails": {"Email": "ann@contoso.com",
+        "Company": "Contoso", "Phone": "+1 425 555 0100", "Title": "CTO"},
+        "LeadSource": "AzureMarketplace", "ActionCode": "INS"}),
+    );
+    // PLT 40 + company 15 - free mail 20 + base 10 = 45: warm, not complete.
+    let warm = read(
+        serde_json::json!({"UserDetails": {"Email": "bo@gmail.com", "Company": "Bo's"},
+        "LeadSource": "SPZA", "ActionCode": "PLT"}),
+    );
+    let cold = read(
+        serde_json::json!({"UserDetails": {"Email": "cy@contoso.com",
+        "Company": "Contoso", "Phone": "1"}, "LeadSource": "SPZA", "ActionCode": "DNC"}),
+    );
+    let map = |target: &str, lead: &leadsync_core::Lead, field: &str| {
+        let t = s.target(target).unwrap();
+        let (rec, _) = t
+            .mapping
+            .apply_to(leadsync_core::Mapping::default())
+            .apply(lead, "k", &[]);
+        rec.get(field).cloned()
+    };
+    use serde_json::json;
+    assert_eq!(map("salesforce", &hot, "Rating"), Some(json!("Hot")));
+    assert_eq!(map("salesforce", &warm, "Rating"), Some(json!("Warm")));
+    assert_eq!(map("salesforce", &cold, "Rating"), Some(json!("Cold")));
+    assert_eq!(map("dynamics", &hot, "leadqualitycode"), Some(json!(1)));
+    assert_eq!(map("dynamics", &warm, "leadqualitycode"), Some(json!(2)));
+    assert_eq!(map("dynamics", &cold, "leadqualitycode"), Some(json!(3)));
 }

@@ -8,11 +8,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use config::{Map, Value, ValueKind};
 use leadsync_core::mapping::{FieldOverride, MappingOverrides, RawRule, RawRuleSpec};
-use leadsync_core::{Action, KeyScope, Origin};
+use leadsync_core::qualify::{KeyPart, RawQualify};
+use leadsync_core::{Action, KeyScope, Origin, Predicate, Qualification};
 use serde::de::DeserializeOwned;
 
 use super::checked::*;
@@ -884,8 +886,9 @@ pub(crate) fn check_target(
             None
         }
     };
-    let filter = check_filter(fc);
-    let mapping = check_mapping(fc);
+    let (qualification, qualified_names) = check_qualify(fc);
+    let filter = check_filter(fc, qualification.as_ref());
+    let mapping = check_mapping(fc, &qualified_names, qualification.as_ref());
     let limits = check_limits(fc);
     let retry = check_retry(fc);
     let idempotency = check_idempotency(fc);
@@ -893,6 +896,7 @@ pub(crate) fn check_target(
     let name = name?;
     let (key_scope, namespace) = idempotency?;
     let mapping = mapping?;
+    qualification.as_ref()?;
     if !top_ok {
         return None;
     }
@@ -936,7 +940,80 @@ fn check_kind(fc: &mut FileCheck<'_>, raw: Option<&str>, known: &[&str]) -> Opti
     }
 }
 
-fn check_filter(fc: &mut FileCheck<'_>) -> Option<TargetFilter> {
+/// `[qualify]`: name -> the table of one named value. Returns the checked qualification
+/// (`None` when it had mistakes, already reported) and the names it declares, which the
+/// mapping may read either way (so a broken rule is not reported again as an unknown field).
+fn check_qualify(fc: &mut FileCheck<'_>) -> (Option<Arc<Qualification>>, Vec<String>) {
+    let path = keys(&["qualify"]);
+    let table = match lookup(fc.root, &path) {
+        None => return (Some(Arc::new(Qualification::default())), Vec::new()),
+        Some(Value {
+            kind: ValueKind::Table(t),
+            ..
+        }) => t.clone(),
+        Some(v) => {
+            let found = describe(v);
+            fc.err_at(
+                &path,
+                format!("expected a [qualify] table of [qualify.<name>] tables, found {found}"),
+            );
+            return (None, Vec::new());
+        }
+    };
+    let table: BTreeMap<String, Value> = table.into_iter().collect();
+    let names: Vec<String> = table.keys().cloned().collect();
+    let mut raws = BTreeMap::new();
+    let mut ok = true;
+    for (name, value) in table {
+        let mut at = path.clone();
+        at.push(Segment::Key(name.clone()));
+        if !matches!(value.kind, ValueKind::Table(_)) {
+            fc.err_at(
+                &at,
+                format!(
+                    "expected a table with `when`, `cases` or `add` (see docs/qualification.md),                      found {}",
+                    describe(&value)
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        match de::from_value::<RawQualify>(value) {
+            Ok(raw) => {
+                raws.insert(name, raw);
+            }
+            Err(e) => {
+                fc.de_err(&at, e);
+                ok = false;
+            }
+        }
+    }
+    if !ok {
+        return (None, names);
+    }
+    match Qualification::from_raw(&raws) {
+        Ok(q) => {
+            let ordered = q.names().map(String::from).collect();
+            (Some(Arc::new(q)), ordered)
+        }
+        Err(errors) => {
+            for e in errors {
+                let mut at = path.clone();
+                at.extend(e.path.iter().map(|p| match p {
+                    KeyPart::Key(k) => Segment::Key(k.clone()),
+                    KeyPart::Index(i) => Segment::Index(*i),
+                }));
+                fc.err_at(&at, e.message);
+            }
+            (None, names)
+        }
+    }
+}
+
+fn check_filter(
+    fc: &mut FileCheck<'_>,
+    qualification: Option<&Arc<Qualification>>,
+) -> Option<TargetFilter> {
     let raw: RawFilter = fc.read(&keys(&["filter"]))?;
     let mut ok = true;
 
@@ -982,6 +1059,22 @@ fn check_filter(fc: &mut FileCheck<'_>) -> Option<TargetFilter> {
         &[("mark", DncPolicy::Mark), ("skip", DncPolicy::Skip)],
         DncPolicy::Mark,
     );
+    let when = match (raw.when.as_deref(), qualification) {
+        (None, _) => None,
+        // [qualify] has mistakes, already reported: its names cannot be checked.
+        (Some(_), None) => {
+            ok = false;
+            None
+        }
+        (Some(text), Some(q)) => match Predicate::parse(Arc::clone(q), text) {
+            Ok(p) => Some(p),
+            Err(m) => {
+                fc.err(&["filter", "when"], m);
+                ok = false;
+                None
+            }
+        },
+    };
     let actions = flatten(actions, &mut ok);
     let origins = flatten(origins, &mut ok);
     let offers = flatten(offers, &mut ok);
@@ -991,6 +1084,7 @@ fn check_filter(fc: &mut FileCheck<'_>) -> Option<TargetFilter> {
         offers,
         test_leads: test_leads?,
         dnc: dnc?,
+        when,
     };
     ok.then_some(filter)
 }
@@ -1041,7 +1135,12 @@ fn check_list<T>(
     out
 }
 
-fn check_mapping(fc: &mut FileCheck<'_>) -> Option<MappingOverrides> {
+/// `[mapping]`; its fields may read the `[qualify]` values named `qualified`.
+fn check_mapping(
+    fc: &mut FileCheck<'_>,
+    qualified: &[String],
+    qualification: Option<&Arc<Qualification>>,
+) -> Option<MappingOverrides> {
     let raw: RawMapping = fc.read(&keys(&["mapping"]))?;
     let fields_path = keys(&["mapping", "fields"]);
     let table = match lookup(fc.root, &fields_path) {
@@ -1064,7 +1163,7 @@ fn check_mapping(fc: &mut FileCheck<'_>) -> Option<MappingOverrides> {
     for (crm_field, value) in table {
         let mut path = fields_path.clone();
         path.push(Segment::Key(crm_field.clone()));
-        let rule = check_rule(fc, &path, &crm_field, value);
+        let rule = check_rule(fc, &path, &crm_field, value, qualified);
         match (rule, &mut fields) {
             (Some(r), Some(f)) => f.push(r),
             (Some(_), None) => {}
@@ -1074,6 +1173,7 @@ fn check_mapping(fc: &mut FileCheck<'_>) -> Option<MappingOverrides> {
     Some(MappingOverrides {
         replace_defaults: raw.replace_defaults.unwrap_or(false),
         fields: fields?,
+        qualification: qualification.filter(|q| !q.is_empty()).cloned(),
     })
 }
 
@@ -1082,6 +1182,7 @@ fn check_rule(
     path: &[Segment],
     crm_field: &str,
     value: Value,
+    qualified: &[String],
 ) -> Option<FieldOverride> {
     if crm_field.trim().is_empty() {
         fc.err_at(path, "a CRM field name cannot be empty");
@@ -1108,7 +1209,7 @@ fn check_rule(
             return None;
         }
     };
-    match FieldOverride::from_raw(crm_field, &rule) {
+    match FieldOverride::from_raw_named(crm_field, &rule, qualified) {
         Ok(checked) => Some(checked),
         Err(e) => {
             fc.err_at(path, e.reason);

@@ -3,7 +3,8 @@
 //! The lead model, its readers and the quarantine record of what could not be read
 //! ([`lead`]), the decoding of record bytes that may not be UTF-8 ([`decode`]), the
 //! connector contract and failure classes ([`connector`]), how a connector is built from a
-//! target's settings ([`build`]), the field-mapping engine ([`mapping`]), idempotency keys
+//! target's settings ([`build`]), the field-mapping engine ([`mapping`]) and the `[qualify]`
+//! rule language it computes named values with ([`qualify`]), idempotency keys
 //! ([`key`]), redaction of personal data and secrets ([`pii`]), secret references
 //! ([`secret_ref`]), `Retry-After` parsing ([`retry_after`]), and the HTTP pieces every HTTP
 //! connector shares: client setup and status classification ([`http`]) and the OAuth token
@@ -21,6 +22,7 @@ pub mod mapping;
 pub mod oauth;
 pub mod pace;
 pub mod pii;
+pub mod qualify;
 pub mod read_error;
 pub mod retry_after;
 pub mod secret_ref;
@@ -40,4 +42,5 @@ pub use mapping::{
     MappingOverrides, RawRule,
 };
 pub use pii::{Pii, Secret};
+pub use qualify::{Predicate, Qualification, Qualified};
 pub use secret_ref::{SecretError, SecretRef};

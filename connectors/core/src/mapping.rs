@@ -6,13 +6,20 @@
 //! value and an optional `max_chars`. Connectors supply a default mapping that the TOML
 //! overrides field by field. Values longer than the limit are truncated, with a warning that
 //! names the field and the lengths but never the value.
+//!
+//! A target's `[qualify]` values ([`crate::qualify`]) are sources too: `"rating"` or
+//! `{ template = "{rating} ({score})" }`. The checked overrides carry the qualification, and
+//! [`MappingOverrides::apply_to`] attaches it to the effective [`Mapping`], which computes the
+//! values once per lead before its rules.
 
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use crate::lead::Lead;
+use crate::qualify::{Qualification, Qualified};
 
 /// The declared maximum length of one CRM field, in characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +77,9 @@ pub enum LeadField {
     CustomerInfoRaw,
     /// An unknown column kept from the source, by its name.
     Extra(String),
+    /// A value of the target's `[qualify]` table, by its name. It has a value only where
+    /// the qualification was computed ([`LeadField::value_with`], [`Mapping::apply`]).
+    Qualified(String),
 }
 
 impl LeadField {
@@ -136,7 +146,32 @@ impl LeadField {
         })
     }
 
-    /// The value of this field for one lead; `None` when the lead has none.
+    /// [`LeadField::parse`], or a name of the target's `[qualify]` table.
+    pub fn parse_named(name: &str, qualified: &[String]) -> Option<LeadField> {
+        LeadField::parse(name).or_else(|| {
+            qualified
+                .iter()
+                .any(|q| q == name)
+                .then(|| LeadField::Qualified(name.to_string()))
+        })
+    }
+
+    /// The value of this field for one lead, with the lead's `[qualify]` values when they
+    /// were computed.
+    pub fn value_with(
+        &self,
+        lead: &Lead,
+        idempotency_key: &str,
+        qualified: Option<&Qualified>,
+    ) -> Option<Value> {
+        match self {
+            LeadField::Qualified(name) => qualified.and_then(|q| q.get(name)).cloned(),
+            other => other.value(lead, idempotency_key),
+        }
+    }
+
+    /// The value of this field for one lead; `None` when the lead has none (and for a
+    /// [`LeadField::Qualified`] value, which needs [`LeadField::value_with`]).
     pub fn value(&self, lead: &Lead, idempotency_key: &str) -> Option<Value> {
         let s = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(|s| Value::String(s.into()));
         let c = &lead.customer;
@@ -181,8 +216,22 @@ impl LeadField {
                 .find(|(k, _)| k.eq_ignore_ascii_case(col))
                 .map(|(_, v)| v.clone())
                 .filter(|v| !v.is_null()),
+            LeadField::Qualified(_) => None,
         }
     }
+}
+
+/// "unknown lead field ...; expected one of ..." for mapping entries and templates.
+fn unknown_field(what: &str, name: &str, qualified: &[String]) -> String {
+    let named = if qualified.is_empty() {
+        String::new()
+    } else {
+        format!(", or a [qualify] value ({})", qualified.join(", "))
+    };
+    format!(
+        "{what}unknown lead field {name:?}; expected one of {}{named}",
+        LeadField::NAMES.join(", ")
+    )
 }
 
 /// A piece of a template: literal text or a lead field.
@@ -243,17 +292,23 @@ impl FieldRule {
 
     /// Validate one TOML entry.
     pub fn from_raw(crm_field: &str, raw: RawRule) -> Result<FieldRule, MappingError> {
+        FieldRule::from_raw_named(crm_field, raw, &[])
+    }
+
+    /// Validate one TOML entry that may read the target's `[qualify]` values (`qualified`:
+    /// their names).
+    pub fn from_raw_named(
+        crm_field: &str,
+        raw: RawRule,
+        qualified: &[String],
+    ) -> Result<FieldRule, MappingError> {
         let err = |reason: String| MappingError {
             field: crm_field.to_string(),
             reason,
         };
         let parse_field = |name: &str| {
-            LeadField::parse(name).ok_or_else(|| {
-                err(format!(
-                    "unknown lead field {name:?}; expected one of {}",
-                    LeadField::NAMES.join(", ")
-                ))
-            })
+            LeadField::parse_named(name, qualified)
+                .ok_or_else(|| err(unknown_field("", name, qualified)))
         };
         let (source, default, max_chars) = match raw {
             RawRule::Field(name) => (ValueSource::Field(parse_field(&name)?), None, None),
@@ -278,7 +333,7 @@ impl FieldRule {
                     ValueSource::Constant(v)
                 } else {
                     let t = spec.template.unwrap_or_default();
-                    ValueSource::Template(parse_template(&t).map_err(err)?)
+                    ValueSource::Template(parse_template(&t, qualified).map_err(err)?)
                 };
                 if spec.max_chars == Some(0) {
                     return Err(err("max_chars must be at least 1".into()));
@@ -294,16 +349,16 @@ impl FieldRule {
         })
     }
 
-    fn evaluate(&self, lead: &Lead, key: &str) -> Option<Value> {
+    fn evaluate(&self, lead: &Lead, key: &str, q: Option<&Qualified>) -> Option<Value> {
         let v = match &self.source {
-            ValueSource::Field(f) => f.value(lead, key),
+            ValueSource::Field(f) => f.value_with(lead, key, q),
             ValueSource::Constant(v) => Some(v.clone()),
             ValueSource::Template(parts) => {
                 let mut out = String::new();
                 for p in parts {
                     match p {
                         TemplatePart::Literal(l) => out.push_str(l),
-                        TemplatePart::Field(f) => match f.value(lead, key) {
+                        TemplatePart::Field(f) => match f.value_with(lead, key, q) {
                             Some(Value::String(s)) => out.push_str(&s),
                             Some(other) => out.push_str(&other.to_string()),
                             None => {}
@@ -318,7 +373,7 @@ impl FieldRule {
     }
 }
 
-fn parse_template(t: &str) -> Result<Vec<TemplatePart>, String> {
+fn parse_template(t: &str, qualified: &[String]) -> Result<Vec<TemplatePart>, String> {
     let mut parts = Vec::new();
     let mut lit = String::new();
     let mut chars = t.chars().peekable();
@@ -341,11 +396,8 @@ fn parse_template(t: &str) -> Result<Vec<TemplatePart>, String> {
                         None => return Err(format!("template {t:?} has an unclosed `{{`")),
                     }
                 }
-                let field = LeadField::parse(name.trim()).ok_or_else(|| {
-                    format!(
-                        "template {t:?} names unknown lead field {name:?}; expected one of {}",
-                        LeadField::NAMES.join(", ")
-                    )
+                let field = LeadField::parse_named(name.trim(), qualified).ok_or_else(|| {
+                    unknown_field(&format!("template {t:?} names "), &name, qualified)
                 })?;
                 if !lit.is_empty() {
                     parts.push(TemplatePart::Literal(std::mem::take(&mut lit)));
@@ -433,15 +485,29 @@ pub struct Truncation {
     pub max_chars: usize,
 }
 
-/// A validated mapping: the rules of one target, in order.
+/// A validated mapping: the rules of one target, in order, and the target's `[qualify]`
+/// values they may read.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Mapping {
     pub rules: Vec<FieldRule>,
+    /// Computed once per lead before the rules; `None`: no `[qualify]` table.
+    pub qualification: Option<Arc<Qualification>>,
 }
 
 impl Mapping {
-    pub fn new(rules: Vec<FieldRule>) -> Self {
-        Mapping { rules }
+    pub const fn new(rules: Vec<FieldRule>) -> Self {
+        Mapping {
+            rules,
+            qualification: None,
+        }
+    }
+
+    /// The lead's `[qualify]` values, when the mapping has any.
+    pub fn qualify(&self, lead: &Lead) -> Option<Qualified> {
+        self.qualification
+            .as_deref()
+            .filter(|q| !q.is_empty())
+            .map(|q| q.evaluate(lead))
     }
 
     /// Merge the TOML table over a connector's defaults (see [`MappingOverrides`]); for
@@ -464,8 +530,9 @@ impl Mapping {
     ) -> (MappedRecord, Vec<Truncation>) {
         let mut out = MappedRecord::default();
         let mut truncations = Vec::new();
+        let qualified = self.qualify(lead);
         for rule in &self.rules {
-            let Some(mut v) = rule.evaluate(lead, idempotency_key) else {
+            let Some(mut v) = rule.evaluate(lead, idempotency_key, qualified.as_ref()) else {
                 continue;
             };
             let max = rule.max_chars.or_else(|| {
@@ -506,6 +573,9 @@ pub struct MappingOverrides {
     /// `true`: only these fields are written, not the connector's defaults.
     pub replace_defaults: bool,
     pub fields: Vec<FieldOverride>,
+    /// The target's `[qualify]` values, which `fields` may read; attached to the effective
+    /// mapping by [`MappingOverrides::apply_to`].
+    pub qualification: Option<Arc<Qualification>>,
 }
 
 impl MappingOverrides {
@@ -521,7 +591,14 @@ impl MappingOverrides {
         Ok(MappingOverrides {
             replace_defaults,
             fields,
+            qualification: None,
         })
+    }
+
+    /// These overrides with the target's `[qualify]` values.
+    pub fn with_qualification(mut self, qualification: Arc<Qualification>) -> Self {
+        self.qualification = Some(qualification);
+        self
     }
 
     /// No `[mapping.fields]` entries (the connector's defaults as they are).
@@ -538,8 +615,12 @@ impl MappingOverrides {
     }
 
     /// The effective mapping: entries override fields of the same name (case-sensitive, as
-    /// CRMs are), add new ones, or drop them.
+    /// CRMs are), add new ones, or drop them; the target's `[qualify]` values come along.
     pub fn apply_to(&self, defaults: Mapping) -> Mapping {
+        let qualification = self
+            .qualification
+            .clone()
+            .or_else(|| defaults.qualification.clone());
         let mut rules = if self.replace_defaults {
             Vec::new()
         } else {
@@ -556,13 +637,26 @@ impl MappingOverrides {
                 }
             }
         }
-        Mapping { rules }
+        Mapping {
+            rules,
+            qualification,
+        }
     }
 }
 
 impl FieldOverride {
     /// Validate one `[mapping.fields]` entry.
     pub fn from_raw(crm_field: &str, raw: &RawRule) -> Result<FieldOverride, MappingError> {
+        FieldOverride::from_raw_named(crm_field, raw, &[])
+    }
+
+    /// Validate one `[mapping.fields]` entry that may read the target's `[qualify]` values
+    /// (`qualified`: their names).
+    pub fn from_raw_named(
+        crm_field: &str,
+        raw: &RawRule,
+        qualified: &[String],
+    ) -> Result<FieldOverride, MappingError> {
         if crm_field.trim().is_empty() {
             return Err(MappingError {
                 field: crm_field.to_string(),
@@ -571,7 +665,9 @@ impl FieldOverride {
         }
         match raw {
             RawRule::Spec(spec) if spec.omit => Ok(FieldOverride::Omit(crm_field.to_string())),
-            raw => FieldRule::from_raw(crm_field, raw.clone()).map(FieldOverride::Set),
+            raw => {
+                FieldRule::from_raw_named(crm_field, raw.clone(), qualified).map(FieldOverride::Set)
+            }
         }
     }
 }

@@ -81,11 +81,14 @@ impl MarketoConnector {
     fn record_input(&self, rec: &OutboundRecord, lookup: &str) -> Value {
         let mut input: Map<String, Value> = rec.fields.to_json_object();
         input.retain(|k, v| {
+            if k.eq_ignore_ascii_case(&self.lookup_field) {
+                return false;
+            }
             let opt_out = self
                 .opt_out_fields
                 .iter()
                 .any(|f| f.eq_ignore_ascii_case(k));
-            !(opt_out && *v == Value::Bool(false)) && !k.eq_ignore_ascii_case(&self.lookup_field)
+            !(opt_out && *v == Value::Bool(false))
         });
         input.insert(self.lookup_field.clone(), Value::String(lookup.to_string()));
         Value::Object(input)
