@@ -13,6 +13,11 @@
 //! - `batch`: Salesforce sObject Collections and Dataverse `$batch` against their fakes with
 //!   50 ms added to every request; leads/s next to in_flight × batch ÷ 50 ms.
 //!   `LEADSYNC_BENCH_BATCH_ROUNDS` (default 10 rounds of batch × concurrency leads).
+//! - `paced`: Marketo 300 × 1 and HubSpot 100 × 4 against their fakes with 50 ms added to
+//!   every request; there the CRM's own call-rate limit (Marketo 100 calls per 20 s, HubSpot
+//!   100 per 10 s) is the ceiling, not the round trip: leads/s next to calls per window ×
+//!   batch ÷ window, and the most calls the fake counted in one window.
+//!   `LEADSYNC_BENCH_PACED_CALLS` (default 150 calls each).
 //! - `freshness`: the real binary in `run` mode, a spool source pulled every second, an https
 //!   target; leads dropped at random times; drop → arrival at the fake, p50/p99/max.
 //!   `LEADSYNC_BENCH_FRESH_LEADS` (default 100), `LEADSYNC_BENCH_FRESH_SECS` (default 40).
@@ -40,6 +45,8 @@ use leadsync::pipeline::{drain_target, pull_source, PushReport, Target};
 use leadsync::sources::Source;
 use leadsync_core::{idempotency_key, KeyScope};
 use leadsync_fakes::dataverse::FakeDataverse;
+use leadsync_fakes::hubspot::{HubSpotFake, HubSpotFakeConfig};
+use leadsync_fakes::marketo::{MarketoFake, MarketoFakeConfig};
 use leadsync_fakes::https_receiver::{HttpsReceiver, ReceiverOptions, Reply};
 use leadsync_fakes::salesforce::{SalesforceFake, SalesforceFakeConfig};
 use rand::Rng;
@@ -573,6 +580,90 @@ concurrency = {conc}
     println!("(limit = in flight × batch ÷ 50 ms; rt limit = in flight × batch ÷ the mean round trip the engine measured, mapping to answer, fake's work included; timed after one warm-up round)");
 }
 
+/// Marketo and HubSpot, whose published call rates bound a backlog's throughput: see the
+/// module comment (`paced`).
+async fn bench_paced() {
+    let calls = env_usize("LEADSYNC_BENCH_PACED_CALLS", 150);
+    println!(
+        "\n## paced connectors: {} ms added per request, {calls} calls each",
+        ADDED_LATENCY.as_millis()
+    );
+    println!(
+        "{:<9} {:>6} {:>9} {:>7} {:>9} {:>12} {:>9} {:>9} {:>14}",
+        "connector", "batch", "in flight", "leads", "leads/s", "rate ceiling", "of it", "rt limit", "max calls/win"
+    );
+    let mkto = MarketoFake::start(MarketoFakeConfig::default()).await.expect("marketo fake");
+    mkto.set_latency(ADDED_LATENCY);
+    let mc = MarketoFakeConfig::default();
+    let target = format!(
+        r#"
+kind = "marketo"
+schedule = "*/30 * * * * *"
+[connection]
+endpoint = "{url}"
+client_id = "{id}"
+client_secret = "{secret}"
+[limits]
+batch_size = 300
+concurrency = 1
+"#,
+        url = mkto.base_url(),
+        id = mc.client_id,
+        secret = mc.client_secret,
+    );
+    let d = Deployment::new("marketo", &target, "*/30 * * * * *");
+    let (_, _, r, push_s) = warm_then_report(&d, 300, calls * 300).await;
+    print_paced_row("marketo", 300, 1, &r, push_s, (100, mc.window), mkto.max_calls_in_window());
+
+    let hs = HubSpotFake::start(HubSpotFakeConfig::default()).await.expect("hubspot fake");
+    hs.set_latency(ADDED_LATENCY);
+    let hc = HubSpotFakeConfig::default();
+    let target = format!(
+        r#"
+kind = "hubspot"
+schedule = "*/30 * * * * *"
+[connection]
+base_url = "{url}"
+access_token = "{token}"
+[limits]
+batch_size = 100
+concurrency = 4
+"#,
+        url = hs.base_url(),
+        token = hc.token,
+    );
+    let d = Deployment::new("hubspot", &target, "*/30 * * * * *");
+    let (_, _, r, push_s) = warm_then_report(&d, 400, calls * 100).await;
+    print_paced_row("hubspot", 100, 4, &r, push_s, (100, hc.burst_window), hs.max_calls_in_window());
+    println!("(rate ceiling = the CRM's calls per window × batch ÷ window; rt limit = in flight × batch ÷ the mean round trip; max calls/win = the most calls the fake counted in one window, limit 100; timed after one warm-up round)");
+}
+
+fn print_paced_row(
+    connector: &str,
+    batch: usize,
+    conc: usize,
+    r: &PushReport,
+    push_s: f64,
+    (calls, window): (usize, Duration),
+    max_in_window: usize,
+) {
+    let rate = r.delivered as f64 / push_s;
+    let ceiling = (calls * batch) as f64 / window.as_secs_f64();
+    let mean_rt = r.request_time.as_secs_f64() / r.requests.max(1) as f64;
+    println!(
+        "{:<9} {:>6} {:>9} {:>7} {:>9.0} {:>12.0} {:>8.0}% {:>9.0} {:>14}",
+        connector,
+        batch,
+        conc,
+        r.delivered,
+        rate,
+        ceiling,
+        100.0 * rate / ceiling,
+        (batch * conc) as f64 / mean_rt,
+        max_in_window,
+    );
+}
+
 /// One row of the batch table: leads/s next to in_flight × batch ÷ 50 ms and ÷ the mean
 /// round trip the engine measured.
 fn print_batch_row(connector: &str, batch: usize, conc: usize, r: &PushReport, push_s: f64) {
@@ -1099,6 +1190,7 @@ async fn main() {
         "https",
         "https-hang",
         "batch",
+        "paced",
         "freshness",
         "inbox",
         "ledger",
@@ -1125,6 +1217,9 @@ async fn main() {
     }
     if want("batch") {
         bench_batch().await;
+    }
+    if want("paced") {
+        bench_paced().await;
     }
     if want("freshness") {
         bench_freshness().await;
