@@ -45,9 +45,9 @@ use leadsync::pipeline::{drain_target, pull_source, PushReport, Target};
 use leadsync::sources::Source;
 use leadsync_core::{idempotency_key, KeyScope};
 use leadsync_fakes::dataverse::FakeDataverse;
+use leadsync_fakes::https_receiver::{HttpsReceiver, ReceiverOptions, Reply};
 use leadsync_fakes::hubspot::{HubSpotFake, HubSpotFakeConfig};
 use leadsync_fakes::marketo::{MarketoFake, MarketoFakeConfig};
-use leadsync_fakes::https_receiver::{HttpsReceiver, ReceiverOptions, Reply};
 use leadsync_fakes::salesforce::{SalesforceFake, SalesforceFakeConfig};
 use rand::Rng;
 use std::io::Write;
@@ -590,9 +590,19 @@ async fn bench_paced() {
     );
     println!(
         "{:<9} {:>6} {:>9} {:>7} {:>9} {:>12} {:>9} {:>9} {:>14}",
-        "connector", "batch", "in flight", "leads", "leads/s", "rate ceiling", "of it", "rt limit", "max calls/win"
+        "connector",
+        "batch",
+        "in flight",
+        "leads",
+        "leads/s",
+        "rate ceiling",
+        "of it",
+        "rt limit",
+        "max calls/win"
     );
-    let mkto = MarketoFake::start(MarketoFakeConfig::default()).await.expect("marketo fake");
+    let mkto = MarketoFake::start(MarketoFakeConfig::default())
+        .await
+        .expect("marketo fake");
     mkto.set_latency(ADDED_LATENCY);
     let mc = MarketoFakeConfig::default();
     let target = format!(
@@ -613,9 +623,19 @@ concurrency = 1
     );
     let d = Deployment::new("marketo", &target, "*/30 * * * * *");
     let (_, _, r, push_s) = warm_then_report(&d, 300, calls * 300).await;
-    print_paced_row("marketo", 300, 1, &r, push_s, (100, mc.window), mkto.max_calls_in_window());
+    print_paced_row(
+        "marketo",
+        300,
+        1,
+        &r,
+        push_s,
+        (100, mc.window),
+        mkto.max_calls_in_window(),
+    );
 
-    let hs = HubSpotFake::start(HubSpotFakeConfig::default()).await.expect("hubspot fake");
+    let hs = HubSpotFake::start(HubSpotFakeConfig::default())
+        .await
+        .expect("hubspot fake");
     hs.set_latency(ADDED_LATENCY);
     let hc = HubSpotFakeConfig::default();
     let target = format!(
@@ -634,7 +654,15 @@ concurrency = 4
     );
     let d = Deployment::new("hubspot", &target, "*/30 * * * * *");
     let (_, _, r, push_s) = warm_then_report(&d, 400, calls * 100).await;
-    print_paced_row("hubspot", 100, 4, &r, push_s, (100, hc.burst_window), hs.max_calls_in_window());
+    print_paced_row(
+        "hubspot",
+        100,
+        4,
+        &r,
+        push_s,
+        (100, hc.burst_window),
+        hs.max_calls_in_window(),
+    );
     println!("(rate ceiling = the CRM's calls per window × batch ÷ window; rt limit = in flight × batch ÷ the mean round trip; max calls/win = the most calls the fake counted in one window, limit 100; timed after one warm-up round)");
 }
 

@@ -4,14 +4,22 @@
 //! (Marketo documents the race). Two tools, for every connector that needs them:
 //!
 //! - [`rounds_by_key`] splits one batch into rounds in which no key appears twice, keeping
-//!   each key's records in their order, so the rounds go out one after the other;
+//!   each key's records in their order, so the rounds go out one after the other, and
+//!   [`write_in_rounds`] drives a connector's push through them, chunk by chunk, putting each
+//!   outcome back in its record's place;
 //! - [`KeyLocks`] makes calls of different pushes in flight at once wait for each other when
 //!   they share a key (the lock is for the set of keys of one call, taken all at once, so
 //!   two calls cannot deadlock).
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Mutex;
 use tokio::sync::Notify;
+
+use crate::connector::{DeliveryFailure, DeliveryOutcome, OutboundRecord};
+
+/// A record of a batch being written: its index in the batch and its key.
+pub type KeyedRecord = (usize, String);
 
 /// Split items, given by their keys in order, into rounds with no key twice in a round;
 /// each key's items keep their order (a later item lands in a later round). Keys compare
@@ -35,6 +43,49 @@ pub fn rounds_by_key<'a>(keys: impl IntoIterator<Item = &'a str>) -> Vec<Vec<usi
         }
     }
     rounds.into_iter().map(|(_, idx)| idx).collect()
+}
+
+/// Write `batch` in rounds by key: `key` gives each record's key (or the failure of a record
+/// that has none), the rounds of [`rounds_by_key`] go out one after the other in chunks of
+/// at most `chunk_size`, and `write` sends one chunk, answering one outcome per record in
+/// order. Returns one outcome per record of `batch`, in order.
+pub async fn write_in_rounds<F, Fut>(
+    batch: &[OutboundRecord],
+    chunk_size: usize,
+    key: impl Fn(&OutboundRecord) -> Result<String, DeliveryFailure>,
+    mut write: F,
+) -> Vec<DeliveryOutcome>
+where
+    F: FnMut(Vec<KeyedRecord>) -> Fut,
+    Fut: Future<Output = Vec<DeliveryOutcome>>,
+{
+    let mut out: Vec<Option<DeliveryOutcome>> = vec![None; batch.len()];
+    let mut keyed: Vec<KeyedRecord> = Vec::with_capacity(batch.len());
+    for (i, rec) in batch.iter().enumerate() {
+        match key(rec) {
+            Ok(k) => keyed.push((i, k)),
+            Err(f) => out[i] = Some(DeliveryOutcome::Failed(f)),
+        }
+    }
+    for round in rounds_by_key(keyed.iter().map(|(_, k)| k.as_str())) {
+        for chunk in round.chunks(chunk_size.max(1)) {
+            let records: Vec<KeyedRecord> = chunk.iter().map(|&j| keyed[j].clone()).collect();
+            let places: Vec<usize> = records.iter().map(|(i, _)| *i).collect();
+            for (i, o) in places.into_iter().zip(write(records).await) {
+                out[i] = Some(o);
+            }
+        }
+    }
+    out.into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                DeliveryOutcome::Failed(DeliveryFailure::transient(
+                    "internal",
+                    "record was not sent",
+                ))
+            })
+        })
+        .collect()
 }
 
 /// The keys of calls in flight (lower-cased); see the module comment.

@@ -15,7 +15,7 @@
 //!
 //! It must not sleep or retry in time (the pipeline does), and never logs a value.
 
-use leadsync_core::serial::rounds_by_key;
+use leadsync_core::serial::{write_in_rounds, KeyedRecord};
 use leadsync_core::{DeliveryFailure, DeliveryOutcome, FailureClass, OutboundRecord};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
@@ -31,51 +31,28 @@ pub const MAX_BATCH: usize = 100;
 
 const UPSERT_PATH: &str = "crm/v3/objects/contacts/batch/upsert";
 
-/// One input of a call: its index in the batch and its id value.
-type Input<'a> = (usize, &'a str);
-
 impl HubSpotConnector {
     /// Deliver a batch: one outcome per record, in order.
     pub(crate) async fn push_batch(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
-        let mut out: Vec<Option<DeliveryOutcome>> = vec![None; batch.len()];
-        let mut ids: Vec<(usize, String)> = Vec::with_capacity(batch.len());
-        for (i, rec) in batch.iter().enumerate() {
-            match self.id_value(rec) {
-                Some(v) => ids.push((i, v)),
-                None => {
-                    out[i] = Some(DeliveryOutcome::Failed(DeliveryFailure::rejected(
-                        "hubspot_no_id_value",
-                        format!(
-                            "the lead has no {}: HubSpot matches contacts on it",
-                            self.id_property
-                        ),
-                    )))
-                }
-            }
-        }
-        for round in rounds_by_key(ids.iter().map(|(_, v)| v.as_str())) {
-            for chunk in round.chunks(MAX_BATCH) {
-                let inputs: Vec<Input<'_>> = chunk
-                    .iter()
-                    .map(|&j| (ids[j].0, ids[j].1.as_str()))
-                    .collect();
-                let _held = self.key_locks.lock(inputs.iter().map(|(_, v)| *v)).await;
-                let outcomes = self.upsert_splitting(batch, &inputs).await;
-                for ((i, _), o) in inputs.iter().zip(outcomes) {
-                    out[*i] = Some(o);
-                }
-            }
-        }
-        out.into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    DeliveryOutcome::Failed(DeliveryFailure::transient(
-                        "internal",
-                        "record was not sent",
-                    ))
-                })
+        let key = |r: &OutboundRecord| {
+            self.id_value(r).ok_or_else(|| {
+                DeliveryFailure::rejected(
+                    "hubspot_no_id_value",
+                    format!(
+                        "the lead has no {}: HubSpot matches contacts on it",
+                        self.id_property
+                    ),
+                )
             })
-            .collect()
+        };
+        write_in_rounds(batch, MAX_BATCH, key, |chunk| async move {
+            let _held = self
+                .key_locks
+                .lock(chunk.iter().map(|(_, v)| v.as_str()))
+                .await;
+            self.upsert_splitting(batch, &chunk).await
+        })
+        .await
     }
 
     /// The value HubSpot matches this record on: the mapped e-mail, or the key.
@@ -120,7 +97,7 @@ impl HubSpotConnector {
     fn upsert_splitting<'a>(
         &'a self,
         batch: &'a [OutboundRecord],
-        inputs: &'a [Input<'a>],
+        inputs: &'a [KeyedRecord],
     ) -> Pin<Box<dyn Future<Output = Vec<DeliveryOutcome>> + Send + 'a>> {
         Box::pin(async move {
             let refused = match self.upsert(batch, inputs).await {
@@ -141,7 +118,7 @@ impl HubSpotConnector {
     async fn upsert(
         &self,
         batch: &[OutboundRecord],
-        inputs: &[Input<'_>],
+        inputs: &[KeyedRecord],
     ) -> Result<Vec<DeliveryOutcome>, DeliveryFailure> {
         let body = json!({
             "inputs": inputs.iter().map(|(i, id)| self.input(&batch[*i], id)).collect::<Vec<_>>()
@@ -153,7 +130,7 @@ impl HubSpotConnector {
     /// Tie results and errors to inputs by id value.
     fn read_results(
         &self,
-        inputs: &[Input<'_>],
+        inputs: &[KeyedRecord],
         status: StatusCode,
         body: &Value,
     ) -> Vec<DeliveryOutcome> {

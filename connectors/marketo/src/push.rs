@@ -7,7 +7,7 @@
 //!
 //! It must not sleep or retry (the pipeline does), and never logs a field value.
 
-use leadsync_core::serial::rounds_by_key;
+use leadsync_core::serial::{write_in_rounds, KeyedRecord};
 use leadsync_core::{DeliveryFailure, DeliveryOutcome, OutboundRecord};
 use reqwest::Method;
 use serde_json::{json, Map, Value};
@@ -21,44 +21,21 @@ pub const MAX_BATCH: usize = 300;
 impl MarketoConnector {
     /// Deliver a batch: one outcome per record, in order.
     pub(crate) async fn push_batch(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
-        let mut out: Vec<Option<DeliveryOutcome>> = vec![None; batch.len()];
-        let mut lookups: Vec<(usize, String)> = Vec::with_capacity(batch.len());
-        for (i, rec) in batch.iter().enumerate() {
-            match self.lookup_value(rec) {
-                Some(v) => lookups.push((i, v)),
-                None => {
-                    out[i] = Some(DeliveryOutcome::Failed(DeliveryFailure::rejected(
-                        "marketo_no_lookup_value",
-                        format!(
-                            "the lead has no {}: Marketo looks leads up by it",
-                            self.lookup_field
-                        ),
-                    )))
-                }
-            }
-        }
-        for round in rounds_by_key(lookups.iter().map(|(_, v)| v.as_str())) {
-            for chunk in round.chunks(MAX_BATCH) {
-                let recs: Vec<(usize, &str)> = chunk
-                    .iter()
-                    .map(|&j| (lookups[j].0, lookups[j].1.as_str()))
-                    .collect();
-                let outcomes = self.sync_leads(batch, &recs).await;
-                for ((i, _), o) in recs.iter().zip(outcomes) {
-                    out[*i] = Some(o);
-                }
-            }
-        }
-        out.into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    DeliveryOutcome::Failed(DeliveryFailure::transient(
-                        "internal",
-                        "record was not sent",
-                    ))
-                })
+        let key = |r: &OutboundRecord| {
+            self.lookup_value(r).ok_or_else(|| {
+                DeliveryFailure::rejected(
+                    "marketo_no_lookup_value",
+                    format!(
+                        "the lead has no {}: Marketo looks leads up by it",
+                        self.lookup_field
+                    ),
+                )
             })
-            .collect()
+        };
+        write_in_rounds(batch, MAX_BATCH, key, |chunk| async move {
+            self.sync_leads(batch, &chunk).await
+        })
+        .await
     }
 
     /// The value Marketo looks this record up by: the mapped e-mail, or the key.
@@ -99,7 +76,7 @@ impl MarketoConnector {
     async fn sync_leads(
         &self,
         batch: &[OutboundRecord],
-        recs: &[(usize, &str)],
+        recs: &[KeyedRecord],
     ) -> Vec<DeliveryOutcome> {
         let inputs: Vec<Value> = recs
             .iter()
@@ -113,7 +90,10 @@ impl MarketoConnector {
         if let (Some(p), Some(o)) = (&self.partition_name, body.as_object_mut()) {
             o.insert("partitionName".into(), Value::String(p.clone()));
         }
-        let _held = self.key_locks.lock(recs.iter().map(|(_, v)| *v)).await;
+        let _held = self
+            .key_locks
+            .lock(recs.iter().map(|(_, v)| v.as_str()))
+            .await;
         let all = |f: DeliveryFailure| vec![DeliveryOutcome::Failed(f); recs.len()];
         let results = match self.call(Method::POST, "v1/leads.json", Some(&body)).await {
             Ok(r) => r,

@@ -10,7 +10,7 @@
 //! It must not sleep or retry (the pipeline does), and never logs a field value.
 
 use leadsync_core::http::body_excerpt;
-use leadsync_core::serial::rounds_by_key;
+use leadsync_core::serial::write_in_rounds;
 use leadsync_core::{DeliveryFailure, DeliveryOutcome, FailureClass, OutboundRecord};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
@@ -23,30 +23,16 @@ pub const MAX_BATCH: usize = 200;
 impl SalesforceConnector {
     /// Deliver a batch: one outcome per record, in order.
     pub(crate) async fn push_batch(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
-        let mut out: Vec<Option<DeliveryOutcome>> = vec![None; batch.len()];
-        for round in rounds_by_key(batch.iter().map(|r| r.idempotency_key.as_str())) {
-            for chunk in round.chunks(MAX_BATCH) {
-                let outcomes = if let [only] = chunk {
-                    vec![self.upsert_one(&batch[*only]).await]
-                } else {
-                    let recs: Vec<&OutboundRecord> = chunk.iter().map(|i| &batch[*i]).collect();
-                    self.upsert_collection(&recs).await
-                };
-                for (i, o) in chunk.iter().zip(outcomes) {
-                    out[*i] = Some(o);
-                }
+        let key = |r: &OutboundRecord| Ok(r.idempotency_key.clone());
+        write_in_rounds(batch, MAX_BATCH, key, |chunk| async move {
+            if let [(only, _)] = chunk.as_slice() {
+                vec![self.upsert_one(&batch[*only]).await]
+            } else {
+                let recs: Vec<&OutboundRecord> = chunk.iter().map(|(i, _)| &batch[*i]).collect();
+                self.upsert_collection(&recs).await
             }
-        }
-        out.into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    DeliveryOutcome::Failed(DeliveryFailure::transient(
-                        "internal",
-                        "record was not sent",
-                    ))
-                })
-            })
-            .collect()
+        })
+        .await
     }
 
     /// The body of one record: the mapped fields, minus the external ID (it travels in the
