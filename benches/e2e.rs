@@ -663,7 +663,7 @@ concurrency = 4
         (100, hc.burst_window),
         hs.max_calls_in_window(),
     );
-    println!("(rate ceiling = the CRM's calls per window × batch ÷ window; rt limit = in flight × batch ÷ the mean round trip; max calls/win = the most calls the fake counted in one window, limit 100; timed after one warm-up round)");
+    println!("(rate ceiling = the CRM's calls per window × batch ÷ window; rt limit = in flight × batch ÷ the mean round trip, the pacer's waits included; max calls/win = the most calls the fake counted in one window, limit 100; timed after one warm-up round)");
 }
 
 fn print_paced_row(

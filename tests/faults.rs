@@ -81,6 +81,16 @@ fn write_leads(d: &Deployment, n: usize) {
     }
 }
 
+/// Half a second in, the CRM answers 150 ms slower for 1.5 s.
+fn slow_spell(rt: &tokio::runtime::Runtime, set_latency: impl Fn(Duration) + Send + 'static) {
+    rt.spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        set_latency(Duration::from_millis(150));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        set_latency(Duration::ZERO);
+    });
+}
+
 /// The lead number of a first name `F<i>` (see [`write_leads`]).
 fn lead_number(first_name: Option<&str>) -> Option<usize> {
     first_name?.strip_prefix('F')?.parse().ok()
@@ -463,12 +473,7 @@ fn salesforce_round(seed: u64, leads: usize) {
     // Tokens also run out by themselves, and the org is slow for a while mid-run.
     fake.set_token_lifetime(Some(Duration::from_millis(1500)));
     let slow = Arc::clone(&fake);
-    rt.spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        slow.set_latency(Duration::from_millis(150));
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        slow.set_latency(Duration::ZERO);
-    });
+    slow_spell(&rt, move |d| slow.set_latency(d));
     eprintln!(
         "salesforce faults: seed {seed}, {leads} leads, {faults} faults injected: {kinds:?}, \
          plus 1.5 s token lifetime and a slow spell"
@@ -621,12 +626,7 @@ fn hubspot_round(seed: u64, leads: usize) {
         }
     }
     let slow = Arc::clone(&fake);
-    rt.spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        slow.set_latency(Duration::from_millis(150));
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        slow.set_latency(Duration::ZERO);
-    });
+    slow_spell(&rt, move |d| slow.set_latency(d));
     eprintln!("hubspot faults: seed {seed}, {leads} leads, {faults} faults injected: {kinds:?}");
     let d = Deployment::with_target(&format!(
         r#"
@@ -756,12 +756,7 @@ fn marketo_round(seed: u64, leads: usize) {
         }
     }
     let slow = Arc::clone(&fake);
-    rt.spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        slow.set_latency(Duration::from_millis(150));
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        slow.set_latency(Duration::ZERO);
-    });
+    slow_spell(&rt, move |d| slow.set_latency(d));
     eprintln!("marketo faults: seed {seed}, {leads} leads, {faults} faults injected: {kinds:?}");
     let config = MarketoFakeConfig::default();
     let d = Deployment::with_target(&format!(
