@@ -975,6 +975,7 @@ async fn bench_ledger() {
                 deliveries: vec![PlannedDelivery {
                     target: "crm".into(),
                     idempotency_key: idempotency_key("crm", KeyScope::Lead, &lead),
+                    not_before: None,
                 }],
                 lead,
             }

@@ -55,6 +55,21 @@ pub const KINDS: &[ConnectorKind] = &[
         name: "hubspot",
         build: leadsync_hubspot::build,
     },
+    #[cfg(feature = "notify")]
+    ConnectorKind {
+        name: "email",
+        build: leadsync_notify::build_email,
+    },
+    #[cfg(feature = "notify")]
+    ConnectorKind {
+        name: "teams",
+        build: leadsync_notify::build_teams,
+    },
+    #[cfg(feature = "notify")]
+    ConnectorKind {
+        name: "slack",
+        build: leadsync_notify::build_slack,
+    },
 ];
 
 /// The names of this build's target kinds, for the configuration check and its messages.
@@ -134,6 +149,7 @@ pub fn build_target_from(
         max_age: t.limits.max_age,
         lease: t.limits.lease.unwrap_or(default_lease),
         retry: t.retry,
+        digest: t.digest,
     })
 }
 

@@ -112,6 +112,7 @@ fn target(conn: Arc<Scripted>, batch_size: usize, concurrency: usize) -> Arc<Tar
         },
         adaptive: false,
         max_stalled: 0,
+        digest: None,
     })
 }
 
@@ -130,6 +131,7 @@ async fn ledger_with(n: usize) -> (tempfile::TempDir, Arc<dyn Ledger>) {
                 deliveries: vec![PlannedDelivery {
                     target: "crm".into(),
                     idempotency_key: format!("key-{i}"),
+                    not_before: None,
                 }],
                 lead,
             }

@@ -58,6 +58,7 @@ fn target(connector: Arc<dyn Connector>, batch_size: usize, concurrency: usize) 
         max_age: Duration::from_secs(72 * 3600),
         lease: Duration::from_secs(120),
         retry: retry(10, 100),
+        digest: None,
     }
 }
 
@@ -83,6 +84,7 @@ async fn ledger_with(n: usize) -> (tempfile::TempDir, Arc<dyn Ledger>) {
                     deliveries: vec![PlannedDelivery {
                         target: "crm".into(),
                         idempotency_key: format!("key-{i}"),
+                        not_before: None,
                     }],
                     lead,
                 }

@@ -355,6 +355,9 @@ pub struct TargetSettings {
     pub schedule: CronSchedule,
     /// When to send the target's canary (a marked test lead, end to end); `None`: never.
     pub canary: Option<CronSchedule>,
+    /// `digest`: new leads wait for the end of this interval (counted from the Unix epoch)
+    /// and go out together; `None`: at once.
+    pub digest: Option<Duration>,
     /// The `[connection]` table, for the connector to validate (`{}` when absent).
     pub connection: serde_json::Value,
     pub filter: TargetFilter,

@@ -144,6 +144,8 @@ pub(crate) struct TargetTop {
     pub schedule: Option<String>,
     /// When to send the target's canary (a marked test lead), if ever.
     pub canary: Option<String>,
+    /// Hold new leads until the end of this interval, so they go out together (a digest).
+    pub digest: Option<String>,
     /// Kind-specific: validated later by the connector, kept as JSON.
     pub connection: Option<serde_json::Value>,
     /// Named values computed per lead: read from the tree by `validate.rs`.

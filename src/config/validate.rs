@@ -832,7 +832,7 @@ pub(crate) fn check_target(
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let top = fc.read_top::<TargetTop>();
     let top_ok = top.is_some();
-    let (name, kind, enabled, schedule, canary, connection) = match top {
+    let (name, kind, enabled, schedule, canary, connection, digest) = match top {
         Some(t) => (
             t.name,
             t.kind,
@@ -840,8 +840,9 @@ pub(crate) fn check_target(
             t.schedule,
             t.canary,
             t.connection,
+            t.digest,
         ),
-        None => (None, None, None, None, None, None),
+        None => (None, None, None, None, None, None, None),
     };
 
     let name = match name {
@@ -873,6 +874,12 @@ pub(crate) fn check_target(
     let canary = match canary.as_deref() {
         None => Some(None),
         Some(expr) => fc.cron(&["canary"], Some(expr)).map(Some),
+    };
+    let digest = match digest.as_deref() {
+        None => Some(None),
+        Some(d) => fc
+            .duration(&["digest"], Some(d), Duration::ZERO, false)
+            .map(Some),
     };
     let connection = match connection {
         None => Some(serde_json::Value::Object(Default::default())),
@@ -909,6 +916,7 @@ pub(crate) fn check_target(
         enabled: enabled.unwrap_or(true),
         schedule: schedule?,
         canary: canary?,
+        digest: digest?,
         connection: connection?,
         filter: filter?,
         mapping,

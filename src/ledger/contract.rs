@@ -52,6 +52,7 @@ pub(super) fn staged(id: &str, targets: &[&str]) -> StagedLead {
             .map(|t| PlannedDelivery {
                 target: (*t).to_owned(),
                 idempotency_key: format!("{t}:{id}"),
+                not_before: None,
             })
             .collect(),
     }
@@ -670,6 +671,7 @@ async fn forget_and_purge_erase_personal_data(ledger: &dyn Ledger) {
             deliveries: vec![PlannedDelivery {
                 target: "crm".to_owned(),
                 idempotency_key: format!("crm:{id}"),
+                not_before: None,
             }],
         });
     }

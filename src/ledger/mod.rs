@@ -64,6 +64,8 @@ pub enum LedgerError {
 pub struct PlannedDelivery {
     pub target: String,
     pub idempotency_key: String,
+    /// Not due before this (a digest target's interval end); `None`: due at once.
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 /// A lead as it enters the ledger, with the deliveries its matching targets need.

@@ -113,7 +113,7 @@ where
                     .bind(delivery.idempotency_key.as_str())?
                     .value("'pending'")
                     .value("0")
-                    .bind(now)?
+                    .bind(delivery.not_before.map_or(now, super::codec::to_ms))?
                     .bind(now)?
                     .bind(now)?
                     .bind(now)?;

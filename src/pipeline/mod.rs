@@ -66,13 +66,19 @@ pub struct Target {
     pub max_age: Duration,
     pub lease: Duration,
     pub retry: RetryPolicy,
+    /// New leads wait for the end of this interval and go out together (see
+    /// [`digest_due`]); `None`: at once.
+    pub digest: Option<Duration>,
 }
 
 impl Target {
     /// The delivery this target owes `lead`, if its filter admits it.
     pub fn plan(&self, lead: &leadsync_core::Lead) -> Option<PlannedDelivery> {
         match self.filter.admits(lead) {
-            Ok(()) => Some(self.delivery_of(lead)),
+            Ok(()) => Some(PlannedDelivery {
+                not_before: self.digest.map(|d| digest_due(Utc::now(), d)),
+                ..self.delivery_of(lead)
+            }),
             Err(why) => {
                 tracing::debug!(target = %self.name, lead = %lead.id, reason = why, "lead not for this target");
                 None
@@ -88,8 +94,18 @@ impl Target {
         PlannedDelivery {
             target: self.name.clone(),
             idempotency_key: idempotency_key(&self.key_namespace, self.key_scope, lead),
+            not_before: None,
         }
     }
+}
+
+/// When a lead staged at `now` is due on a target with a `digest` interval: the end of the
+/// interval `now` falls in, intervals counted from the Unix epoch, so every lead of one
+/// interval comes due at the same moment and goes out in one batch (one message).
+pub fn digest_due(now: DateTime<Utc>, digest: Duration) -> DateTime<Utc> {
+    let every = (digest.as_millis() as i64).max(1);
+    let next = (now.timestamp_millis().div_euclid(every) + 1) * every;
+    DateTime::from_timestamp_millis(next).unwrap_or(now)
 }
 
 #[derive(Debug, thiserror::Error)]

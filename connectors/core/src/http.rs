@@ -311,6 +311,23 @@ pub fn parse_service_url(s: &str) -> Result<reqwest::Url, String> {
     Ok(url)
 }
 
+/// A webhook URL: https (or loopback http), no user name; its query is kept (a Teams
+/// Workflows URL carries its signature there). The error does not repeat the URL, which is
+/// a credential.
+pub fn parse_webhook_url(s: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(s.trim()).map_err(|e| format!("not a URL: {e}"))?;
+    if !is_https_or_loopback(&url) {
+        return Err(format!(
+            "expected an https:// URL, found scheme {:?}",
+            url.scheme()
+        ));
+    }
+    if !url.username().is_empty() {
+        return Err("the URL must not carry a user name".into());
+    }
+    Ok(url)
+}
+
 /// `Authorization: Bearer <token>` value from a secret.
 pub fn bearer(token: &Secret) -> String {
     format!("Bearer {}", token.expose())
