@@ -605,6 +605,16 @@ pub async fn run(mut loaded: Loaded) -> anyhow::Result<()> {
         inbox.as_ref(),
     )
     .await?;
+    // The alerter outlives generations too: its book of active conditions must see a fix
+    // made by a reload, to say it is resolved.
+    let (alert_config, alert_rx) =
+        tokio::sync::watch::channel(crate::alerts::AlertConfig::of(&loaded.settings));
+    let alerter = tokio::spawn(crate::alerts::run(
+        alert_rx,
+        Arc::clone(&ledger),
+        Arc::clone(&health),
+        process_stop.clone(),
+    ));
     notify(&[sd_notify::NotifyState::Ready]);
 
     if let Some(interval) = watchdog_interval() {
@@ -649,6 +659,7 @@ pub async fn run(mut loaded: Loaded) -> anyhow::Result<()> {
                         tracing::info!("configuration reloaded; restarting jobs");
                         generation.stop().await;
                         loaded = new;
+                        let _ = alert_config.send(crate::alerts::AlertConfig::of(&loaded.settings));
                         generation = match Generation::start(&loaded, Arc::clone(&ledger), Arc::clone(&health), inbox.as_ref()).await {
                             Ok(g) => g,
                             Err(e) => {
@@ -673,6 +684,7 @@ pub async fn run(mut loaded: Loaded) -> anyhow::Result<()> {
     }
     generation.stop().await;
     process_stop.cancel();
+    let _ = alerter.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -5,11 +5,13 @@
 //! shapes. Each listens on 127.0.0.1 on a free port.
 
 pub mod azure_table_faults;
+pub mod chat_webhook;
 pub mod dataverse;
 pub mod https_receiver;
 pub mod hubspot;
 pub mod marketo;
 pub mod salesforce;
+pub mod smtp;
 
 /// Announce a skipped test where the person running `cargo test` sees it: written straight
 /// to the process's stderr, past the test harness's output capture, which would otherwise

@@ -30,6 +30,31 @@ pub struct Settings {
     pub sources: Vec<SourceSettings>,
     /// In file-name order. May be empty (`check` should warn).
     pub targets: Vec<TargetSettings>,
+    /// `None` when there is no `[alerts]` section.
+    pub alerts: Option<AlertSettings>,
+}
+
+/// `[alerts]`: conditions an operator hears about, and the channels they go to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertSettings {
+    /// In name order; at least one.
+    pub channels: Vec<AlertChannelSettings>,
+    /// A condition still true is told again at most this often (default 1h).
+    pub repeat_after: Duration,
+    /// A source that has not pulled successfully for this long is an alert (default 1h).
+    pub source_stale_after: Duration,
+    /// How often the conditions are looked at (default 30s).
+    pub check_every: Duration,
+}
+
+/// One alert channel: a notification kind (`email`, `teams`, `slack`) and its settings,
+/// already checked by building it once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertChannelSettings {
+    pub name: String,
+    pub kind: String,
+    /// The kind's connection keys (as a notification target's `[connection]`).
+    pub connection: serde_json::Value,
 }
 
 impl Settings {

@@ -34,10 +34,11 @@ use std::path::{Path, PathBuf};
 use config::{Config, Environment, File, FileFormat, Map, Source, Value};
 
 pub use checked::{
-    redact_database_url, AdminSettings, AfterRead, AzureTableSourceSettings, Concurrency,
-    CronSchedule, DncPolicy, HttpsInboxSettings, InboxTls, LedgerLocation, LedgerSettings, Limits,
-    LogFormat, PostgresLedgerSettings, RetryPolicy, Settings, SourceKind, SourceSettings,
-    SpoolSettings, TargetFilter, TargetSettings, TelemetrySettings, TestLeads,
+    redact_database_url, AdminSettings, AfterRead, AlertChannelSettings, AlertSettings,
+    AzureTableSourceSettings, Concurrency, CronSchedule, DncPolicy, HttpsInboxSettings, InboxTls,
+    LedgerLocation, LedgerSettings, Limits, LogFormat, PostgresLedgerSettings, RetryPolicy,
+    Settings, SourceKind, SourceSettings, SpoolSettings, TargetFilter, TargetSettings,
+    TelemetrySettings, TestLeads,
 };
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 
@@ -148,6 +149,7 @@ where
                 telemetry: Some(telemetry),
                 admin: Some(admin),
                 sources: Some(sources),
+                alerts: Some(alerts),
             },
             true,
         ) => Ok(Settings {
@@ -159,6 +161,7 @@ where
             admin,
             sources,
             targets,
+            alerts,
         }),
         _ if errors.is_empty() => Err(ConfigErrors(vec![ConfigError::new(
             &config_path,

@@ -28,12 +28,30 @@ pub(crate) struct MainTop {
     pub telemetry: Option<IgnoredAny>,
     pub admin: Option<IgnoredAny>,
     pub sources: Option<IgnoredAny>,
+    pub alerts: Option<IgnoredAny>,
 }
 
 /// The top-level keys of `leadsync.toml`: the only `LEADSYNC_<KEY>...` environment
 /// variables read as configuration (others, like `LEADSYNC_CONFIG`, belong to the CLI).
-pub(crate) const MAIN_SECTIONS: &[&str] =
-    &["targets_dir", "ledger", "telemetry", "admin", "sources"];
+pub(crate) const MAIN_SECTIONS: &[&str] = &[
+    "targets_dir",
+    "ledger",
+    "telemetry",
+    "admin",
+    "sources",
+    "alerts",
+];
+
+/// `[alerts]`: when to tell the operator, and where (`[alerts.channels.<name>]`, each a
+/// `kind` and that kind's connection keys, read as JSON by `validate.rs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAlerts {
+    pub repeat_after: Option<String>,
+    pub source_stale_after: Option<String>,
+    pub check_every: Option<String>,
+    pub channels: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

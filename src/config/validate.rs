@@ -251,6 +251,7 @@ pub(crate) struct MainParts {
     pub telemetry: Option<TelemetrySettings>,
     pub admin: Option<Option<AdminSettings>>,
     pub sources: Option<Vec<SourceSettings>>,
+    pub alerts: Option<Option<AlertSettings>>,
 }
 
 pub(crate) fn check_main(fc: &mut FileCheck<'_>, config_dir: &Path) -> MainParts {
@@ -276,6 +277,7 @@ pub(crate) fn check_main(fc: &mut FileCheck<'_>, config_dir: &Path) -> MainParts
         telemetry: check_telemetry(fc),
         admin: check_admin(fc),
         sources: check_sources(fc, config_dir),
+        alerts: check_alerts(fc, config_dir),
     }
 }
 
@@ -286,6 +288,7 @@ fn main_parts_without_targets(fc: &mut FileCheck<'_>, config_dir: &Path) -> Main
         telemetry: check_telemetry(fc),
         admin: check_admin(fc),
         sources: check_sources(fc, config_dir),
+        alerts: check_alerts(fc, config_dir),
     }
 }
 
@@ -466,6 +469,98 @@ fn check_admin(fc: &mut FileCheck<'_>) -> Option<Option<AdminSettings>> {
             }
         },
     }
+}
+
+/// `[alerts]`: durations, and each channel built once (secrets read, addresses parsed) so
+/// that a mistake names `alerts.channels.<name>.<key>` now rather than at the first alert.
+fn check_alerts(fc: &mut FileCheck<'_>, config_dir: &Path) -> Option<Option<AlertSettings>> {
+    if fc.root.get("alerts").is_none() {
+        return Some(None);
+    }
+    let raw: RawAlerts = fc.read(&keys(&["alerts"]))?;
+    let hour = Duration::from_secs(3600);
+    let repeat_after = fc.duration(
+        &["alerts", "repeat_after"],
+        raw.repeat_after.as_deref(),
+        hour,
+        false,
+    );
+    let stale = fc.duration(
+        &["alerts", "source_stale_after"],
+        raw.source_stale_after.as_deref(),
+        hour,
+        false,
+    );
+    let every = fc.duration(
+        &["alerts", "check_every"],
+        raw.check_every.as_deref(),
+        Duration::from_secs(30),
+        false,
+    );
+    let mut channels = Vec::new();
+    let mut ok = true;
+    for (name, table) in raw.channels.unwrap_or_default() {
+        match check_alert_channel(&name, table, config_dir) {
+            Ok(c) => channels.push(c),
+            Err((key, message)) => {
+                let mut path = vec!["alerts", "channels", name.as_str()];
+                path.extend(key.iter().map(String::as_str));
+                fc.err(&path, message);
+                ok = false;
+            }
+        }
+    }
+    if ok && channels.is_empty() {
+        fc.err(
+            &["alerts", "channels"],
+            "expected at least one [alerts.channels.<name>] table with a kind (email, teams, slack)",
+        );
+        return None;
+    }
+    Some(Some(AlertSettings {
+        channels: ok.then_some(channels)?,
+        repeat_after: repeat_after?,
+        source_stale_after: stale?,
+        check_every: every?,
+    }))
+}
+
+/// One `[alerts.channels.<name>]`: its `kind` and the rest as that kind's connection; the
+/// error's key path below the channel.
+fn check_alert_channel(
+    name: &str,
+    table: serde_json::Value,
+    config_dir: &Path,
+) -> Result<AlertChannelSettings, (Vec<String>, String)> {
+    let serde_json::Value::Object(mut map) = table else {
+        return Err((
+            Vec::new(),
+            "expected a table with a kind (email, teams, slack)".into(),
+        ));
+    };
+    let kind = match map.remove("kind") {
+        Some(serde_json::Value::String(k)) => k,
+        _ => {
+            return Err((
+                vec!["kind".into()],
+                "expected \"email\", \"teams\" or \"slack\"".into(),
+            ))
+        }
+    };
+    let connection = serde_json::Value::Object(map);
+    crate::alerts::check_channel(&kind, &connection, config_dir).map_err(|(key, message)| {
+        let key: Vec<String> = key
+            .split('.')
+            .filter(|k| !k.is_empty() && *k != "connection")
+            .map(str::to_string)
+            .collect();
+        (key, message)
+    })?;
+    Ok(AlertChannelSettings {
+        name: name.to_string(),
+        kind,
+        connection,
+    })
 }
 
 fn check_sources(fc: &mut FileCheck<'_>, config_dir: &Path) -> Option<Vec<SourceSettings>> {

@@ -56,7 +56,7 @@ impl NotifyError {
 
 /// Where a notification goes.
 pub enum Channel {
-    Email(EmailSender),
+    Email(Box<EmailSender>),
     Chat(ChatSender),
 }
 
@@ -71,7 +71,9 @@ impl Channel {
         match kind {
             "email" => {
                 let s: EmailSettings = serde_json::from_value(settings.clone()).map_err(read)?;
-                Ok(Channel::Email(EmailSender::try_new(&s, base_dir)?))
+                Ok(Channel::Email(Box::new(EmailSender::try_new(
+                    &s, base_dir,
+                )?)))
             }
             "teams" | "slack" => {
                 let s: ChatSettings = serde_json::from_value(settings.clone()).map_err(read)?;

@@ -1,0 +1,496 @@
+//! Operator alerts (`[alerts]` in `leadsync.toml`): an e-mail or chat message when delivery
+//! is in trouble, for operators who do not run Prometheus.
+//!
+//! Every `check_every` the daemon looks at what it knows ([`observe`]): targets down (the
+//! push engine's circuit) and failed canaries (from [`Health`]), dead letters and leads past
+//! the follow-up SLA (from the ledger), sources that have not pulled successfully for
+//! `source_stale_after`. Each such [`Condition`] has a key; the [`AlertBook`] tells a
+//! condition once when it appears, again at most every `repeat_after` while it lasts, and
+//! once when it clears. Messages carry names, counts and error codes, never a lead's data.
+//!
+//! Sending never blocks the pipeline (the alerter is its own task) and is never retried: a
+//! message that no channel took is logged, and the next reminder says it again.
+
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Health;
+use crate::config::AlertSettings;
+use crate::ledger::Ledger;
+
+/// Check one channel's settings by building it (secrets read, addresses parsed, no
+/// network); the error is `(key, message)` with the key under the channel.
+pub fn check_channel(
+    kind: &str,
+    connection: &serde_json::Value,
+    base_dir: &Path,
+) -> Result<(), (String, String)> {
+    channel(kind, connection, base_dir).map(|_| ())
+}
+
+#[cfg(feature = "notify")]
+type Channel = leadsync_notify::Channel;
+
+#[cfg(feature = "notify")]
+fn channel(
+    kind: &str,
+    connection: &serde_json::Value,
+    base_dir: &Path,
+) -> Result<Channel, (String, String)> {
+    leadsync_notify::Channel::try_new(kind, connection, base_dir).map_err(|e| (e.key, e.message))
+}
+
+#[cfg(not(feature = "notify"))]
+enum Channel {}
+
+#[cfg(not(feature = "notify"))]
+fn channel(_: &str, _: &serde_json::Value, _: &Path) -> Result<Channel, (String, String)> {
+    Err((
+        "kind".into(),
+        "this build has no notification channels (Cargo feature `notify`)".into(),
+    ))
+}
+
+/// Something wrong now, as an operator reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// What it is about, stable while it lasts (`down:salesforce`, `dead:crm`).
+    pub key: String,
+    /// One line: "target salesforce is down".
+    pub title: String,
+    /// Labelled details: reason, counts, what to run.
+    pub lines: Vec<(String, String)>,
+}
+
+/// A message the book decided to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertMessage {
+    pub key: String,
+    pub subject: String,
+    pub lines: Vec<(String, String)>,
+}
+
+struct Active {
+    since: DateTime<Utc>,
+    last_told: DateTime<Utc>,
+    title: String,
+}
+
+/// Which conditions are active and when each was last told (see the module comment).
+pub struct AlertBook {
+    repeat_after: chrono::Duration,
+    active: BTreeMap<String, Active>,
+}
+
+impl AlertBook {
+    pub fn new(repeat_after: Duration) -> AlertBook {
+        AlertBook {
+            repeat_after: chrono::Duration::from_std(repeat_after)
+                .unwrap_or(chrono::Duration::hours(1)),
+            active: BTreeMap::new(),
+        }
+    }
+
+    /// The conditions seen at `now`: what to tell (new ones, reminders that are due, and
+    /// those that cleared).
+    pub fn update(&mut self, now: DateTime<Utc>, seen: Vec<Condition>) -> Vec<AlertMessage> {
+        let mut out = Vec::new();
+        let mut still: BTreeMap<String, Active> = BTreeMap::new();
+        for c in seen {
+            match self.active.remove(&c.key) {
+                None => {
+                    out.push(AlertMessage {
+                        key: c.key.clone(),
+                        subject: format!("[leadsync] {}", c.title),
+                        lines: c.lines,
+                    });
+                    still.insert(
+                        c.key,
+                        Active {
+                            since: now,
+                            last_told: now,
+                            title: c.title,
+                        },
+                    );
+                }
+                Some(mut a) => {
+                    if now - a.last_told >= self.repeat_after {
+                        let mut lines = c.lines;
+                        lines.push(("Since".into(), since_line(a.since, now)));
+                        out.push(AlertMessage {
+                            key: c.key.clone(),
+                            subject: format!("[leadsync] still: {}", c.title),
+                            lines,
+                        });
+                        a.last_told = now;
+                    }
+                    a.title = c.title;
+                    still.insert(c.key, a);
+                }
+            }
+        }
+        for (key, gone) in std::mem::replace(&mut self.active, still) {
+            out.push(AlertMessage {
+                subject: format!("[leadsync] resolved: {}", gone.title),
+                lines: vec![("Lasted".into(), since_line(gone.since, now))],
+                key,
+            });
+        }
+        out
+    }
+
+    /// The keys of the active conditions.
+    pub fn active(&self) -> Vec<&str> {
+        self.active.keys().map(String::as_str).collect()
+    }
+}
+
+fn since_line(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let secs = (now - since).num_seconds().max(0) as u64;
+    format!(
+        "{} ({})",
+        since.format("%Y-%m-%d %H:%M:%S UTC"),
+        humantime::format_duration(Duration::from_secs(secs))
+    )
+}
+
+/// What the alerter watches, besides the ledger and [`Health`].
+pub struct Watch {
+    pub followup_sla: Duration,
+    pub source_stale_after: Duration,
+    /// The pulled sources (an inbox is pushed to: it has no pulls to miss).
+    pub sources: Vec<String>,
+    /// Per source, when it was last seen pulled without error (starts at the daemon's start).
+    pub last_good: HashMap<String, DateTime<Utc>>,
+}
+
+/// The conditions true at `now`.
+pub async fn observe(
+    ledger: &dyn Ledger,
+    health: &Health,
+    watch: &mut Watch,
+    now: DateTime<Utc>,
+) -> Vec<Condition> {
+    let mut seen = Vec::new();
+    let down: BTreeMap<String, String> = health.down.lock().map(|d| d.clone()).unwrap_or_default();
+    for (target, reason) in down {
+        seen.push(Condition {
+            key: format!("down:{target}"),
+            title: format!("target {target} is down"),
+            lines: vec![
+                ("Reason".into(), reason),
+                ("Meanwhile".into(), "no lead spends an attempt; leadsync probes the target and delivers the backlog when it answers".into()),
+            ],
+        });
+    }
+    let canaries: BTreeMap<String, String> = health
+        .canaries
+        .lock()
+        .map(|c| c.clone())
+        .unwrap_or_default();
+    for (target, reason) in canaries {
+        seen.push(Condition {
+            key: format!("canary:{target}"),
+            title: format!("the canary of target {target} failed"),
+            lines: vec![("Reason".into(), reason)],
+        });
+    }
+    match ledger.status(now).await {
+        Ok(status) => {
+            for t in status.targets.iter().filter(|t| t.dead > 0) {
+                seen.push(dead_letters(ledger, &t.target, t.dead).await);
+            }
+            seen.extend(stale_sources(&status.sources, watch, now));
+        }
+        Err(e) => tracing::warn!(error = %e, "alerts: reading the ledger's status failed"),
+    }
+    let sla = chrono::Duration::from_std(watch.followup_sla).unwrap_or(chrono::Duration::hours(1));
+    match ledger.overdue(now - sla).await {
+        Ok(overdue) => {
+            for (target, n) in overdue.into_iter().filter(|(_, n)| *n > 0) {
+                seen.push(Condition {
+                    key: format!("sla:{target}"),
+                    title: format!(
+                        "{n} lead(s) for target {target} waiting longer than the follow-up SLA"
+                    ),
+                    lines: vec![
+                        (
+                            "Follow-up SLA".into(),
+                            humantime::format_duration(watch.followup_sla).to_string(),
+                        ),
+                        (
+                            "See".into(),
+                            "leadsync status; leadsync trace <lead>".to_string(),
+                        ),
+                    ],
+                });
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "alerts: reading overdue leads failed"),
+    }
+    seen
+}
+
+/// A target's dead letters: the count and the CRM's codes (never its messages, which may
+/// echo a lead's values).
+async fn dead_letters(ledger: &dyn Ledger, target: &str, dead: u64) -> Condition {
+    let mut codes: BTreeMap<String, u64> = BTreeMap::new();
+    if let Ok(letters) = ledger.dead_letters(Some(target)).await {
+        for l in letters {
+            *codes
+                .entry(l.error_code.unwrap_or_else(|| "unknown".into()))
+                .or_default() += 1;
+        }
+    }
+    let mut by_count: Vec<(String, u64)> = codes.into_iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let reasons = by_count
+        .iter()
+        .take(5)
+        .map(|(code, n)| format!("{code} ×{n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Condition {
+        key: format!("dead:{target}"),
+        title: format!("target {target} has {dead} dead letter(s)"),
+        lines: vec![
+            ("Dead letters".into(), dead.to_string()),
+            ("Reasons".into(), reasons),
+            ("See".into(), format!("leadsync dead-letters list --target {target}; retry with leadsync dead-letters retry --target {target}")),
+        ],
+    }
+}
+
+fn stale_sources(
+    sources: &[crate::ledger::SourceStatus],
+    watch: &mut Watch,
+    now: DateTime<Utc>,
+) -> Vec<Condition> {
+    let stale_after =
+        chrono::Duration::from_std(watch.source_stale_after).unwrap_or(chrono::Duration::hours(1));
+    let mut out = Vec::new();
+    for name in &watch.sources {
+        let status = sources.iter().find(|s| &s.source == name);
+        if let Some(s) = status.filter(|s| s.last_error.is_none()) {
+            let good = watch.last_good.entry(name.clone()).or_insert(s.updated_at);
+            *good = (*good).max(s.updated_at);
+        }
+        let last_good = *watch.last_good.entry(name.clone()).or_insert(now);
+        if now - last_good < stale_after {
+            continue;
+        }
+        let mut lines = vec![("Last good pull".into(), since_line(last_good, now))];
+        if let Some(err) = status.and_then(|s| s.last_error.clone()) {
+            lines.push(("Last error".into(), err));
+        }
+        out.push(Condition {
+            key: format!("source:{name}"),
+            title: format!(
+                "source {name} has not pulled successfully for {}",
+                humantime::format_duration(Duration::from_secs(
+                    (now - last_good).num_seconds().max(0) as u64
+                ))
+            ),
+            lines,
+        });
+    }
+    out
+}
+
+/// What the alerter runs on: the `[alerts]` settings and what they watch. A reload sends a
+/// new one; the book of active conditions survives it, so a fix by reload still ends in its
+/// "resolved" message.
+#[derive(Clone)]
+pub struct AlertConfig {
+    pub settings: Option<AlertSettings>,
+    pub base_dir: std::path::PathBuf,
+    pub followup_sla: Duration,
+    /// The pulled sources.
+    pub sources: Vec<String>,
+}
+
+impl AlertConfig {
+    pub fn of(settings: &crate::config::Settings) -> AlertConfig {
+        AlertConfig {
+            settings: settings.alerts.clone(),
+            base_dir: settings.config_dir.clone(),
+            followup_sla: settings.telemetry.followup_sla,
+            sources: settings
+                .sources
+                .iter()
+                .filter(|s| s.kind.is_pulled())
+                .map(|s| s.name.clone())
+                .collect(),
+        }
+    }
+}
+
+/// Run the alerter until `stop`: observe every `check_every`, tell what the book says;
+/// take a new configuration from `config` when one comes.
+pub async fn run(
+    mut config: tokio::sync::watch::Receiver<AlertConfig>,
+    ledger: Arc<dyn Ledger>,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let mut book: Option<AlertBook> = None;
+    let mut watch = Watch {
+        followup_sla: Duration::from_secs(3600),
+        source_stale_after: Duration::from_secs(3600),
+        sources: Vec::new(),
+        last_good: HashMap::new(),
+    };
+    let mut channels: Vec<(String, Channel)> = Vec::new();
+    let mut every = Duration::from_secs(30);
+    config.mark_changed();
+    loop {
+        if config.has_changed().unwrap_or(false) {
+            let c = config.borrow_and_update().clone();
+            let Some(settings) = c.settings else {
+                channels.clear();
+                book = None;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = config.changed() => if r.is_err() { return } else { continue },
+                }
+            };
+            channels = open_channels(&settings, &c.base_dir);
+            every = settings.check_every;
+            watch.followup_sla = c.followup_sla;
+            watch.source_stale_after = settings.source_stale_after;
+            watch.sources = c.sources;
+            match &mut book {
+                Some(b) => {
+                    b.repeat_after = chrono::Duration::from_std(settings.repeat_after)
+                        .unwrap_or(chrono::Duration::hours(1))
+                }
+                None => book = Some(AlertBook::new(settings.repeat_after)),
+            }
+        }
+        let now = Utc::now();
+        let seen = observe(ledger.as_ref(), &health, &mut watch, now).await;
+        if let Some(book) = &mut book {
+            for message in book.update(now, seen) {
+                tell(&channels, &message, now).await;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+            _ = config.changed() => {}
+        }
+    }
+}
+
+fn open_channels(settings: &AlertSettings, base_dir: &Path) -> Vec<(String, Channel)> {
+    settings
+        .channels
+        .iter()
+        .filter_map(|c| match channel(&c.kind, &c.connection, base_dir) {
+            Ok(ch) => Some((c.name.clone(), ch)),
+            Err((key, message)) => {
+                tracing::error!(channel = %c.name, key = %key, error = %message, "alert channel unusable");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Send one message to every channel at once, each bounded by a minute; failures are
+/// logged (channel, code), never retried.
+async fn tell(channels: &[(String, Channel)], message: &AlertMessage, now: DateTime<Utc>) {
+    #[cfg(feature = "notify")]
+    {
+        let notice = leadsync_notify::Notice {
+            subject: message.subject.clone(),
+            leads: vec![leadsync_notify::LeadLines {
+                heading: message.subject.clone(),
+                lines: message.lines.clone(),
+            }],
+        };
+        let id = format!("{}:{}", message.key, now.timestamp_millis());
+        let sends = channels.iter().map(|(name, ch)| {
+            let notice = &notice;
+            let id = id.as_str();
+            async move {
+                let sent = tokio::time::timeout(Duration::from_secs(60), ch.send(notice, &[id])).await;
+                match sent {
+                    Ok(Ok(())) => tracing::info!(channel = %name, alert = %message.key, "alert sent"),
+                    Ok(Err(f)) => tracing::warn!(channel = %name, alert = %message.key, class = f.class.as_str(), error_code = %f.code, "alert not sent"),
+                    Err(_) => tracing::warn!(channel = %name, alert = %message.key, "alert not sent: no answer within a minute"),
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+    #[cfg(not(feature = "notify"))]
+    let _ = (channels, message, now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(min: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + min * 60, 0).unwrap()
+    }
+
+    fn down(target: &str) -> Condition {
+        Condition {
+            key: format!("down:{target}"),
+            title: format!("target {target} is down"),
+            lines: vec![("Reason".into(), "token_invalid_client".into())],
+        }
+    }
+
+    /// Down → one alert; still down ten minutes on, checked every 30 s → nothing more
+    /// before the hour; an hour on → one reminder; back up → one "resolved".
+    #[test]
+    fn a_condition_is_told_once_reminded_after_the_interval_and_cleared_once() {
+        let mut book = AlertBook::new(Duration::from_secs(3600));
+        let first = book.update(at(0), vec![down("crm")]);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].subject, "[leadsync] target crm is down");
+        let mut told = 0;
+        for half_minutes in 1..=20 {
+            let now = at(0) + chrono::Duration::seconds(30 * half_minutes);
+            told += book.update(now, vec![down("crm")]).len();
+        }
+        assert_eq!(told, 0, "no repeat within the interval");
+        let reminder = book.update(at(61), vec![down("crm")]);
+        assert_eq!(reminder.len(), 1);
+        assert!(reminder[0]
+            .subject
+            .starts_with("[leadsync] still: target crm is down"));
+        assert!(reminder[0].lines.iter().any(|(l, _)| l == "Since"));
+        let cleared = book.update(at(70), vec![]);
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(
+            cleared[0].subject,
+            "[leadsync] resolved: target crm is down"
+        );
+        assert!(book.update(at(71), vec![]).is_empty());
+        assert!(book.active().is_empty());
+    }
+
+    #[test]
+    fn conditions_are_told_and_cleared_each_on_their_own() {
+        let mut book = AlertBook::new(Duration::from_secs(600));
+        let dead = Condition {
+            key: "dead:crm".into(),
+            title: "target crm has 3 dead letter(s)".into(),
+            lines: vec![],
+        };
+        assert_eq!(book.update(at(0), vec![down("a"), dead.clone()]).len(), 2);
+        let out = book.update(at(1), vec![dead.clone()]);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].subject.contains("resolved: target a is down"));
+        assert_eq!(book.active(), vec!["dead:crm"]);
+        assert!(book.update(at(5), vec![dead.clone()]).is_empty());
+        assert_eq!(book.update(at(10), vec![dead]).len(), 1);
+    }
+}
