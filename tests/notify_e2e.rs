@@ -1,0 +1,321 @@
+//! Telling people, with the real binary: a hot lead POSTed to the inbox under `run` becomes
+//! one e-mail at a real SMTP server (the test's `leadsync_fakes::smtp`, STARTTLS and a
+//! login) and a Teams card, cold and DNC leads do not; 500 leads with a one-minute digest
+//! are one e-mail listing them all; a restart sends nothing twice; an SMTP server refusing
+//! the login marks the target down; and `[alerts]` tells an operator once when a target goes
+//! down, once when it has dead letters, and once when it is resolved.
+
+mod common;
+use common::{eventually, free_port, text, Daemon, Deployment};
+
+use leadsync_fakes::chat_webhook::{ChatFlavor, ChatWebhookFake};
+use leadsync_fakes::https_receiver::{HttpsReceiver, ReceiverOptions, Reply};
+use leadsync_fakes::smtp::{SmtpFake, SmtpFakeConfig};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "inbox-secret-0123456789abcdef";
+
+/// An SMTP fake with STARTTLS and a login, its CA written beside the target files.
+async fn smtp(d: &Deployment) -> SmtpFake {
+    let fake = SmtpFake::start(SmtpFakeConfig::starttls("sales-bot", "s3cret-password"))
+        .await
+        .unwrap();
+    std::fs::write(
+        d.root().join("config/smtp-ca.pem"),
+        fake.ca_certificate_pem(),
+    )
+    .unwrap();
+    fake
+}
+
+/// The `[connection]` keys of an e-mail to `fake` (files relative to `config/`).
+fn email_connection(fake: &SmtpFake, ca: &str) -> String {
+    format!(
+        r#"host = "localhost"
+port = {port}
+tls = "starttls"
+username = "sales-bot"
+password = {{ env = "SMTP_TEST_PASSWORD" }}
+from = "leadsync <leads@contoso.example>"
+to = ["sales@contoso.example"]
+ca_file = "{ca}""#,
+        port = fake.port()
+    )
+}
+
+fn lead(i: usize, action: &str) -> String {
+    serde_json::json!({
+        "UserDetails": {"FirstName": format!("Ann{i}"), "LastName": "Smith",
+                        "Email": format!("ann{i}@contoso.example"), "Company": "Contoso",
+                        "Phone": "+1 555 0100"},
+        "LeadSource": "AzureMarketplace", "ActionCode": action,
+        "OfferTitle": "Contoso CRM", "Description": format!("lead {i}")
+    })
+    .to_string()
+}
+
+fn run(d: &Deployment) -> Daemon {
+    let mut c = d.command();
+    c.arg("run").env("SMTP_TEST_PASSWORD", "s3cret-password");
+    Daemon::spawn(c)
+}
+
+async fn post(port: u16, body: String) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/leads/{SECRET}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Hot leads (INS, Create, StartTestDrive) to e-mail and Teams at once; cold and DNC leads
+/// to neither. The POST's `200` is the stage commit: from there to the e-mail is timed and
+/// printed (the README's figure), not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_lead_is_one_email_and_one_card_at_once_and_a_restart_sends_nothing_twice() {
+    let port = free_port();
+    let d = Deployment::with_sources(
+        &format!(
+            "[sources.marketplace]\nkind = \"https_inbox\"\nlisten = \"127.0.0.1:{port}\"\npath = \"/leads\"\nsecret = \"{SECRET}\"\n"
+        ),
+        "kind = \"file\"\nschedule = \"0 0 0 1 1 *\"\n[connection]\npath = \"../../out/leads.jsonl\"\nformat = \"jsonl\"\n",
+    );
+    let mail = smtp(&d).await;
+    let teams = ChatWebhookFake::start(ChatFlavor::Teams).await.unwrap();
+    let hot_filter = "[filter]\nactions = [\"INS\", \"Create\", \"StartTestDrive\"]\ndnc = \"skip\"\ntest_leads = \"skip\"\n";
+    std::fs::write(
+        d.root().join("config/targets/hot-mail.toml"),
+        format!(
+            "kind = \"email\"\nschedule = \"0 0 0 1 1 *\"\n[connection]\n{}\n{hot_filter}",
+            email_connection(&mail, "../smtp-ca.pem")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.root().join("config/targets/hot-teams.toml"),
+        format!(
+            "kind = \"teams\"\nschedule = \"0 0 0 1 1 *\"\n[connection]\nurl = \"{}\"\n{hot_filter}",
+            teams.url()
+        ),
+    )
+    .unwrap();
+    let mut daemon = run(&d);
+    eventually(Duration::from_secs(60), "the inbox listening", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert_eq!(post(port, lead(1, "PLT")).await, 200);
+    assert_eq!(post(port, lead(2, "DNC")).await, 200);
+    assert_eq!(post(port, lead(3, "INS")).await, 200);
+    let staged = Instant::now();
+    eventually(Duration::from_secs(20), "the hot lead's e-mail", || {
+        mail.message_count() >= 1
+    });
+    let took = staged.elapsed();
+    eventually(Duration::from_secs(20), "the hot lead's card", || {
+        !teams.accepted().is_empty()
+    });
+    eprintln!("notify: staged → e-mail at the SMTP server in {took:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    let messages = mail.messages();
+    assert_eq!(messages.len(), 1, "only the hot lead");
+    let m = &messages[0];
+    assert_eq!(
+        m.subject().as_deref(),
+        Some("New marketplace lead: Ann3 Smith, Contoso (INS, Contoso CRM)")
+    );
+    let body = m.text_body().unwrap();
+    assert!(
+        body.contains("E-mail: ann3@contoso.example") && body.contains("Phone: +1 555 0100"),
+        "{body}"
+    );
+    assert!(m.tls && m.authenticated_as.as_deref() == Some("sales-bot"));
+    assert_eq!(teams.accepted().len(), 1);
+    assert!(teams.texts()[0].join(" ").contains("Ann3 Smith"));
+    // The log names no one.
+    assert!(!daemon.log().contains("ann3@contoso.example"));
+
+    // A crash and a restart: nothing is sent again.
+    daemon.kill();
+    let daemon = run(&d);
+    eventually(Duration::from_secs(60), "the inbox listening again", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(mail.message_count(), 1);
+    assert_eq!(teams.accepted().len(), 1);
+    drop(daemon);
+}
+
+/// 500 leads with `digest = "1m"`: they come due together at the end of the minute they
+/// were staged in, and go out as one e-mail that lists every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_leads_with_a_one_minute_digest_are_one_email() {
+    let d = Deployment::new();
+    let mail = smtp(&d).await;
+    std::fs::write(
+        d.root().join("config/targets/csv.toml"),
+        format!(
+            "kind = \"email\"\ndigest = \"1m\"\n[connection]\n{}\n[limits]\nbatch_size = 1000\n",
+            email_connection(&mail, "../smtp-ca.pem")
+        ),
+    )
+    .unwrap();
+    let lines: Vec<String> = (0..500).map(|i| lead(i, "PLT")).collect();
+    std::fs::write(d.spool().join("burst.jsonl"), lines.join("\n")).unwrap();
+    let mut cmd = d.command();
+    cmd.args(["sync", "--once", "--wait", "90s"])
+        .env("SMTP_TEST_PASSWORD", "s3cret-password");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let messages = mail.messages();
+    assert_eq!(messages.len(), 1, "one digest");
+    assert_eq!(
+        messages[0].subject().as_deref(),
+        Some("500 new marketplace leads")
+    );
+    let body = messages[0].text_body().unwrap();
+    let listed = (0..500)
+        .filter(|i| body.contains(&format!("ann{i}@contoso.example")))
+        .count();
+    assert_eq!(listed, 500);
+    assert_eq!(d.status_json()["targets"][0]["delivered"], 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_marks_the_target_down_and_check_names_it() {
+    let d = Deployment::new();
+    let mail = smtp(&d).await;
+    std::fs::write(
+        d.root().join("config/targets/csv.toml"),
+        format!(
+            "kind = \"email\"\n[connection]\n{}\n",
+            email_connection(&mail, "../smtp-ca.pem")
+        ),
+    )
+    .unwrap();
+    std::fs::write(d.spool().join("one.jsonl"), lead(1, "INS")).unwrap();
+    let mut cmd = d.command();
+    cmd.args(["check", "--connect"])
+        .env("SMTP_TEST_PASSWORD", "wrong-password");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("smtp_auth"), "{stdout}");
+    assert!(!text(&out).contains("wrong-password"));
+    let mut cmd = d.command();
+    cmd.args(["sync", "--once", "--wait", "3s"])
+        .env("SMTP_TEST_PASSWORD", "wrong-password");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    // Still pending, nobody charged: exit 75 (work left), the target down.
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    let status = d.status_json();
+    assert_eq!(status["targets"][0]["pending"], 1, "{status}");
+    assert_eq!(status["targets"][0]["dead"], 0, "{status}");
+    assert!(
+        status["targets"][0]["down_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("smtp_auth"),
+        "{status}"
+    );
+    assert!(mail.messages().is_empty());
+}
+
+/// `[alerts]` to an e-mail channel: a target down → one alert; still down → no repeat
+/// within `repeat_after`; a dead letter → one alert naming the code; the target fixed by a
+/// reload → one "resolved".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_tell_a_target_down_once_dead_letters_once_and_the_recovery_once() {
+    let closed = free_port();
+    let d = Deployment::new();
+    let mail = smtp(&d).await;
+    let main = std::fs::read_to_string(d.config()).unwrap();
+    std::fs::write(
+        d.config(),
+        format!(
+            "{main}\n[alerts]\ncheck_every = \"1s\"\nrepeat_after = \"1h\"\n[alerts.channels.ops]\nkind = \"email\"\n{}\n",
+            email_connection(&mail, "smtp-ca.pem").replace("sales@", "ops@")
+        ),
+    )
+    .unwrap();
+    let hook = |url: &str| {
+        format!("kind = \"https\"\nschedule = \"*/1 * * * * *\"\n[connection]\nurl = \"{url}\"\nallow_http = true\n[retry]\nmin_delay = \"100ms\"\nmax_delay = \"1s\"\n")
+    };
+    std::fs::write(
+        d.root().join("config/targets/csv.toml"),
+        hook(&format!("http://127.0.0.1:{closed}/hook")),
+    )
+    .unwrap();
+    let lines: Vec<String> = (0..3).map(|i| lead(i, "INS")).collect();
+    std::fs::write(d.spool().join("leads.jsonl"), lines.join("\n")).unwrap();
+    let daemon = run(&d);
+    eventually(Duration::from_secs(30), "the down alert", || {
+        mail.message_count() >= 1
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let first = mail.messages();
+    assert_eq!(first.len(), 1, "one alert, no repeat within repeat_after");
+    let subject = first[0].subject().unwrap_or_default();
+    assert_eq!(subject, "[leadsync] target csv is down", "{subject}");
+    assert_eq!(first[0].rcpt_to, vec!["ops@contoso.example".to_string()]);
+    assert!(first[0].text_body().unwrap().contains("connection_refused"));
+
+    // The fix: a receiver that refuses the first lead (a dead letter) and takes the rest.
+    let rx = HttpsReceiver::start(ReceiverOptions::http()).await.unwrap();
+    rx.script([Reply::status(400)]);
+    std::fs::write(
+        d.root().join("config/targets/csv.toml"),
+        hook(&rx.url("/hook")),
+    )
+    .unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &daemon.id()])
+        .status()
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the resolved and dead-letter alerts",
+        || mail.message_count() >= 3,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let subjects: Vec<String> = mail.messages().iter().filter_map(|m| m.subject()).collect();
+    assert_eq!(subjects.len(), 3, "{subjects:?}");
+    assert!(
+        subjects.contains(&"[leadsync] resolved: target csv is down".to_string()),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects.contains(&"[leadsync] target csv has 1 dead letter(s)".to_string()),
+        "{subjects:?}"
+    );
+    let dead = mail
+        .messages()
+        .into_iter()
+        .find(|m| m.subject().is_some_and(|s| s.contains("dead letter")))
+        .unwrap();
+    let body = dead.text_body().unwrap();
+    assert!(body.contains("http_400"), "{body}");
+    for m in mail.messages() {
+        let all = format!(
+            "{}{}",
+            m.subject().unwrap_or_default(),
+            m.text_body().unwrap_or_default()
+        );
+        assert!(
+            !all.contains("ann0@") && !all.contains("Ann0"),
+            "an alert carries no lead's data: {all}"
+        );
+    }
+    assert_eq!(rx.stored().len(), 2);
+    drop(daemon);
+}
