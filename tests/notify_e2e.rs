@@ -319,3 +319,83 @@ async fn alerts_tell_a_target_down_once_dead_letters_once_and_the_recovery_once(
     assert_eq!(rx.stored().len(), 2);
     drop(daemon);
 }
+
+/// The shipped examples: the hot-leads Teams target, the hourly digest e-mail and the
+/// alerts configuration check out (secrets from the environment, as in production).
+#[test]
+fn the_shipped_examples_load() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    let d = Deployment::new();
+    std::fs::remove_file(d.root().join("config/targets/csv.toml")).unwrap();
+    for f in ["hot-leads-teams.toml", "leads-digest-email.toml"] {
+        std::fs::copy(
+            examples.join("targets").join(f),
+            d.root().join("config/targets").join(f),
+        )
+        .unwrap();
+    }
+    let alerts = std::fs::read_to_string(examples.join("leadsync-alerts.toml")).unwrap();
+    let alerts = alerts
+        .split("\n[alerts]\n")
+        .nth(1)
+        .map(|rest| format!("[alerts]\n{rest}"))
+        .unwrap();
+    let main = std::fs::read_to_string(d.config()).unwrap();
+    std::fs::write(d.config(), format!("{main}\n{alerts}")).unwrap();
+    let out = d
+        .command()
+        .arg("check")
+        .env(
+            "TEAMS_SALES_WEBHOOK",
+            "https://prod-00.westus.logic.azure.com/workflows/x/triggers/manual/paths/invoke?sig=s",
+        )
+        .env(
+            "SLACK_OPS_WEBHOOK",
+            "https://hooks.slack.com/services/T0/B0/x",
+        )
+        .env("SMTP_USERNAME", "leads@example.com")
+        .env("SMTP_PASSWORD", "app-password")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("target hot-leads-teams (teams): ok"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("target leads-digest-email (email): ok"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("sig=s") && !stdout.contains("/B0/"),
+        "{stdout}"
+    );
+    // An alert channel's mistake names its key.
+    std::fs::write(
+        d.config(),
+        format!(
+            "{main}\n{}",
+            alerts.replace("to = [\"ops@example.com\"]", "to = [\"not an address\"]")
+        ),
+    )
+    .unwrap();
+    let out = d
+        .command()
+        .arg("check")
+        .env("TEAMS_SALES_WEBHOOK", "https://example.com/x")
+        .env(
+            "SLACK_OPS_WEBHOOK",
+            "https://hooks.slack.com/services/T0/B0/x",
+        )
+        .env("SMTP_USERNAME", "u")
+        .env("SMTP_PASSWORD", "p")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        text(&out).contains("alerts.channels.ops-mail.to"),
+        "{}",
+        text(&out)
+    );
+}
