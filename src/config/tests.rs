@@ -419,7 +419,7 @@ fn unknown_top_level_key() {
     assert_eq!(e.kind, ErrorKind::UnknownKey);
     assert_eq!(
         e.message,
-        "expected one of targets_dir, ledger, telemetry, admin, sources"
+        "expected one of targets_dir, ledger, telemetry, admin, sources, alerts"
     );
 }
 
