@@ -493,4 +493,126 @@ mod tests {
         assert!(book.update(at(5), vec![dead.clone()]).is_empty());
         assert_eq!(book.update(at(10), vec![dead]).len(), 1);
     }
+
+    /// Leads past the follow-up SLA and dead letters, read from a real ledger, with time
+    /// moved on by handing `observe` a later `now`: each told once, not repeated within the
+    /// interval, resolved once when the leads are delivered and the letters retried.
+    #[tokio::test]
+    async fn follow_up_sla_and_dead_letters_from_the_ledger_are_told_once_and_resolved() {
+        use crate::ledger::{
+            sqlite::SqliteLedger, PlannedDelivery, RecordedOutcome, StageBatch, StagedLead,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SqliteLedger::open(&dir.path().join("l.db")).await.unwrap();
+        let leads = (0..3)
+            .map(|i| StagedLead {
+                lead: leadsync_core::read_lead(
+                    format!("lead-{i}"),
+                    &serde_json::json!({"LeadSource": "SPZA", "UserDetails": {"Email": format!("p{i}@x.example")}}),
+                )
+                .unwrap(),
+                deliveries: vec![PlannedDelivery {
+                    target: "crm".into(),
+                    idempotency_key: format!("k{i}"),
+                    not_before: None,
+                }],
+            })
+            .collect();
+        ledger
+            .stage(StageBatch {
+                source: "spool".into(),
+                leads,
+                quarantined: vec![],
+                cursor: None,
+            })
+            .await
+            .unwrap();
+        let health = Health::default();
+        let mut watch = Watch {
+            followup_sla: Duration::from_secs(3600),
+            source_stale_after: Duration::from_secs(3600),
+            sources: vec![],
+            last_good: HashMap::new(),
+        };
+        let mut book = AlertBook::new(Duration::from_secs(3600));
+        let t0 = Utc::now();
+        let later = |min: i64| t0 + chrono::Duration::minutes(min);
+        assert!(book
+            .update(t0, observe(&ledger, &health, &mut watch, t0).await)
+            .is_empty());
+        // Two hours on, nothing delivered: the SLA is passed.
+        let told = book.update(
+            later(120),
+            observe(&ledger, &health, &mut watch, later(120)).await,
+        );
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(told[0]
+            .subject
+            .contains("3 lead(s) for target crm waiting longer than the follow-up SLA"));
+        assert!(book
+            .update(
+                later(130),
+                observe(&ledger, &health, &mut watch, later(130)).await
+            )
+            .is_empty());
+        // Two delivered, one refused for good: the SLA clears, a dead letter appears.
+        let claimed = ledger
+            .claim("crm", later(131), 10, Duration::from_secs(60), "me")
+            .await
+            .unwrap();
+        let outcomes: Vec<RecordedOutcome> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match i {
+                0 => RecordedOutcome::Dead {
+                    delivery_id: d.delivery_id,
+                    error_code: Some("INVALID_EMAIL_ADDRESS".into()),
+                    error: "p0@x.example is not valid".into(),
+                },
+                _ => RecordedOutcome::Delivered {
+                    delivery_id: d.delivery_id,
+                    crm_ref: None,
+                },
+            })
+            .collect();
+        ledger.record(&outcomes, "me").await.unwrap();
+        let told = book.update(
+            later(132),
+            observe(&ledger, &health, &mut watch, later(132)).await,
+        );
+        let subjects: Vec<&str> = told.iter().map(|m| m.subject.as_str()).collect();
+        assert_eq!(subjects.len(), 2, "{subjects:?}");
+        assert!(subjects.contains(&"[leadsync] target crm has 1 dead letter(s)"));
+        assert!(subjects
+            .iter()
+            .any(|s| s.starts_with("[leadsync] resolved: 3 lead(s) for target crm")));
+        let dead = told.iter().find(|m| m.key == "dead:crm").unwrap();
+        let all: String = dead
+            .lines
+            .iter()
+            .map(|(l, v)| format!("{l}: {v}\n"))
+            .collect();
+        assert!(all.contains("INVALID_EMAIL_ADDRESS ×1"), "{all}");
+        assert!(
+            !all.contains("p0@x.example"),
+            "codes, never the CRM's message: {all}"
+        );
+        // The operator retries the letter: the dead letters are resolved once, and the lead,
+        // pending again and staged two hours ago, is past the SLA again.
+        let filter = crate::ledger::DeadLetterFilter {
+            target: Some("crm".into()),
+            lead_id: None,
+        };
+        ledger.retry_dead(&filter, later(140)).await.unwrap();
+        let told = book.update(
+            later(141),
+            observe(&ledger, &health, &mut watch, later(141)).await,
+        );
+        let subjects: Vec<&str> = told.iter().map(|m| m.subject.as_str()).collect();
+        assert_eq!(subjects.len(), 2, "{subjects:?}");
+        assert!(subjects.contains(&"[leadsync] resolved: target crm has 1 dead letter(s)"));
+        assert!(subjects.contains(
+            &"[leadsync] 1 lead(s) for target crm waiting longer than the follow-up SLA"
+        ));
+    }
 }
