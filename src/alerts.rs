@@ -166,6 +166,9 @@ pub struct Watch {
     pub sources: Vec<String>,
     /// Per source, when it was last seen pulled without error (starts at the daemon's start).
     pub last_good: HashMap<String, DateTime<Utc>>,
+    /// Per target, the dead-letter count and its reasons line when last read: the letters
+    /// are listed again only when the count changes.
+    pub dead_reasons: HashMap<String, (u64, String)>,
 }
 
 /// The conditions true at `now`.
@@ -202,7 +205,17 @@ pub async fn observe(
     match ledger.status(now).await {
         Ok(status) => {
             for t in status.targets.iter().filter(|t| t.dead > 0) {
-                seen.push(dead_letters(ledger, &t.target, t.dead).await);
+                let reasons = match watch.dead_reasons.get(&t.target) {
+                    Some((n, r)) if *n == t.dead => r.clone(),
+                    _ => {
+                        let r = dead_reasons(ledger, &t.target).await;
+                        watch
+                            .dead_reasons
+                            .insert(t.target.clone(), (t.dead, r.clone()));
+                        r
+                    }
+                };
+                seen.push(dead_letters(&t.target, t.dead, reasons));
             }
             seen.extend(stale_sources(&status.sources, watch, now));
         }
@@ -235,9 +248,9 @@ pub async fn observe(
     seen
 }
 
-/// A target's dead letters: the count and the CRM's codes (never its messages, which may
-/// echo a lead's values).
-async fn dead_letters(ledger: &dyn Ledger, target: &str, dead: u64) -> Condition {
+/// The CRM's codes of a target's dead letters, most frequent first (never its messages,
+/// which may echo a lead's values).
+async fn dead_reasons(ledger: &dyn Ledger, target: &str) -> String {
     let mut codes: BTreeMap<String, u64> = BTreeMap::new();
     if let Ok(letters) = ledger.dead_letters(Some(target)).await {
         for l in letters {
@@ -248,12 +261,15 @@ async fn dead_letters(ledger: &dyn Ledger, target: &str, dead: u64) -> Condition
     }
     let mut by_count: Vec<(String, u64)> = codes.into_iter().collect();
     by_count.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let reasons = by_count
+    by_count
         .iter()
         .take(5)
         .map(|(code, n)| format!("{code} ×{n}"))
         .collect::<Vec<_>>()
-        .join(", ");
+        .join(", ")
+}
+
+fn dead_letters(target: &str, dead: u64, reasons: String) -> Condition {
     Condition {
         key: format!("dead:{target}"),
         title: format!("target {target} has {dead} dead letter(s)"),
@@ -343,6 +359,7 @@ pub async fn run(
         source_stale_after: Duration::from_secs(3600),
         sources: Vec::new(),
         last_good: HashMap::new(),
+        dead_reasons: HashMap::new(),
     };
     let mut channels: Vec<(String, Channel)> = Vec::new();
     let mut every = Duration::from_secs(30);
@@ -533,6 +550,7 @@ mod tests {
             source_stale_after: Duration::from_secs(3600),
             sources: vec![],
             last_good: HashMap::new(),
+            dead_reasons: HashMap::new(),
         };
         let mut book = AlertBook::new(Duration::from_secs(3600));
         let t0 = Utc::now();

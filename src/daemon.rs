@@ -684,7 +684,13 @@ pub async fn run(mut loaded: Loaded) -> anyhow::Result<()> {
     }
     generation.stop().await;
     process_stop.cancel();
-    let _ = alerter.await;
+    // An alert being sent gets a moment to finish; a stop never waits on a slow SMTP server.
+    if tokio::time::timeout(Duration::from_secs(5), alerter)
+        .await
+        .is_err()
+    {
+        tracing::warn!("an alert was still being sent at stop; not waited for");
+    }
     tracing::info!("stopped");
     Ok(())
 }
