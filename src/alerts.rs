@@ -22,38 +22,7 @@ use crate::admin::Health;
 use crate::config::AlertSettings;
 use crate::ledger::Ledger;
 
-/// Check one channel's settings by building it (secrets read, addresses parsed, no
-/// network); the error is `(key, message)` with the key under the channel.
-pub fn check_channel(
-    kind: &str,
-    connection: &serde_json::Value,
-    base_dir: &Path,
-) -> Result<(), (String, String)> {
-    channel(kind, connection, base_dir).map(|_| ())
-}
-
-#[cfg(feature = "notify")]
-type Channel = leadsync_notify::Channel;
-
-#[cfg(feature = "notify")]
-fn channel(
-    kind: &str,
-    connection: &serde_json::Value,
-    base_dir: &Path,
-) -> Result<Channel, (String, String)> {
-    leadsync_notify::Channel::try_new(kind, connection, base_dir).map_err(|e| (e.key, e.message))
-}
-
-#[cfg(not(feature = "notify"))]
-enum Channel {}
-
-#[cfg(not(feature = "notify"))]
-fn channel(_: &str, _: &serde_json::Value, _: &Path) -> Result<Channel, (String, String)> {
-    Err((
-        "kind".into(),
-        "this build has no notification channels (Cargo feature `notify`)".into(),
-    ))
-}
+use crate::alert_channel::{open as channel, Channel};
 
 /// Something wrong now, as an operator reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]

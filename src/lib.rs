@@ -3,6 +3,7 @@
 //! [`commands::main`]; the commands build what they need through [`wiring`].
 
 pub mod admin;
+pub mod alert_channel;
 pub mod alerts;
 pub mod commands;
 pub mod config;

@@ -548,7 +548,7 @@ fn check_alert_channel(
         }
     };
     let connection = serde_json::Value::Object(map);
-    crate::alerts::check_channel(&kind, &connection, config_dir).map_err(|(key, message)| {
+    crate::alert_channel::open(&kind, &connection, config_dir).map_err(|(key, message)| {
         let key: Vec<String> = key
             .split('.')
             .filter(|k| !k.is_empty() && *k != "connection")

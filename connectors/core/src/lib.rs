@@ -3,8 +3,9 @@
 //! The lead model, its readers and the quarantine record of what could not be read
 //! ([`lead`]), the decoding of record bytes that may not be UTF-8 ([`decode`]), the
 //! connector contract and failure classes ([`connector`]), how a connector is built from a
-//! target's settings ([`build`]), the field-mapping engine ([`mapping`]) and the `[qualify]`
-//! rule language it computes named values with ([`qualify`]), idempotency keys
+//! target's settings ([`build`]), the lead fields read by name ([`lead_field`]), the
+//! field-mapping engine ([`mapping`]) and the `[qualify]` rule language it computes named
+//! values with ([`qualify`]), idempotency keys
 //! ([`key`]), redaction of personal data and secrets ([`pii`]), secret references
 //! ([`secret_ref`]), `Retry-After` parsing ([`retry_after`]), and the HTTP pieces every HTTP
 //! connector shares: client setup and status classification ([`http`]) and the OAuth token
@@ -18,6 +19,7 @@ pub mod http;
 pub mod jwt;
 pub mod key;
 pub mod lead;
+pub mod lead_field;
 pub mod mapping;
 pub mod oauth;
 pub mod pace;

@@ -59,7 +59,7 @@ use std::fmt;
 use std::sync::{Arc, LazyLock};
 
 use crate::lead::{Action, Lead, Origin};
-use crate::mapping::LeadField;
+use crate::lead_field::LeadField;
 
 // ---------------------------------------------------------------------------------------
 // Free-mail domains
