@@ -153,6 +153,7 @@ fn trace_logs_of_a_sync_hold_no_personal_data() {
 }
 
 /// Secrets the multi-target run below is configured with; none may reach a log line.
+const SMTP_PASSWORD: &str = "smtp-pii-password-0123";
 const HOOK_TOKEN: &str = "hook-bearer-TOKEN-8c1f";
 const HOOK_HMAC: &str = "hook-hmac-SECRET-77aa";
 const HOOK_SIG: &str = "sig=SIGNEDQUERY-5e2d";
@@ -183,6 +184,29 @@ async fn trace_logs_of_every_target_kind_hold_no_personal_data_secret_or_signed_
     // whose body echoes what it was sent.
     sf.inject(Fault::SessionExpired, 1);
     dv.throttle_next(1, 1);
+    // Marketo, HubSpot, an e-mail and a Slack target too (issues 18 and 19): an expired
+    // token, a 429, a login over STARTTLS, a webhook whose path is its secret.
+    use leadsync_fakes::chat_webhook::{ChatFlavor, ChatWebhookFake};
+    use leadsync_fakes::hubspot::{HubSpotFake, HubSpotFakeConfig};
+    use leadsync_fakes::marketo::{MarketoFake, MarketoFakeConfig};
+    use leadsync_fakes::smtp::{SmtpFake, SmtpFakeConfig};
+    let mkto = MarketoFake::start(MarketoFakeConfig::default())
+        .await
+        .unwrap();
+    mkto.inject(leadsync_fakes::marketo::Fault::TokenExpired602, 1);
+    let hs = HubSpotFake::start(HubSpotFakeConfig::default())
+        .await
+        .unwrap();
+    hs.inject(
+        leadsync_fakes::hubspot::Fault::TenSecondlyRolling {
+            retry_after_secs: Some(1),
+        },
+        1,
+    );
+    let smtp = SmtpFake::start(SmtpFakeConfig::starttls("pii-bot", SMTP_PASSWORD))
+        .await
+        .unwrap();
+    let slack = ChatWebhookFake::start(ChatFlavor::Slack).await.unwrap();
     rx.fail_next(
         1,
         Reply::with_body(500, "upstream failed for ann.lee@example.com"),
@@ -226,6 +250,44 @@ max_delay = "50ms"
     )
     .unwrap();
 
+    let retry = "[retry]\nmin_delay = \"10ms\"\nmax_delay = \"50ms\"\n";
+    let mc = MarketoFakeConfig::default();
+    std::fs::write(
+        targets.join("marketo.toml"),
+        format!(
+            "kind = \"marketo\"\n[connection]\nendpoint = \"{}\"\nclient_id = \"{}\"\nclient_secret = {{ env = \"PII_MKTO_SECRET\" }}\n{retry}",
+            mkto.base_url(),
+            mc.client_id
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        targets.join("hubspot.toml"),
+        format!(
+            "kind = \"hubspot\"\n[connection]\nbase_url = \"{}\"\naccess_token = {{ env = \"PII_HS_TOKEN\" }}\n{retry}",
+            hs.base_url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.root().join("config/smtp-ca.pem"),
+        smtp.ca_certificate_pem(),
+    )
+    .unwrap();
+    std::fs::write(
+        targets.join("mail.toml"),
+        format!(
+            "kind = \"email\"\n[connection]\nhost = \"localhost\"\nport = {}\nusername = \"pii-bot\"\npassword = {{ env = \"PII_SMTP_PASSWORD\" }}\nfrom = \"leads@contoso.example\"\nto = [\"sales@contoso.example\"]\nca_file = \"../smtp-ca.pem\"\n{retry}",
+            smtp.port()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        targets.join("slack.toml"),
+        format!("kind = \"slack\"\n[connection]\nurl = {{ env = \"PII_SLACK_URL\" }}\n{retry}"),
+    )
+    .unwrap();
+
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/leads");
     let mut dirs = vec![examples];
     if let Some(fx) = common::shared_fixtures() {
@@ -247,6 +309,10 @@ max_delay = "50ms"
         ("PII_HOOK_HMAC", HOOK_HMAC.to_string()),
         ("PII_SF_SECRET", sf_secret.clone()),
         ("PII_DV_SECRET", DV_SECRET.to_string()),
+        ("PII_MKTO_SECRET", mc.client_secret.clone()),
+        ("PII_HS_TOKEN", HubSpotFakeConfig::default().token),
+        ("PII_SMTP_PASSWORD", SMTP_PASSWORD.to_string()),
+        ("PII_SLACK_URL", slack.url().to_string()),
     ];
     let run = |args: &'static [&'static str]| {
         let mut cmd = d.command();
@@ -274,6 +340,11 @@ max_delay = "50ms"
         logs.push_str(&String::from_utf8_lossy(&out.stderr));
     }
     assert!(!sf.records().is_empty() && dv.lead_count() > 0 && !rx.stored().is_empty());
+    assert!(!mkto.leads().is_empty() && !hs.contacts().is_empty());
+    assert!(smtp.message_count() > 0 && !slack.accepted().is_empty());
+    let slack_path = slack.url().rsplit('/').next().unwrap().to_string();
+    let mkto_secret = mc.client_secret.clone();
+    let hs_token = HubSpotFakeConfig::default().token;
     assert!(logs.contains("\"target\":\"hook\"") && logs.contains("\"target\":\"salesforce\""));
     for secret in [
         HOOK_TOKEN,
@@ -282,6 +353,10 @@ max_delay = "50ms"
         "SIGNEDQUERY",
         DV_SECRET,
         sf_secret.as_str(),
+        mkto_secret.as_str(),
+        hs_token.as_str(),
+        SMTP_PASSWORD,
+        slack_path.as_str(),
     ] {
         assert!(
             !logs.contains(secret),
@@ -298,7 +373,7 @@ max_delay = "50ms"
         assert!(logs.contains("invalid email address: [redacted]"), "{logs}");
     }
     eprintln!(
-        "4 target kinds: checked {} personal values and 6 secrets against {} log lines",
+        "8 target kinds: checked {} personal values and 10 secrets against {} log lines",
         values.len(),
         logs.lines().count()
     );
