@@ -415,6 +415,8 @@ pub struct RequestInfo {
     pub path: String,
     /// Arrival time (before any configured latency).
     pub at: Instant,
+    /// When the answer was ready (after any latency): a throttle's wait counts from here.
+    pub answered: Instant,
     pub status: u16,
     /// Inputs in the body (batch upsert), else 0.
     pub records: usize,
@@ -945,6 +947,7 @@ async fn handle(
         method: method.to_string(),
         path,
         at,
+        answered: Instant::now(),
         status: response.status().as_u16(),
         records,
     });

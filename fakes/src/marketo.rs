@@ -373,6 +373,8 @@ pub struct RequestInfo {
     pub path: String,
     /// Arrival time.
     pub at: Instant,
+    /// When the answer was ready (after any latency): a throttle's wait counts from here.
+    pub answered: Instant,
     /// HTTP status (200 for every response-level error).
     pub status: u16,
     /// The response-level error code (`"606"`), or the OAuth `error` of a refused token
@@ -901,6 +903,7 @@ async fn handle(
         method: method.to_string(),
         path,
         at,
+        answered: Instant::now(),
         status: response.status().as_u16(),
         code,
         records,

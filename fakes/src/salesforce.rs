@@ -281,6 +281,9 @@ pub struct RequestInfo {
     /// Path only (no query string).
     pub path: String,
     pub at: Instant,
+    /// When the answer was ready (after any latency): a throttle's `Retry-After` counts
+    /// from here.
+    pub answered: Instant,
     pub status: u16,
     /// Records in the body (1 for a single-record call, 0 for token/describe).
     pub records: usize,
@@ -651,6 +654,7 @@ async fn handle(
         method: method.to_string(),
         path,
         at,
+        answered: Instant::now(),
         status: response.status().as_u16(),
         records,
     });
