@@ -436,7 +436,7 @@ struct FakeState {
     next_id: u64,
     revoked: bool,
     /// One entry per coming `/crm/` call: `None` lets it through.
-    faults: VecDeque<Option<Fault>>,
+    faults: crate::FaultQueue<Fault>,
     latency: Duration,
     /// Calls counted against the burst limit, oldest first.
     window: VecDeque<Instant>,
@@ -511,7 +511,7 @@ impl HubSpotFake {
                 unique: HashMap::new(),
                 next_id: 1_000_000_001,
                 revoked: false,
-                faults: VecDeque::new(),
+                faults: crate::FaultQueue::default(),
                 latency: Duration::ZERO,
                 window: VecDeque::new(),
                 daily_used: 0,
@@ -545,22 +545,13 @@ impl HubSpotFake {
 
     /// Fail the coming `times` `/crm/` calls with `fault` (after entries already queued).
     pub fn inject(&self, fault: Fault, times: usize) {
-        let mut s = self.state();
-        for _ in 0..times {
-            s.faults.push_back(Some(fault.clone()));
-        }
+        self.state().faults.inject(fault, times);
     }
 
     /// Let the next `pass` `/crm/` calls through (after anything already queued), then fail
     /// `times` with `fault`.
     pub fn inject_after(&self, pass: usize, fault: Fault, times: usize) {
-        let mut s = self.state();
-        for _ in 0..pass {
-            s.faults.push_back(None);
-        }
-        for _ in 0..times {
-            s.faults.push_back(Some(fault.clone()));
-        }
+        self.state().faults.inject_after(pass, fault, times);
     }
 
     /// Wait this long before answering any request.
@@ -1071,7 +1062,7 @@ fn crm(
             .map_or(0, Vec::len),
         _ => 0,
     };
-    let fault = s.faults.pop_front().flatten();
+    let fault = s.faults.next_fault();
     match fault {
         Some(Fault::Unavailable) => return (gateway(StatusCode::SERVICE_UNAVAILABLE), records),
         Some(Fault::BadGateway) => return (gateway(StatusCode::BAD_GATEWAY), records),

@@ -13,6 +13,43 @@ pub mod marketo;
 pub mod salesforce;
 pub mod smtp;
 
+/// The faults scripted for a fake's coming requests, one entry per request in order (`None`
+/// lets a request through): what every fake's `inject` and `inject_after` fill.
+#[derive(Debug, Clone)]
+pub struct FaultQueue<F> {
+    queue: std::collections::VecDeque<Option<F>>,
+}
+
+impl<F> Default for FaultQueue<F> {
+    fn default() -> Self {
+        FaultQueue {
+            queue: std::collections::VecDeque::new(),
+        }
+    }
+}
+
+impl<F: Clone> FaultQueue<F> {
+    /// The coming `times` requests (after those already queued) fail with `fault`.
+    pub fn inject(&mut self, fault: F, times: usize) {
+        self.inject_after(0, fault, times);
+    }
+
+    /// Let the next `pass` requests through (after those already queued), then fail `times`.
+    pub fn inject_after(&mut self, pass: usize, fault: F, times: usize) {
+        self.queue.extend(std::iter::repeat_n(None, pass));
+        self.queue.extend(std::iter::repeat_n(Some(fault), times));
+    }
+
+    /// The fault of the request arriving now, if any (its entry is used up either way).
+    pub fn next_fault(&mut self) -> Option<F> {
+        self.queue.pop_front().flatten()
+    }
+
+    pub fn clear(&mut self) {
+        self.queue.clear();
+    }
+}
+
 /// Announce a skipped test where the person running `cargo test` sees it: written straight
 /// to the process's stderr, past the test harness's output capture, which would otherwise
 /// hide the message of a test that then passes. Every line starts with `SKIPPED`, so a run's

@@ -405,7 +405,7 @@ struct FakeState {
     tokens: HashMap<String, TokenInfo>,
     current_token: Option<String>,
     token_requests: u64,
-    faults: VecDeque<Option<Fault>>,
+    faults: crate::FaultQueue<Fault>,
     latency: Duration,
     in_flight: usize,
     max_in_flight: usize,
@@ -460,7 +460,7 @@ impl MarketoFake {
                 tokens: HashMap::new(),
                 current_token: None,
                 token_requests: 0,
-                faults: VecDeque::new(),
+                faults: crate::FaultQueue::default(),
                 latency: Duration::ZERO,
                 in_flight: 0,
                 max_in_flight: 0,
@@ -511,16 +511,13 @@ impl MarketoFake {
 
     /// Fail the coming `times` REST calls with `fault` (after entries already queued).
     pub fn inject(&self, fault: Fault, times: usize) {
-        let mut s = self.state();
-        s.faults.extend(std::iter::repeat_n(Some(fault), times));
+        self.state().faults.inject(fault, times);
     }
 
     /// Let the next `pass` REST calls through (after entries already queued), then fail
     /// `times` with `fault`.
     pub fn inject_after(&self, pass: usize, fault: Fault, times: usize) {
-        let mut s = self.state();
-        s.faults.extend(std::iter::repeat_n(None, pass));
-        s.faults.extend(std::iter::repeat_n(Some(fault), times));
+        self.state().faults.inject_after(pass, fault, times);
     }
 
     /// Drop every queued fault.
@@ -1105,7 +1102,7 @@ fn stage_one(
     in_flight: usize,
 ) -> (Decision, Option<u64>, bool) {
     let mut fail_611 = false;
-    if let Some(fault) = s.faults.pop_front().flatten() {
+    if let Some(fault) = s.faults.next_fault() {
         match fault {
             Fault::CommittedThenFailed => fail_611 = true,
             Fault::TokenExpired602 => {

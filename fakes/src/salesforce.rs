@@ -36,7 +36,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -305,7 +305,7 @@ struct FakeState {
     token_counter: u64,
     token_requests: u64,
     /// One entry per coming data request: `None` lets it through.
-    faults: VecDeque<Option<Fault>>,
+    faults: crate::FaultQueue<Fault>,
     /// External-ID value (lower-cased) -> how many more times it is locked.
     locked: HashMap<String, u32>,
     duplicate_rule: bool,
@@ -415,7 +415,7 @@ impl SalesforceFake {
                 token_lifetime: None,
                 token_counter: 0,
                 token_requests: 0,
-                faults: VecDeque::new(),
+                faults: crate::FaultQueue::default(),
                 locked: HashMap::new(),
                 duplicate_rule: false,
                 eai: false,
@@ -451,22 +451,13 @@ impl SalesforceFake {
 
     /// Fail the coming `times` data requests with `fault` (after entries already queued).
     pub fn inject(&self, fault: Fault, times: usize) {
-        let mut s = self.state();
-        for _ in 0..times {
-            s.faults.push_back(Some(fault.clone()));
-        }
+        self.state().faults.inject(fault, times);
     }
 
     /// Let the next `pass` data requests through (after any faults already queued), then
     /// fail `times` with `fault`: e.g. a session that expires in the middle of a run.
     pub fn inject_after(&self, pass: usize, fault: Fault, times: usize) {
-        let mut s = self.state();
-        for _ in 0..pass {
-            s.faults.push_back(None);
-        }
-        for _ in 0..times {
-            s.faults.push_back(Some(fault.clone()));
-        }
+        self.state().faults.inject_after(pass, fault, times);
     }
 
     /// Expire every token issued so far: the next data request with one gets 401
@@ -834,7 +825,7 @@ fn data_locked(
             &SfError::new("INVALID_SESSION_ID", "Session expired or invalid", &[]),
         )
     };
-    if let Some(fault) = s.faults.pop_front().flatten() {
+    if let Some(fault) = s.faults.next_fault() {
         let r = match fault {
             Fault::TooManyRequests { retry_after_secs } => {
                 let mut r = rest_error(

@@ -72,6 +72,28 @@ impl CallPacer {
         })
     }
 
+    /// A pacer from a connector's settings as written: `calls_per_window`, `window` (a
+    /// duration such as "20s") and `max_in_flight`. The error names the settings key at
+    /// fault (`window` or `calls_per_window`) and what is wrong.
+    pub fn from_settings(
+        calls_per_window: u32,
+        window: &str,
+        max_in_flight: usize,
+    ) -> Result<CallPacer, (&'static str, String)> {
+        let window = humantime::parse_duration(window).map_err(|e| {
+            (
+                "window",
+                format!("expected a duration such as \"20s\", found {window:?}: {e}"),
+            )
+        })?;
+        CallPacer::try_new(CallRate {
+            calls: calls_per_window,
+            window,
+            in_flight: max_in_flight,
+        })
+        .map_err(|e| ("calls_per_window", e.to_string()))
+    }
+
     pub fn rate(&self) -> CallRate {
         self.rate
     }

@@ -29,7 +29,7 @@ mod settings;
 use async_trait::async_trait;
 use leadsync_core::http::{build_client, parse_service_url};
 use leadsync_core::oauth::{FormTokenSource, TokenCache};
-use leadsync_core::pace::{CallPacer, CallRate};
+use leadsync_core::pace::CallPacer;
 use leadsync_core::serial::KeyLocks;
 use leadsync_core::{
     BuildContext, BuildError, CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome,
@@ -108,18 +108,12 @@ impl MarketoConnector {
         {
             return Err(MarketoError::new("description_template", e.reason));
         }
-        let window = humantime::parse_duration(&settings.window).map_err(|e| {
-            MarketoError::new(
-                "window",
-                format!("expected a duration such as \"20s\": {e}"),
-            )
-        })?;
-        let pacer = CallPacer::try_new(CallRate {
-            calls: settings.calls_per_window,
-            window,
-            in_flight: settings.max_in_flight,
-        })
-        .map_err(|e| MarketoError::new("calls_per_window", e.to_string()))?;
+        let pacer = CallPacer::from_settings(
+            settings.calls_per_window,
+            &settings.window,
+            settings.max_in_flight,
+        )
+        .map_err(|(key, message)| MarketoError::new(key, message))?;
         let client = build_client(&settings.http, base_dir)
             .map_err(|e| MarketoError::new("http", e.to_string()))?;
         let secret = |key: &str, r: &leadsync_core::SecretRef| {
