@@ -50,11 +50,19 @@ impl CallPacer {
                 rate.calls
             )));
         }
-        if rate.window < Duration::from_millis(1) {
-            return Err(PaceError("expected a window of at least 1 ms".into()));
+        // Published limits are per seconds to per day; the bound also keeps the window
+        // within what the limiter's nanosecond clock can hold (a huge one panicked it).
+        if rate.window < Duration::from_millis(1) || rate.window > Duration::from_secs(86_400) {
+            return Err(PaceError(format!(
+                "expected a window from 1 ms to 24 h, found {}",
+                humantime::format_duration(rate.window)
+            )));
         }
-        if rate.in_flight == 0 {
-            return Err(PaceError("expected at least 1 call in flight".into()));
+        if rate.in_flight == 0 || rate.in_flight > 10_000 {
+            return Err(PaceError(format!(
+                "expected 1 to 10,000 calls in flight, found {}",
+                rate.in_flight
+            )));
         }
         // GCRA lets `burst` calls at once and then one per `period`: any window of length
         // W holds at most burst + W / period calls. With period = W / (calls - burst) that
@@ -86,12 +94,17 @@ impl CallPacer {
                 format!("expected a duration such as \"20s\", found {window:?}: {e}"),
             )
         })?;
+        let key = if (Duration::from_millis(1)..=Duration::from_secs(86_400)).contains(&window) {
+            "calls_per_window"
+        } else {
+            "window"
+        };
         CallPacer::try_new(CallRate {
             calls: calls_per_window,
             window,
             in_flight: max_in_flight,
         })
-        .map_err(|e| ("calls_per_window", e.to_string()))
+        .map_err(|e| (key, e.to_string()))
     }
 
     pub fn rate(&self) -> CallRate {
@@ -132,6 +145,20 @@ mod tests {
             ..ok
         })
         .is_err());
+        assert!(CallPacer::try_new(CallRate {
+            in_flight: usize::MAX,
+            ..ok
+        })
+        .is_err());
+        // A window past what the limiter's clock holds is refused, not a panic.
+        assert!(CallPacer::try_new(CallRate {
+            window: Duration::from_secs(20_000_000_000_000),
+            ..ok
+        })
+        .is_err());
+        assert!(
+            CallPacer::from_settings(100, "20000000000000s", 10).is_err_and(|(k, _)| k == "window")
+        );
     }
 
     /// 20 calls per 200 ms, 4 at once: count calls in every sliding window of a 1 s run.
