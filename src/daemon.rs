@@ -105,8 +105,10 @@ struct Shared {
     source_ttl: Duration,
     /// The sources this generation pulls, for releasing their leases on the way out.
     source_names: Vec<String>,
-    /// When the heartbeat was last written, and whether a write is in flight.
+    /// When the heartbeat was last written, whether that write succeeded, and whether a
+    /// beat is in flight.
     last_beat: std::sync::Mutex<Option<std::time::Instant>>,
+    beat_written: AtomicBool,
     beating: AtomicBool,
     targets: Vec<Arc<Target>>,
     pushes: Vec<Arc<PushJob>>,
@@ -140,31 +142,36 @@ impl Shared {
         }
     }
 
-    /// Write the heartbeat to the ledger, at most every [`HEARTBEAT_EVERY`] and never two
-    /// at once (a slow database must not pile them up).
+    /// Write the heartbeat to the ledger every [`HEARTBEAT_EVERY`], and at every call (each
+    /// second) free the leases of instances whose heartbeat stopped (3 missed beats), so
+    /// their work is taken over within a second of that, not of this instance's next beat.
+    /// Never two at once (a slow database must not pile them up).
     async fn beat(&self) {
-        let due = self
+        if self.beating.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let now = Utc::now();
+        let write_due = self
             .last_beat
             .lock()
             .map(|l| l.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY))
             .unwrap_or(false);
-        if !due || self.beating.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        if let Ok(mut l) = self.last_beat.lock() {
-            *l = Some(std::time::Instant::now());
-        }
-        let now = Utc::now();
-        match self.ledger.heartbeat(&self.instance, now).await {
-            // Failover: free the leases of instances whose heartbeat stopped (3 missed
-            // beats) so their work is taken over now, not when `ledger.lease` runs out.
-            Ok(()) => {
-                let stale_after = 3 * HEARTBEAT_EVERY;
-                if let Err(e) = self.ledger.release_stale_leases(now, stale_after).await {
-                    tracing::warn!(error = %e, "releasing the leases of stale instances failed");
-                }
+        if write_due {
+            if let Ok(mut l) = self.last_beat.lock() {
+                *l = Some(std::time::Instant::now());
             }
-            Err(e) => tracing::warn!(error = %e, "writing the instance heartbeat failed"),
+            let written = self.ledger.heartbeat(&self.instance, now).await;
+            if let Err(e) = &written {
+                tracing::warn!(error = %e, "writing the instance heartbeat failed");
+            }
+            self.beat_written.store(written.is_ok(), Ordering::SeqCst);
+        }
+        // Only an instance whose own heartbeat is current judges the others.
+        if self.beat_written.load(Ordering::SeqCst) {
+            let stale_after = 3 * HEARTBEAT_EVERY;
+            if let Err(e) = self.ledger.release_stale_leases(now, stale_after).await {
+                tracing::warn!(error = %e, "releasing the leases of stale instances failed");
+            }
         }
         self.beating.store(false, Ordering::SeqCst);
     }
@@ -297,6 +304,7 @@ impl Generation {
             source_ttl: settings.ledger.lease.max(Duration::from_secs(1)),
             source_names: settings.sources.iter().map(|s| s.name.clone()).collect(),
             last_beat: std::sync::Mutex::new(None),
+            beat_written: AtomicBool::new(false),
             beating: AtomicBool::new(false),
             targets: loaded.targets.clone(),
             pushes,
