@@ -1,6 +1,6 @@
 //! The alert channels' constructor, in one leaf place: the configuration check builds each
-//! `[alerts.channels.<name>]` once to name a mistake's key, and the alerter builds them to
-//! send. Channels are the notification targets' senders (`leadsync-notify`); a build
+//! `[alerts.channels.<name>]` once to name a mistake's key (and `check --connect` asks each
+//! whether it would reach anyone), and the alerter builds them to send. Channels are the notification targets' senders (`leadsync-notify`); a build
 //! without the `notify` feature has none.
 
 use std::path::Path;
@@ -29,4 +29,16 @@ pub fn open(_: &str, _: &serde_json::Value, _: &Path) -> Result<Channel, (String
         "kind".into(),
         "this build has no notification channels (Cargo feature `notify`)".into(),
     ))
+}
+
+/// `check --connect`: an SMTP session with its login, or the webhook's host answering;
+/// nothing is sent. The line says what was verified; the error, what failed (no secret).
+#[cfg(feature = "notify")]
+pub async fn check_connection(channel: &Channel) -> Result<String, String> {
+    channel.check_connection().await
+}
+
+#[cfg(not(feature = "notify"))]
+pub async fn check_connection(channel: &Channel) -> Result<String, String> {
+    match *channel {}
 }

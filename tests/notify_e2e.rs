@@ -231,6 +231,44 @@ async fn a_refused_login_marks_the_target_down_and_check_names_it() {
     assert!(mail.messages().is_empty());
 }
 
+/// `check --connect` opens each `[alerts]` channel's SMTP session and logs in (nothing
+/// sent): a refused login fails the check naming the channel and the code, never the
+/// password; the right one passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_logs_in_to_each_alert_channel_without_sending() {
+    let d = Deployment::new();
+    let mail = smtp(&d).await;
+    let main = std::fs::read_to_string(d.config()).unwrap();
+    std::fs::write(
+        d.config(),
+        format!(
+            "{main}\n[alerts]\n[alerts.channels.ops]\nkind = \"email\"\n{}\n",
+            email_connection(&mail, "smtp-ca.pem").replace("sales@", "ops@")
+        ),
+    )
+    .unwrap();
+    let check = |password: &'static str| {
+        let mut cmd = d.command();
+        cmd.args(["check", "--connect"])
+            .env("SMTP_TEST_PASSWORD", password);
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let refused = check("wrong-password").await.unwrap();
+    let stdout = String::from_utf8_lossy(&refused.stdout).to_string();
+    assert_ne!(refused.status.code(), Some(0), "{}", text(&refused));
+    assert!(
+        stdout.contains("alert channel ops (email): FAILED") && stdout.contains("smtp_auth"),
+        "{stdout}"
+    );
+    assert!(!text(&refused).contains("wrong-password"));
+    let passed = check("s3cret-password").await.unwrap();
+    let stdout = String::from_utf8_lossy(&passed.stdout).to_string();
+    assert_eq!(passed.status.code(), Some(0), "{}", text(&passed));
+    assert!(stdout.contains("alert channel ops (email): ok"), "{stdout}");
+    assert!(stdout.contains("logged in (nothing sent)"), "{stdout}");
+    assert!(mail.messages().is_empty(), "check sends nothing");
+}
+
 /// `[alerts]` to an e-mail channel: a target down → one alert; still down → no repeat
 /// within `repeat_after`; a dead letter → one alert naming the code; the target fixed by a
 /// reload → one "resolved".

@@ -6,9 +6,11 @@
 //! is a note, not an error. With `--connect` every secret must resolve — from
 //! `$CREDENTIALS_DIRECTORY`, else the service's `/run/credentials/leadsync.service` when it is
 //! readable, and the output says which — and each source and target is asked whether its
-//! credentials and settings work.
+//! credentials and settings work, and each `[alerts]` channel whether it reaches anyone
+//! (an SMTP login, a webhook host answering; nothing is sent).
 
 use super::{EXIT_OK, EXIT_RUNTIME};
+use crate::alert_channel;
 use crate::config::Settings;
 use crate::pipeline::Target;
 use crate::wiring::{self, WiringError};
@@ -47,6 +49,7 @@ pub(super) async fn check(s: &Settings, connect: bool) -> Result<u8, WiringError
     }
     let mut failed = connect && !check_sources(s).await?;
     failed |= !check_targets(&targets, connect).await;
+    failed |= connect && !check_alert_channels(s).await;
     Ok(if failed { EXIT_RUNTIME } else { EXIT_OK })
 }
 
@@ -68,6 +71,29 @@ async fn check_sources(s: &Settings) -> Result<bool, WiringError> {
         }
     }
     Ok(ok)
+}
+
+/// `check --connect` for each `[alerts]` channel: an alert that cannot be sent is found now,
+/// not during the incident it was meant to tell of. False if one failed.
+async fn check_alert_channels(s: &Settings) -> bool {
+    let Some(alerts) = &s.alerts else {
+        return true;
+    };
+    let mut ok = true;
+    for c in &alerts.channels {
+        let checked = match alert_channel::open(&c.kind, &c.connection, &s.config_dir) {
+            Ok(channel) => alert_channel::check_connection(&channel).await,
+            Err((key, message)) => Err(format!("alerts.channels.{}.{key}: {message}", c.name)),
+        };
+        match checked {
+            Ok(line) => println!("  alert channel {} ({}): ok\n    - {line}", c.name, c.kind),
+            Err(e) => {
+                ok = false;
+                println!("  alert channel {} ({}): FAILED: {e}", c.name, c.kind);
+            }
+        }
+    }
+    ok
 }
 
 /// Each target's own check (offline, or against the CRM with `connect`); false if one failed.
