@@ -1,7 +1,8 @@
 //! The alert channels' constructor, in one leaf place: the configuration check builds each
 //! `[alerts.channels.<name>]` once to name a mistake's key (and `check --connect` asks each
-//! whether it would reach anyone), and the alerter builds them to send. Channels are the notification targets' senders (`leadsync-notify`); a build
-//! without the `notify` feature has none.
+//! whether it would reach anyone), and the alerter builds them to send. Channels are the
+//! notification targets' senders (`leadsync-notify`); a build without the `notify` feature
+//! has none.
 
 use std::path::Path;
 

@@ -44,6 +44,20 @@ ca_file = "{ca}""#,
     )
 }
 
+/// `[alerts]` (with `settings`, TOML lines) appended to the main file, with one e-mail
+/// channel `ops` through `fake` to ops@.
+fn alert_by_email(d: &Deployment, fake: &SmtpFake, settings: &str) {
+    let main = std::fs::read_to_string(d.config()).unwrap();
+    std::fs::write(
+        d.config(),
+        format!(
+            "{main}\n[alerts]\n{settings}[alerts.channels.ops]\nkind = \"email\"\n{}\n",
+            email_connection(fake, "smtp-ca.pem").replace("sales@", "ops@")
+        ),
+    )
+    .unwrap();
+}
+
 fn lead(i: usize, action: &str) -> String {
     serde_json::json!({
         "UserDetails": {"FirstName": format!("Ann{i}"), "LastName": "Smith",
@@ -238,15 +252,7 @@ async fn a_refused_login_marks_the_target_down_and_check_names_it() {
 async fn check_connect_logs_in_to_each_alert_channel_without_sending() {
     let d = Deployment::new();
     let mail = smtp(&d).await;
-    let main = std::fs::read_to_string(d.config()).unwrap();
-    std::fs::write(
-        d.config(),
-        format!(
-            "{main}\n[alerts]\n[alerts.channels.ops]\nkind = \"email\"\n{}\n",
-            email_connection(&mail, "smtp-ca.pem").replace("sales@", "ops@")
-        ),
-    )
-    .unwrap();
+    alert_by_email(&d, &mail, "");
     let check = |password: &'static str| {
         let mut cmd = d.command();
         cmd.args(["check", "--connect"])
@@ -277,15 +283,7 @@ async fn alerts_tell_a_target_down_once_dead_letters_once_and_the_recovery_once(
     let closed = free_port();
     let d = Deployment::new();
     let mail = smtp(&d).await;
-    let main = std::fs::read_to_string(d.config()).unwrap();
-    std::fs::write(
-        d.config(),
-        format!(
-            "{main}\n[alerts]\ncheck_every = \"1s\"\nrepeat_after = \"1h\"\n[alerts.channels.ops]\nkind = \"email\"\n{}\n",
-            email_connection(&mail, "smtp-ca.pem").replace("sales@", "ops@")
-        ),
-    )
-    .unwrap();
+    alert_by_email(&d, &mail, "check_every = \"1s\"\nrepeat_after = \"1h\"\n");
     let hook = |url: &str| {
         format!("kind = \"https\"\nschedule = \"*/1 * * * * *\"\n[connection]\nurl = \"{url}\"\nallow_http = true\n[retry]\nmin_delay = \"100ms\"\nmax_delay = \"1s\"\n")
     };
