@@ -186,6 +186,14 @@ pub async fn observe(
                 };
                 seen.push(dead_letters(&t.target, t.dead, reasons));
             }
+            // A target whose letters were all retried starts afresh: a later letter with the
+            // same count must not be told with the old reasons.
+            watch.dead_reasons.retain(|target, _| {
+                status
+                    .targets
+                    .iter()
+                    .any(|t| t.target == *target && t.dead > 0)
+            });
             seen.extend(stale_sources(&status.sources, watch, now));
         }
         Err(e) => tracing::warn!(error = %e, "alerts: reading the ledger's status failed"),
@@ -601,5 +609,33 @@ mod tests {
         assert!(subjects.contains(
             &"[leadsync] 1 lead(s) for target crm waiting longer than the follow-up SLA"
         ));
+        // Refused again, for another reason: the new letter is told with its own code, not
+        // the retried one's (the count is the same).
+        let claimed = ledger
+            .claim("crm", later(142), 10, Duration::from_secs(60), "me")
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let refused = [RecordedOutcome::Dead {
+            delivery_id: claimed[0].delivery_id,
+            error_code: Some("REQUIRED_FIELD_MISSING".into()),
+            error: "LastName is required".into(),
+        }];
+        ledger.record(&refused, "me").await.unwrap();
+        let told = book.update(
+            later(143),
+            observe(&ledger, &health, &mut watch, later(143)).await,
+        );
+        let dead = told
+            .iter()
+            .find(|m| m.key == "dead:crm")
+            .expect("the new dead letter is told");
+        let all: String = dead
+            .lines
+            .iter()
+            .map(|(l, v)| format!("{l}: {v}\n"))
+            .collect();
+        assert!(all.contains("REQUIRED_FIELD_MISSING ×1"), "{all}");
+        assert!(!all.contains("INVALID_EMAIL_ADDRESS"), "{all}");
     }
 }
