@@ -22,10 +22,20 @@ pub struct CallRate {
     pub in_flight: usize,
 }
 
-/// Why a [`CallRate`] cannot be paced.
+/// Why a [`CallRate`] cannot be paced: which of its values, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct PaceError(String);
+pub enum PaceError {
+    #[error("expected at least 2 calls per window, found {0}")]
+    Calls(u32),
+    #[error("too many calls for the window: one would be due every less than a nanosecond")]
+    TooManyCalls,
+    /// Published limits are per seconds to per day; the bound also keeps the window within
+    /// what the limiter's nanosecond clock can hold (a huge one panicked it).
+    #[error("expected a window from 1 ms to 24 h, found {0}")]
+    Window(String),
+    #[error("expected 1 to 10,000 calls in flight, found {0}")]
+    InFlight(usize),
+}
 
 /// Paces one target's calls; see the module comment.
 #[derive(Debug)]
@@ -45,24 +55,15 @@ impl CallPacer {
     /// `window` ≥ 1 ms, `in_flight` ≥ 1).
     pub fn try_new(rate: CallRate) -> Result<CallPacer, PaceError> {
         if rate.calls < 2 {
-            return Err(PaceError(format!(
-                "expected at least 2 calls per window, found {}",
-                rate.calls
-            )));
+            return Err(PaceError::Calls(rate.calls));
         }
-        // Published limits are per seconds to per day; the bound also keeps the window
-        // within what the limiter's nanosecond clock can hold (a huge one panicked it).
         if rate.window < Duration::from_millis(1) || rate.window > Duration::from_secs(86_400) {
-            return Err(PaceError(format!(
-                "expected a window from 1 ms to 24 h, found {}",
-                humantime::format_duration(rate.window)
-            )));
+            return Err(PaceError::Window(
+                humantime::format_duration(rate.window).to_string(),
+            ));
         }
         if rate.in_flight == 0 || rate.in_flight > 10_000 {
-            return Err(PaceError(format!(
-                "expected 1 to 10,000 calls in flight, found {}",
-                rate.in_flight
-            )));
+            return Err(PaceError::InFlight(rate.in_flight));
         }
         // GCRA lets `burst` calls at once and then one per `period`: any window of length
         // W holds at most burst + W / period calls. With period = W / (calls - burst) that
@@ -71,7 +72,7 @@ impl CallPacer {
         let burst = (allowed / 10).clamp(1, 10);
         let period = rate.window / (allowed - burst).max(1);
         let quota = Quota::with_period(period)
-            .ok_or_else(|| PaceError("window too short for the number of calls".into()))?
+            .ok_or(PaceError::TooManyCalls)?
             .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         Ok(CallPacer {
             rate,
@@ -82,7 +83,7 @@ impl CallPacer {
 
     /// A pacer from a connector's settings as written: `calls_per_window`, `window` (a
     /// duration such as "20s") and `max_in_flight`. The error names the settings key at
-    /// fault (`window` or `calls_per_window`) and what is wrong.
+    /// fault and what is wrong.
     pub fn from_settings(
         calls_per_window: u32,
         window: &str,
@@ -94,17 +95,19 @@ impl CallPacer {
                 format!("expected a duration such as \"20s\", found {window:?}: {e}"),
             )
         })?;
-        let key = if (Duration::from_millis(1)..=Duration::from_secs(86_400)).contains(&window) {
-            "calls_per_window"
-        } else {
-            "window"
-        };
         CallPacer::try_new(CallRate {
             calls: calls_per_window,
             window,
             in_flight: max_in_flight,
         })
-        .map_err(|e| (key, e.to_string()))
+        .map_err(|e| {
+            let key = match e {
+                PaceError::Calls(_) | PaceError::TooManyCalls => "calls_per_window",
+                PaceError::Window(_) => "window",
+                PaceError::InFlight(_) => "max_in_flight",
+            };
+            (key, e.to_string())
+        })
     }
 
     pub fn rate(&self) -> CallRate {
@@ -156,9 +159,17 @@ mod tests {
             ..ok
         })
         .is_err());
-        assert!(
-            CallPacer::from_settings(100, "20000000000000s", 10).is_err_and(|(k, _)| k == "window")
-        );
+        // The error names the key at fault.
+        let key = |calls, window, in_flight| {
+            CallPacer::from_settings(calls, window, in_flight)
+                .err()
+                .map(|(k, _)| k)
+        };
+        assert_eq!(key(100, "20000000000000s", 10), Some("window"));
+        assert_eq!(key(100, "20 parsecs", 10), Some("window"));
+        assert_eq!(key(1, "20s", 10), Some("calls_per_window"));
+        assert_eq!(key(100, "20s", 20_000), Some("max_in_flight"));
+        assert_eq!(key(100, "20s", 10), None);
     }
 
     /// 20 calls per 200 ms, 4 at once: count calls in every sliding window of a 1 s run.
