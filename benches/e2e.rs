@@ -10,8 +10,9 @@
 //! - `https-hang`: the HTTPS target, one lead per POST, 8 in flight, 50 ms added to every
 //!   request and a 1 s request timeout; once fault-free, once with every tenth request
 //!   committing and then hanging past the timeout. `LEADSYNC_BENCH_HANG_LEADS` (default 2000).
-//! - `batch`: Salesforce sObject Collections and Dataverse `$batch` against their fakes with
-//!   50 ms added to every request; leads/s next to in_flight × batch ÷ 50 ms.
+//! - `batch`: Salesforce sObject Collections and Dataverse `$batch` against their fakes, each
+//!   answering 50 ms after a request arrived (its own work inside those 50 ms, as a CRM's is
+//!   inside its round trip); leads/s next to in_flight × batch ÷ 50 ms.
 //!   `LEADSYNC_BENCH_BATCH_ROUNDS` (default 10 rounds of batch × concurrency leads).
 //! - `paced`: Marketo 300 × 1 and HubSpot 100 × 4 against their fakes with 50 ms added to
 //!   every request; there the CRM's own call-rate limit (Marketo 100 calls per 20 s, HubSpot
@@ -507,7 +508,7 @@ async fn bench_https_hang() {
 async fn bench_batch() {
     let rounds = env_usize("LEADSYNC_BENCH_BATCH_ROUNDS", 10);
     println!(
-        "\n## batch connectors: {} ms added per request, {rounds} rounds of batch × in-flight leads",
+        "\n## batch connectors: the fake answers {} ms after a request arrived, {rounds} rounds of batch × in-flight leads",
         ADDED_LATENCY.as_millis()
     );
     println!(
@@ -530,7 +531,7 @@ async fn bench_batch() {
         })
         .await
         .expect("salesforce fake");
-        fake.set_latency(ADDED_LATENCY);
+        fake.set_round_trip(ADDED_LATENCY);
         let target = format!(
             r#"
 kind = "salesforce"
@@ -554,7 +555,7 @@ concurrency = {conc}
     }
     for (batch, conc) in [(100, 1), (100, 4), (500, 4)] {
         let fake = FakeDataverse::start().await;
-        fake.set_latency(ADDED_LATENCY);
+        fake.set_round_trip(ADDED_LATENCY);
         let target = format!(
             r#"
 kind = "dynamics"
@@ -577,7 +578,7 @@ concurrency = {conc}
         let (_, _, r, push_s) = warm_then_report(&d, batch * conc, n).await;
         print_batch_row("dynamics", batch, conc, &r, push_s);
     }
-    println!("(limit = in flight × batch ÷ 50 ms; rt limit = in flight × batch ÷ the mean round trip the engine measured, mapping to answer, fake's work included; timed after one warm-up round)");
+    println!("(limit = in flight × batch ÷ 50 ms; rt limit = in flight × batch ÷ the mean round trip the engine measured, from the connector's push to its answer; timed after one warm-up round)");
 }
 
 /// Marketo and HubSpot, whose published call rates bound a backlog's throughput: see the

@@ -38,7 +38,8 @@ pub const DELIVERIES: &str = "leadsync_deliveries_total";
 pub const RETRIES: &str = "leadsync_retries_total";
 /// Seconds from staging to delivery. Label `target`.
 pub const DELIVERY_LATENCY: &str = "leadsync_delivery_latency_seconds";
-/// Seconds one request (one batch) took, from mapping to answer. Label `target`.
+/// Seconds one request (one batch) took, from the connector's push to its answer. Label
+/// `target`.
 pub const REQUEST_DURATION: &str = "leadsync_request_duration_seconds";
 /// 1 while the target is paused by throttling. Label `target`.
 pub const THROTTLED: &str = "leadsync_target_throttled";
@@ -128,7 +129,7 @@ pub fn install() -> Option<PrometheusHandle> {
     metrics::describe_histogram!(
         REQUEST_DURATION,
         metrics::Unit::Seconds,
-        "Seconds one request (one batch) took, from mapping to answer"
+        "Seconds one request (one batch) took, from the connector's push to its answer"
     );
     metrics::describe_gauge!(THROTTLED, "1 while the target is paused by throttling");
     metrics::describe_gauge!(TARGET_UP, "1 while the target is up, 0 while it is down");

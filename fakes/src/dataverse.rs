@@ -160,6 +160,8 @@ struct State {
     faults: VecDeque<Fault>,
     op_faults: VecDeque<OpFault>,
     latency: Duration,
+    /// `latency` is the whole round trip, the fake's own work inside it (`set_round_trip`).
+    work_inside_latency: bool,
     concurrency_limit: Option<usize>,
     requests: Vec<RequestRecord>,
 }
@@ -280,6 +282,7 @@ impl FakeDataverse {
             faults: VecDeque::new(),
             op_faults: VecDeque::new(),
             latency: Duration::ZERO,
+            work_inside_latency: false,
             concurrency_limit: None,
             requests: Vec::new(),
         };
@@ -428,7 +431,18 @@ impl FakeDataverse {
     }
     /// Added delay before every answer (benchmarks use 50 ms).
     pub fn set_latency(&self, d: Duration) {
-        self.shared.lock().latency = d;
+        let mut st = self.shared.lock();
+        st.latency = d;
+        st.work_inside_latency = false;
+    }
+
+    /// Answer every request `round_trip` after it arrived, the fake's own work done inside
+    /// that time (as a CRM's is inside its round trip): a benchmark's limit of batch ÷
+    /// round trip then measures the client alone. Work that takes longer answers late.
+    pub fn set_round_trip(&self, round_trip: Duration) {
+        let mut st = self.shared.lock();
+        st.latency = round_trip;
+        st.work_inside_latency = true;
     }
     /// More requests than this in flight at once answer 429 `0x80072326`.
     pub fn set_concurrency_limit(&self, limit: Option<usize>) {
@@ -590,8 +604,11 @@ async fn handle(
 ) -> Response {
     let arrived = Instant::now();
     let in_flight = sh.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    let latency = sh.lock().latency;
-    if !latency.is_zero() {
+    let (latency, work_inside) = {
+        let st = sh.lock();
+        (st.latency, st.work_inside_latency)
+    };
+    if !work_inside && !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     let hdrs: Vec<(String, String)> = headers
@@ -609,6 +626,9 @@ async fn handle(
         let mut st = sh.lock();
         st.route(&method, &path, uri.query(), &hdrs, &body, in_flight)
     };
+    if work_inside {
+        tokio::time::sleep_until((arrived + latency).into()).await;
+    }
     sh.in_flight.fetch_sub(1, Ordering::SeqCst);
     sh.lock().requests.push(RequestRecord {
         method: method.to_string(),

@@ -311,6 +311,8 @@ struct FakeState {
     duplicate_rule: bool,
     eai: bool,
     latency: Duration,
+    /// `latency` is the whole round trip, the fake's own work inside it (`set_round_trip`).
+    work_inside_latency: bool,
     api_used: u64,
     api_max: u64,
     requests: Vec<RequestInfo>,
@@ -420,6 +422,7 @@ impl SalesforceFake {
                 duplicate_rule: false,
                 eai: false,
                 latency: Duration::ZERO,
+                work_inside_latency: false,
                 api_used: 0,
                 api_max: config.api_limit,
                 requests: Vec::new(),
@@ -473,7 +476,18 @@ impl SalesforceFake {
 
     /// Wait this long before answering any request.
     pub fn set_latency(&self, latency: Duration) {
-        self.state().latency = latency;
+        let mut st = self.state();
+        st.latency = latency;
+        st.work_inside_latency = false;
+    }
+
+    /// Answer every request `round_trip` after it arrived, the fake's own work done inside
+    /// that time (as a CRM's is inside its round trip): a benchmark's limit of batch ÷
+    /// round trip then measures the client alone. Work that takes longer answers late.
+    pub fn set_round_trip(&self, round_trip: Duration) {
+        let mut st = self.state();
+        st.latency = round_trip;
+        st.work_inside_latency = true;
     }
 
     /// Set the API usage counters (`Sforce-Limit-Info`); at `used >= max` calls get 403.
@@ -622,8 +636,11 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let at = Instant::now();
-    let latency = lock(&inner).latency;
-    if !latency.is_zero() {
+    let (latency, work_inside) = {
+        let st = lock(&inner);
+        (st.latency, st.work_inside_latency)
+    };
+    if !work_inside && !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     let path = uri.path().to_string();
@@ -641,6 +658,9 @@ async fn handle(
             0,
         )
     };
+    if work_inside {
+        tokio::time::sleep_until((at + latency).into()).await;
+    }
     lock(&inner).requests.push(RequestInfo {
         method: method.to_string(),
         path,

@@ -2,8 +2,8 @@
 //!
 //! It keeps up to the target's concurrency of requests in flight at all times: when one
 //! finishes, its outcome is recorded and the next batch starts at once, and the next batch is
-//! claimed (and leased) while requests are in flight, so that claiming and ledger writes
-//! overlap the network. A request that hangs holds its one slot until its timeout, never the
+//! claimed (and leased) and mapped while requests are in flight, so that claiming, mapping
+//! and ledger writes overlap the network. A request that hangs holds its one slot until its timeout, never the
 //! others, and its batch's lease is renewed while it runs. A request that has run twice as
 //! long as the target's slowest recent answer (a stall, see [`Flights`]) is set aside: it
 //! keeps its connection and lease until it is answered or times out, but no longer holds a
@@ -121,7 +121,7 @@ impl Flights {
 struct Trip {
     /// The task that flew it (the key of its start time in [`Flights`]).
     task: tokio::task::Id,
-    batch: Vec<ClaimedDelivery>,
+    batch: Arc<Vec<ClaimedDelivery>>,
     outcomes: Vec<DeliveryOutcome>,
     rtt: Duration,
     /// The circuit's probe: its verdict moves the circuit's steps.
@@ -136,6 +136,52 @@ struct EngineState {
     /// The target has answered this engine: a "down" left by the engine before it (a
     /// restart, a reload that fixed the credentials) has been cleared.
     confirmed_up: bool,
+}
+
+/// A batch claimed ahead, its records being mapped on a task of their own meanwhile, so that
+/// the mapping overlaps the requests in flight instead of delaying the next one.
+struct MappedAhead {
+    batch: Arc<Vec<ClaimedDelivery>>,
+    records: JoinHandle<Vec<OutboundRecord>>,
+}
+
+impl MappedAhead {
+    fn start(target: &Arc<Target>, batch: Vec<ClaimedDelivery>) -> Self {
+        let batch = Arc::new(batch);
+        let (target, claimed) = (Arc::clone(target), Arc::clone(&batch));
+        let records = tokio::spawn(async move { map_batch(&target, &claimed) });
+        MappedAhead { batch, records }
+    }
+}
+
+/// A batch about to fly: mapped ahead, or to be mapped by its flight.
+enum Mapping {
+    Ahead(MappedAhead),
+    Now(Vec<ClaimedDelivery>),
+}
+
+impl Mapping {
+    /// The batch and its records. A mapping task that failed (a panic) is mapped again
+    /// here, so that its failure is the flight's, as a mapping's always was.
+    async fn finish(self, target: &Target) -> (Arc<Vec<ClaimedDelivery>>, Vec<OutboundRecord>) {
+        match self {
+            Mapping::Ahead(MappedAhead { batch, records }) => {
+                let records = match records.await {
+                    Ok(records) => records,
+                    Err(_) => map_batch(target, &batch),
+                };
+                (batch, records)
+            }
+            Mapping::Now(batch) => {
+                let records = map_batch(target, &batch);
+                (Arc::new(batch), records)
+            }
+        }
+    }
+}
+
+fn map_batch(target: &Target, batch: &[ClaimedDelivery]) -> Vec<OutboundRecord> {
+    batch.iter().map(|d| outbound(target, d)).collect()
 }
 
 /// Trips' answers, judged and waiting to be written to the ledger.
@@ -304,7 +350,7 @@ impl TargetEngine {
         let (writes, pending) = tokio::sync::mpsc::channel::<Landing>(WRITES_AHEAD);
         let requests = async {
             let mut flights = Flights::new();
-            let mut ready: VecDeque<Vec<ClaimedDelivery>> = VecDeque::new();
+            let mut ready: VecDeque<MappedAhead> = VecDeque::new();
             let mut more = true;
             let result = self
                 .keep_in_flight(&halt, refill, &mut flights, &mut ready, &mut more, &writes)
@@ -312,8 +358,9 @@ impl TargetEngine {
             // Whatever happened, nothing claimed is left leased and nothing answered
             // unrecorded.
             let released = async {
-                for batch in ready {
-                    self.release(&batch).await?;
+                for mapped in ready {
+                    mapped.records.abort();
+                    self.release(&mapped.batch).await?;
                 }
                 Ok::<(), PipelineError>(())
             }
@@ -363,7 +410,7 @@ impl TargetEngine {
         stop: &CancellationToken,
         refill: bool,
         flights: &mut Flights,
-        ready: &mut VecDeque<Vec<ClaimedDelivery>>,
+        ready: &mut VecDeque<MappedAhead>,
         more: &mut bool,
         writes: &Writes,
     ) -> Result<(), PipelineError> {
@@ -387,7 +434,11 @@ impl TargetEngine {
                 if next.is_empty() {
                     *more = false;
                 }
-                ready.extend(split_batches(next, self.target.batch_size));
+                ready.extend(
+                    split_batches(next, self.target.batch_size)
+                        .into_iter()
+                        .map(|batch| MappedAhead::start(&self.target, batch)),
+                );
             }
             // Wait for an answer, or (refilling) for a request to stall and free its slot.
             let stall = if refill && self.target.max_stalled > 0 {
@@ -424,7 +475,7 @@ impl TargetEngine {
         &self,
         stop: &CancellationToken,
         flights: &mut Flights,
-        ready: &mut VecDeque<Vec<ClaimedDelivery>>,
+        ready: &mut VecDeque<MappedAhead>,
         more: &mut bool,
         writes: &Writes,
     ) -> Result<(), PipelineError> {
@@ -442,20 +493,23 @@ impl TargetEngine {
                     return Ok(());
                 }
                 Start::Probe(batch) => {
-                    flights.push(self.fly(batch, true));
+                    flights.push(self.fly(Mapping::Now(batch), true));
                     return Ok(());
                 }
                 Start::Batch => {}
             }
-            let batch = match ready.pop_front() {
-                Some(b) => b,
-                None => self.claim(self.target.batch_size).await?,
+            let mapping = match ready.pop_front() {
+                Some(mapped) => Mapping::Ahead(mapped),
+                None => {
+                    let batch = self.claim(self.target.batch_size).await?;
+                    if batch.is_empty() {
+                        *more = false;
+                        return Ok(());
+                    }
+                    Mapping::Now(batch)
+                }
             };
-            if batch.is_empty() {
-                *more = false;
-                return Ok(());
-            }
-            flights.push(self.fly(batch, false));
+            flights.push(self.fly(mapping, false));
         }
         Ok(())
     }
@@ -566,17 +620,17 @@ impl TargetEngine {
         Ok(())
     }
 
-    /// Start one batch's request on its own task: map, push (renewing the batch's lease
-    /// while it runs), and come back with the outcomes.
-    fn fly(&self, batch: Vec<ClaimedDelivery>, probe: bool) -> JoinHandle<Trip> {
+    /// Start one batch's request on its own task: map (unless mapped ahead), push
+    /// (renewing the batch's lease while it runs), and come back with the outcomes.
+    fn fly(&self, mapping: Mapping, probe: bool) -> JoinHandle<Trip> {
         let target = Arc::clone(&self.target);
         let ledger = Arc::clone(&self.ledger);
         let owner = self.owner.clone();
         let clock = Arc::clone(&self.clock);
         tokio::spawn(async move {
             let task = tokio::task::id();
+            let (batch, records) = mapping.finish(&target).await;
             let started = Instant::now();
-            let records: Vec<OutboundRecord> = batch.iter().map(|d| outbound(&target, d)).collect();
             let ids: Vec<i64> = batch.iter().map(|d| d.delivery_id).collect();
             let push = std::panic::AssertUnwindSafe(push_batch(&target, records)).catch_unwind();
             let renew = renew_leases(ledger.as_ref(), &ids, &owner, target.lease, clock.as_ref());

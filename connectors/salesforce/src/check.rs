@@ -187,7 +187,11 @@ impl SalesforceConnector {
             reason,
         };
         let answer = self
-            .call(Method::GET, &["sobjects", "Lead", "describe"], None)
+            .call(
+                Method::GET,
+                &["sobjects", "Lead", "describe"],
+                None::<&Value>,
+            )
             .await
             .map_err(|f| err(format!("{}: {}", f.code, f.message)))?;
         if !answer.status.is_success() {

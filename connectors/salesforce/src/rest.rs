@@ -122,7 +122,7 @@ impl SalesforceConnector {
         &self,
         method: Method,
         segments: &[&str],
-        body: Option<&Value>,
+        body: Option<&(impl serde::Serialize + ?Sized)>,
     ) -> Result<Answer, DeliveryFailure> {
         let token = self.tokens.get().await.map_err(|e| {
             tracing::warn!(code = %e.code, "Salesforce token request failed");
