@@ -123,7 +123,7 @@ impl ClaimRow {
             attempts: to_u32(self.attempts),
             age_from: from_ms(self.age_from, &self.lead_id)?,
             staged_at: from_ms(self.staged_at, &self.lead_id)?,
-            lead: decode_lead(&self.lead_id, &self.body)?,
+            lead: std::sync::Arc::new(decode_lead(&self.lead_id, &self.body)?),
         })
     }
 }

@@ -1140,7 +1140,7 @@ async fn stale_instances_lose_their_leases(ledger: &dyn Ledger) {
         .await
         .expect("record");
     let leads = |ds: Vec<super::ClaimedDelivery>| -> Vec<String> {
-        let mut ids: Vec<String> = ds.into_iter().map(|d| d.lead.id).collect();
+        let mut ids: Vec<String> = ds.into_iter().map(|d| d.lead.id.clone()).collect();
         ids.sort();
         ids
     };

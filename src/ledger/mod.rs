@@ -107,7 +107,8 @@ pub struct ClaimedDelivery {
     /// When the retry-age clock started (staging, or an operator's retry).
     pub age_from: DateTime<Utc>,
     pub staged_at: DateTime<Utc>,
-    pub lead: Lead,
+    /// Shared with the records mapped from it (a lead is not copied per request).
+    pub lead: Arc<Lead>,
 }
 
 /// What the pipeline decided for one claimed delivery.

@@ -121,7 +121,7 @@ pub(super) fn outbound(target: &Target, d: &ClaimedDelivery) -> OutboundRecord {
         lead_id: d.lead.id.clone(),
         idempotency_key: d.idempotency_key.clone(),
         attempt: d.attempts + 1,
-        lead: Arc::new(d.lead.clone()),
+        lead: Arc::clone(&d.lead),
         fields,
     }
 }

@@ -42,8 +42,9 @@ pub trait HealthSink: Send + Sync {
     fn target_down(&self, target: &str, reason: Option<&str>);
 }
 
-/// Batches claimed ahead in one ledger transaction, at most (half the concurrency, at least
-/// one): fewer transactions when many slots are fed, few leads leased before they fly.
+/// Batches claimed ahead in one ledger transaction, at most (as many as the concurrency, at
+/// least one): the loop waits for a claim once per that many answers, and few leads are
+/// leased before they fly. (Eight measured no better than four at 10 in flight.)
 const MAX_CLAIM_AHEAD: usize = 4;
 /// Judged answers waiting for the committer, at most, before the request loop waits for it:
 /// a slow ledger slows the pushing down instead of piling up unwritten answers (which a
@@ -429,7 +430,7 @@ impl TargetEngine {
             {
                 // Claim the next batches while requests are in flight, several in one
                 // transaction when several slots are to be fed.
-                let ahead = (self.concurrency() / 2).clamp(1, MAX_CLAIM_AHEAD);
+                let ahead = self.concurrency().clamp(1, MAX_CLAIM_AHEAD);
                 let next = self.claim(self.target.batch_size * ahead).await?;
                 if next.is_empty() {
                     *more = false;
