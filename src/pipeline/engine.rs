@@ -220,6 +220,17 @@ impl Landing {
 /// Where the request loop hands judged answers to the committer.
 type Writes = tokio::sync::mpsc::Sender<Landing>;
 
+/// A claim ahead in progress, on a task of its own: it holds the ledger's write lock while
+/// it runs, so it must go on whatever the request loop is waiting for.
+type ClaimAhead = JoinHandle<Result<Vec<ClaimedDelivery>, PipelineError>>;
+
+/// What woke the request loop.
+enum Woke {
+    Answered(Option<Result<Trip, tokio::task::JoinError>>),
+    Claimed(Result<Vec<ClaimedDelivery>, PipelineError>),
+    Stalled,
+}
+
 /// What may start next.
 enum Start {
     Batch,
@@ -352,13 +363,23 @@ impl TargetEngine {
         let requests = async {
             let mut flights = Flights::new();
             let mut ready: VecDeque<MappedAhead> = VecDeque::new();
+            let mut claiming: Option<ClaimAhead> = None;
             let mut more = true;
             let result = self
-                .keep_in_flight(&halt, refill, &mut flights, &mut ready, &mut more, &writes)
+                .keep_in_flight(
+                    &halt,
+                    refill,
+                    (&mut flights, &mut ready, &mut claiming),
+                    &mut more,
+                    &writes,
+                )
                 .await;
             // Whatever happened, nothing claimed is left leased and nothing answered
             // unrecorded.
             let released = async {
+                if let Some(claim) = claiming {
+                    self.release(&joined_claim(claim.await)?).await?;
+                }
                 for mapped in ready {
                     mapped.records.abort();
                     self.release(&mapped.batch).await?;
@@ -405,56 +426,79 @@ impl TargetEngine {
     }
 
     /// The loop of [`TargetEngine::push_due`]: start what the limit allows, claim ahead, hand
-    /// each trip's judged answer to the committer as it comes back.
+    /// each trip's judged answer to the committer as it comes back. The claim ahead runs on
+    /// its own task beside the answers: one that comes back meanwhile is judged and its slot
+    /// refilled from what is ready, instead of waiting for the ledger. Whatever is left in
+    /// `ready` or `claiming` when it returns, the caller releases.
     async fn keep_in_flight(
         &self,
         stop: &CancellationToken,
         refill: bool,
-        flights: &mut Flights,
-        ready: &mut VecDeque<MappedAhead>,
+        (flights, ready, claiming): (
+            &mut Flights,
+            &mut VecDeque<MappedAhead>,
+            &mut Option<ClaimAhead>,
+        ),
         more: &mut bool,
         writes: &Writes,
     ) -> Result<(), PipelineError> {
         let mut filled = false;
         loop {
             if !filled {
-                self.fill(stop, flights, ready, more, writes).await?;
+                self.fill(stop, flights, ready, more, writes, claiming.is_some())
+                    .await?;
                 filled = !refill;
             }
-            if refill
+            let ahead = self.concurrency().clamp(1, MAX_CLAIM_AHEAD);
+            if claiming.is_none()
+                && refill
                 && *more
                 && !stop.is_cancelled()
-                && ready.is_empty()
+                && ready.len() < ahead
                 && !flights.is_empty()
                 && self.may_claim_ahead()
             {
                 // Claim the next batches while requests are in flight, several in one
                 // transaction when several slots are to be fed.
-                let ahead = self.concurrency().clamp(1, MAX_CLAIM_AHEAD);
-                let next = self.claim(self.target.batch_size * ahead).await?;
-                if next.is_empty() {
-                    *more = false;
-                }
-                ready.extend(
-                    split_batches(next, self.target.batch_size)
-                        .into_iter()
-                        .map(|batch| MappedAhead::start(&self.target, batch)),
-                );
+                *claiming = Some(self.claim_ahead(self.target.batch_size * ahead));
             }
-            // Wait for an answer, or (refilling) for a request to stall and free its slot.
+            // Wait for an answer, the claim ahead, or (refilling) for a request to stall
+            // and free its slot.
             let stall = if refill && self.target.max_stalled > 0 {
                 flights.next_stall(self.stall_after())
             } else {
                 None
             };
-            let joined = tokio::select! {
+            let woke = tokio::select! {
                 // An answer first: it may pause the target before anything else starts.
                 biased;
-                joined = flights.next() => joined,
-                _ = sleep_until_opt(stall) => continue,
+                joined = flights.next() => Woke::Answered(joined),
+                claimed = claim_opt(claiming) => Woke::Claimed(claimed),
+                _ = sleep_until_opt(stall) => Woke::Stalled,
             };
-            let Some(joined) = joined else {
-                return Ok(());
+            let joined = match woke {
+                Woke::Answered(Some(joined)) => joined,
+                Woke::Answered(None) => match claiming.take() {
+                    // Nothing in flight: the claim ahead decides whether there is more.
+                    Some(claim) => {
+                        self.ready_ahead(joined_claim(claim.await)?, ready, more);
+                        filled = ready.is_empty();
+                        if filled {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    None => return Ok(()),
+                },
+                Woke::Claimed(claimed) => {
+                    *claiming = None;
+                    self.ready_ahead(claimed?, ready, more);
+                    // Slots freed while the claim ran take what it brought.
+                    self.fill(stop, flights, ready, more, writes, claiming.is_some())
+                        .await?;
+                    continue;
+                }
+                Woke::Stalled => continue,
             };
             // Judge this answer and any others already back, start the freed slots' next
             // requests, then hand all the answers to the committer.
@@ -463,12 +507,31 @@ impl TargetEngine {
                 landing = landing.merge(self.judge_joined(joined));
             }
             if refill {
-                self.fill(stop, flights, ready, more, writes).await?;
+                self.fill(stop, flights, ready, more, writes, claiming.is_some())
+                    .await?;
             }
             let _ = writes.send(landing).await;
             // An answer may have made work due again (a released batch, a closed circuit).
             *more = *more || refill;
         }
+    }
+
+    /// Split what a claim ahead brought into batches and start mapping them; nothing
+    /// brought means nothing more is due.
+    fn ready_ahead(
+        &self,
+        claimed: Vec<ClaimedDelivery>,
+        ready: &mut VecDeque<MappedAhead>,
+        more: &mut bool,
+    ) {
+        if claimed.is_empty() {
+            *more = false;
+        }
+        ready.extend(
+            split_batches(claimed, self.target.batch_size)
+                .into_iter()
+                .map(|batch| MappedAhead::start(&self.target, batch)),
+        );
     }
 
     /// Start batches (or the circuit's probe) until the limit is reached or nothing may go.
@@ -479,6 +542,7 @@ impl TargetEngine {
         ready: &mut VecDeque<MappedAhead>,
         more: &mut bool,
         writes: &Writes,
+        claim_running: bool,
     ) -> Result<(), PipelineError> {
         while *more
             && !stop.is_cancelled()
@@ -501,6 +565,8 @@ impl TargetEngine {
             }
             let mapping = match ready.pop_front() {
                 Some(mapped) => Mapping::Ahead(mapped),
+                // What the claim ahead brings fills this slot when it comes.
+                None if claim_running => return Ok(()),
                 None => {
                     let batch = self.claim(self.target.batch_size).await?;
                     if batch.is_empty() {
@@ -592,6 +658,22 @@ impl TargetEngine {
             s.circuit.begin_probe();
         }
         Ok(Start::Probe(batch))
+    }
+
+    /// [`TargetEngine::claim`] on a task of its own.
+    fn claim_ahead(&self, size: usize) -> ClaimAhead {
+        let (ledger, target) = (Arc::clone(&self.ledger), self.target.name.clone());
+        let (clock, owner, lease) = (
+            Arc::clone(&self.clock),
+            self.owner.clone(),
+            self.target.lease,
+        );
+        tokio::spawn(async move {
+            let size = size.clamp(1, u32::MAX as usize) as u32;
+            Ok(ledger
+                .claim(&target, clock.now(), size, lease, &owner)
+                .await?)
+        })
     }
 
     async fn claim(&self, size: usize) -> Result<Vec<ClaimedDelivery>, PipelineError> {
@@ -887,6 +969,25 @@ fn split_batches(mut claimed: Vec<ClaimedDelivery>, size: usize) -> Vec<Vec<Clai
         batches.push(claimed);
     }
     batches
+}
+
+/// The claim ahead's result, or never when none is running.
+async fn claim_opt(claim: &mut Option<ClaimAhead>) -> Result<Vec<ClaimedDelivery>, PipelineError> {
+    match claim {
+        Some(claim) => joined_claim(claim.await),
+        None => std::future::pending().await,
+    }
+}
+
+fn joined_claim(
+    joined: Result<Result<Vec<ClaimedDelivery>, PipelineError>, tokio::task::JoinError>,
+) -> Result<Vec<ClaimedDelivery>, PipelineError> {
+    // A panic goes on here, as it did when the claim ran in the loop; a cancelled task (the
+    // runtime shutting down) claimed nothing that a lease will not give back.
+    joined.unwrap_or_else(|e| match e.try_into_panic() {
+        Ok(panic) => std::panic::resume_unwind(panic),
+        Err(_) => Ok(Vec::new()),
+    })
 }
 
 /// Sleep until `at`, or forever when there is nothing to wait for.
