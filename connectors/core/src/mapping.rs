@@ -307,6 +307,26 @@ impl MappedRecord {
     pub fn get_str(&self, field: &str) -> Option<&str> {
         self.get(field).and_then(|v| v.as_str())
     }
+    /// The fields a CRM write carries: not `key_field` (the value the record is matched
+    /// on travels on its own), and no opt-out flag of `opt_out_fields` that is false (a later
+    /// event never clears an opt-out). Names compare case-insensitively.
+    pub fn fields_to_write<'a>(
+        &'a self,
+        key_field: &'a str,
+        opt_out_fields: &'a [String],
+    ) -> impl Iterator<Item = (&'a String, &'a Value)> + 'a {
+        self.fields
+            .iter()
+            .map(|(k, v)| (k, v))
+            .filter(move |(k, v)| {
+                let false_opt_out = || {
+                    **v == Value::Bool(false)
+                        && opt_out_fields.iter().any(|f| f.eq_ignore_ascii_case(k))
+                };
+                !(k.eq_ignore_ascii_case(key_field) || false_opt_out())
+            })
+    }
+
     /// As a JSON object (field order kept by insertion where the map preserves it).
     pub fn to_json_object(&self) -> serde_json::Map<String, Value> {
         self.fields.iter().cloned().collect()
@@ -513,6 +533,26 @@ mod tests {
     use super::*;
     use crate::lead::read_lead;
     use serde_json::json;
+
+    #[test]
+    fn fields_to_write_drop_the_key_field_and_false_opt_outs_only() {
+        let rec = MappedRecord {
+            fields: vec![
+                ("LeadSync_Key__c".into(), json!("k1")),
+                ("Email".into(), json!("a@b.example")),
+                ("HasOptedOutOfEmail".into(), json!(false)),
+                ("DoNotCall".into(), json!(true)),
+                ("IsConverted".into(), json!(false)),
+            ],
+        };
+        let opt_outs = vec!["hasoptedoutofemail".to_string(), "DoNotCall".to_string()];
+        let kept: Vec<&str> = rec
+            .fields_to_write("leadsync_key__c", &opt_outs)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        // An opt-out that is true is written; a false boolean that is no opt-out is too.
+        assert_eq!(kept, ["Email", "DoNotCall", "IsConverted"]);
+    }
 
     fn lead() -> Lead {
         read_lead(

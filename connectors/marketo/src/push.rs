@@ -56,17 +56,11 @@ impl MarketoConnector {
     /// One record's input: the mapped fields, minus opt-out flags that are false (a later
     /// event never clears an opt-out), with the lookup field set from `lookup`.
     fn record_input(&self, rec: &OutboundRecord, lookup: &str) -> Value {
-        let mut input: Map<String, Value> = rec.fields.to_json_object();
-        input.retain(|k, v| {
-            if k.eq_ignore_ascii_case(&self.lookup_field) {
-                return false;
-            }
-            let opt_out = self
-                .opt_out_fields
-                .iter()
-                .any(|f| f.eq_ignore_ascii_case(k));
-            !(opt_out && *v == Value::Bool(false))
-        });
+        let mut input: Map<String, Value> = rec
+            .fields
+            .fields_to_write(&self.lookup_field, &self.opt_out_fields)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         input.insert(self.lookup_field.clone(), Value::String(lookup.to_string()));
         Value::Object(input)
     }

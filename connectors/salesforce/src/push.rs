@@ -39,22 +39,17 @@ impl SalesforceConnector {
     /// The body of one record: the mapped fields, minus the external ID (it travels in the
     /// URL or is set from the key) and minus opt-out checkboxes that are false.
     fn record_body(&self, rec: &OutboundRecord) -> Map<String, Value> {
-        let mut body = rec.fields.to_json_object();
-        body.retain(|k, v| self.sends_field(k, v));
-        body
+        self.fields_to_write(rec)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
-    /// Whether a mapped field goes in a record's body: not the external ID, not an opt-out
-    /// checkbox that is false.
-    fn sends_field(&self, field: &str, value: &Value) -> bool {
-        if field.eq_ignore_ascii_case(&self.external_id_field) {
-            return false;
-        }
-        let opt_out = self
-            .opt_out_fields
-            .iter()
-            .any(|f| f.eq_ignore_ascii_case(field));
-        !(opt_out && *value == Value::Bool(false))
+    fn fields_to_write<'a>(
+        &'a self,
+        rec: &'a OutboundRecord,
+    ) -> impl Iterator<Item = (&'a String, &'a Value)> + 'a {
+        rec.fields
+            .fields_to_write(&self.external_id_field, &self.opt_out_fields)
     }
 
     async fn upsert_one(&self, rec: &OutboundRecord) -> DeliveryOutcome {
@@ -168,7 +163,7 @@ struct CollectionUpsert<'a> {
     records: &'a [&'a OutboundRecord],
 }
 
-/// One record: its `attributes`, the fields [`SalesforceConnector::sends_field`] keeps,
+/// One record: its `attributes`, the fields `MappedRecord::fields_to_write` keeps,
 /// and the external ID from the idempotency key.
 struct CollectionRecord<'a> {
     connector: &'a SalesforceConnector,
@@ -197,8 +192,8 @@ impl Serialize for CollectionRecord<'_> {
         let c = self.connector;
         let mut o = s.serialize_map(None)?;
         o.serialize_entry("attributes", &json!({"type": "Lead"}))?;
-        for (field, value) in &self.record.fields.fields {
-            if field != "attributes" && c.sends_field(field, value) {
+        for (field, value) in c.fields_to_write(self.record) {
+            if field != "attributes" {
                 o.serialize_entry(field, value)?;
             }
         }
