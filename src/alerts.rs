@@ -582,11 +582,7 @@ mod tests {
             .iter()
             .any(|s| s.starts_with("[leadsync] resolved: 3 lead(s) for target crm")));
         let dead = told.iter().find(|m| m.key == "dead:crm").unwrap();
-        let all: String = dead
-            .lines
-            .iter()
-            .map(|(l, v)| format!("{l}: {v}\n"))
-            .collect();
+        let all = lines_of(dead);
         assert!(all.contains("INVALID_EMAIL_ADDRESS ×1"), "{all}");
         assert!(
             !all.contains("p0@x.example"),
@@ -630,12 +626,17 @@ mod tests {
             .iter()
             .find(|m| m.key == "dead:crm")
             .expect("the new dead letter is told");
-        let all: String = dead
+        let all = lines_of(dead);
+        assert!(all.contains("REQUIRED_FIELD_MISSING ×1"), "{all}");
+        assert!(!all.contains("INVALID_EMAIL_ADDRESS"), "{all}");
+    }
+
+    /// An alert's lines as one text, to search.
+    fn lines_of(alert: &AlertMessage) -> String {
+        alert
             .lines
             .iter()
             .map(|(l, v)| format!("{l}: {v}\n"))
-            .collect();
-        assert!(all.contains("REQUIRED_FIELD_MISSING ×1"), "{all}");
-        assert!(!all.contains("INVALID_EMAIL_ADDRESS"), "{all}");
+            .collect()
     }
 }
