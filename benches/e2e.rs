@@ -204,36 +204,57 @@ impl InProcess {
 
     /// Push the (only) target until nothing is due; returns (delivered, seconds).
     async fn drain(&self) -> (u64, f64) {
-        let (r, secs) = self.drain_report().await;
-        (r.delivered, secs)
+        let push = self.drain_report().await;
+        (push.report.delivered, push.secs)
     }
 
-    /// [`InProcess::drain`], with the engine's whole report.
-    async fn drain_report(&self) -> (PushReport, f64) {
+    /// [`InProcess::drain`], with the engine's whole report and the CPU it took.
+    async fn drain_report(&self) -> TimedPush {
         let t = Instant::now();
+        let cpu = own_cpu_seconds();
         let r = drain_target(&self.ledger, &self.targets[0], "bench", Utc::now())
             .await
             .expect("drain");
         let secs = t.elapsed().as_secs_f64();
+        let cpu_secs = own_cpu_seconds() - cpu;
         if r.delivered != r.attempted {
             println!(
                 "  ! {} attempted, {} delivered, {} retrying, {} dead",
                 r.attempted, r.delivered, r.retrying, r.dead
             );
         }
-        (r, secs)
+        TimedPush {
+            report: r,
+            secs,
+            cpu_secs,
+        }
     }
+}
+
+/// One timed push: the engine's report, wall-clock seconds and this process's CPU seconds
+/// (the in-process fakes' share included).
+struct TimedPush {
+    report: PushReport,
+    secs: f64,
+    cpu_secs: f64,
+}
+
+/// This process's CPU seconds so far (utime + stime; NaN where /proc is missing).
+fn own_cpu_seconds() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(clock_ticks);
+    proc_sample(std::process::id(), ticks).map_or(f64::NAN, |(_, _, cpu)| cpu)
 }
 
 /// Stage `warm` leads and push them (connections, tokens), then stage `n` and push them,
 /// timed. Returns (staged, stage s, delivered, push s).
 async fn warm_then_measure(d: &Deployment, warm: usize, n: usize) -> (u64, f64, u64, f64) {
-    let (staged, stage_s, r, push_s) = warm_then_report(d, warm, n).await;
-    (staged, stage_s, r.delivered, push_s)
+    let (staged, stage_s, push) = warm_then_report(d, warm, n).await;
+    (staged, stage_s, push.report.delivered, push.secs)
 }
 
 /// [`warm_then_measure`], with the push's whole report.
-async fn warm_then_report(d: &Deployment, warm: usize, n: usize) -> (u64, f64, PushReport, f64) {
+async fn warm_then_report(d: &Deployment, warm: usize, n: usize) -> (u64, f64, TimedPush) {
     let mut p = InProcess::open(d).await;
     if warm > 0 {
         write_spool_file(&d.spool(), "warm.jsonl", 0, warm, "warm");
@@ -242,8 +263,7 @@ async fn warm_then_report(d: &Deployment, warm: usize, n: usize) -> (u64, f64, P
     }
     write_spool_file(&d.spool(), "leads.jsonl", 0, n, "bench");
     let (staged, stage_s) = p.stage().await;
-    let (report, push_s) = p.drain_report().await;
-    (staged, stage_s, report, push_s)
+    (staged, stage_s, p.drain_report().await)
 }
 
 /// The raw client: `requests` POSTs of `per_request` marketplace bodies each (an array when
@@ -512,7 +532,7 @@ async fn bench_batch() {
         ADDED_LATENCY.as_millis()
     );
     println!(
-        "{:<12} {:>6} {:>9} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8}",
+        "{:<12} {:>6} {:>9} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8}",
         "connector",
         "batch",
         "in flight",
@@ -522,7 +542,8 @@ async fn bench_batch() {
         "of limit",
         "mean rt",
         "rt limit",
-        "of rt"
+        "of rt",
+        "µs CPU"
     );
     for (batch, conc) in [(200, 1), (200, 4), (200, 10)] {
         let fake = SalesforceFake::start(SalesforceFakeConfig {
@@ -550,8 +571,8 @@ concurrency = {conc}
         );
         let d = Deployment::new("salesforce", &target, "*/30 * * * * *");
         let n = rounds * batch * conc;
-        let (_, _, r, push_s) = warm_then_report(&d, batch * conc, n).await;
-        print_batch_row("salesforce", batch, conc, &r, push_s);
+        let (_, _, push) = warm_then_report(&d, batch * conc, n).await;
+        print_batch_row("salesforce", batch, conc, &push);
     }
     for (batch, conc) in [(100, 1), (100, 4), (500, 4)] {
         let fake = FakeDataverse::start().await;
@@ -575,10 +596,10 @@ concurrency = {conc}
         );
         let d = Deployment::new("dynamics", &target, "*/30 * * * * *");
         let n = rounds * batch * conc;
-        let (_, _, r, push_s) = warm_then_report(&d, batch * conc, n).await;
-        print_batch_row("dynamics", batch, conc, &r, push_s);
+        let (_, _, push) = warm_then_report(&d, batch * conc, n).await;
+        print_batch_row("dynamics", batch, conc, &push);
     }
-    println!("(limit = in flight × batch ÷ 50 ms; rt limit = in flight × batch ÷ the mean round trip the engine measured, from the connector's push to its answer; timed after one warm-up round)");
+    println!("(limit = in flight × batch ÷ 50 ms; rt limit = in flight × batch ÷ the mean round trip the engine measured, from the connector's push to its answer; µs CPU = this process's CPU per lead over the push, the in-process fakes' share included; timed after one warm-up round)");
 }
 
 /// Marketo and HubSpot, whose published call rates bound a backlog's throughput: see the
@@ -623,7 +644,15 @@ concurrency = 1
         secret = mc.client_secret,
     );
     let d = Deployment::new("marketo", &target, "*/30 * * * * *");
-    let (_, _, r, push_s) = warm_then_report(&d, 300, calls * 300).await;
+    let (
+        _,
+        _,
+        TimedPush {
+            report: r,
+            secs: push_s,
+            ..
+        },
+    ) = warm_then_report(&d, 300, calls * 300).await;
     print_paced_row(
         "marketo",
         300,
@@ -654,7 +683,15 @@ concurrency = 4
         token = hc.token,
     );
     let d = Deployment::new("hubspot", &target, "*/30 * * * * *");
-    let (_, _, r, push_s) = warm_then_report(&d, 400, calls * 100).await;
+    let (
+        _,
+        _,
+        TimedPush {
+            report: r,
+            secs: push_s,
+            ..
+        },
+    ) = warm_then_report(&d, 400, calls * 100).await;
     print_paced_row(
         "hubspot",
         100,
@@ -695,13 +732,14 @@ fn print_paced_row(
 
 /// One row of the batch table: leads/s next to in_flight × batch ÷ 50 ms and ÷ the mean
 /// round trip the engine measured.
-fn print_batch_row(connector: &str, batch: usize, conc: usize, r: &PushReport, push_s: f64) {
-    let rate = r.delivered as f64 / push_s;
+fn print_batch_row(connector: &str, batch: usize, conc: usize, push: &TimedPush) {
+    let r = &push.report;
+    let rate = r.delivered as f64 / push.secs;
     let limit = (batch * conc) as f64 / ADDED_LATENCY.as_secs_f64();
     let mean_rt = r.request_time.as_secs_f64() / r.requests.max(1) as f64;
     let rt_limit = (batch * conc) as f64 / mean_rt;
     println!(
-        "{:<12} {:>6} {:>9} {:>7} {:>9.0} {:>9.0} {:>7.0}% {:>6.1}ms {:>9.0} {:>7.0}%",
+        "{:<12} {:>6} {:>9} {:>7} {:>9.0} {:>9.0} {:>7.0}% {:>6.1}ms {:>9.0} {:>7.0}% {:>8.1}",
         connector,
         batch,
         conc,
@@ -712,6 +750,7 @@ fn print_batch_row(connector: &str, batch: usize, conc: usize, r: &PushReport, p
         mean_rt * 1000.0,
         rt_limit,
         100.0 * rate / rt_limit,
+        1e6 * push.cpu_secs / r.delivered.max(1) as f64,
     );
 }
 
@@ -998,15 +1037,17 @@ async fn bench_ledger() {
     }
     let stage_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut claim_s = 0.0;
+    let push_cpu = own_cpu_seconds();
+    let (mut claim_s, mut claim_cpu) = (0.0, 0.0);
     let mut done = 0;
     loop {
-        let c = Instant::now();
+        let (c, c_cpu) = (Instant::now(), own_cpu_seconds());
         let claimed = ledger
             .claim("crm", Utc::now(), 1600, Duration::from_secs(60), "bench")
             .await
             .expect("claim");
         claim_s += c.elapsed().as_secs_f64();
+        claim_cpu += own_cpu_seconds() - c_cpu;
         if claimed.is_empty() {
             break;
         }
@@ -1021,7 +1062,12 @@ async fn bench_ledger() {
         ledger.record(&outcomes, "bench").await.expect("record");
     }
     let push_s = t.elapsed().as_secs_f64();
-    println!("{:<44} {:>10} {:>9}", "operation", "leads/s", "seconds");
+    let push_cpu = own_cpu_seconds() - push_cpu;
+    let per_lead = |cpu: f64| 1e6 * cpu / done.max(1) as f64;
+    println!(
+        "{:<44} {:>10} {:>9} {:>12}",
+        "operation", "leads/s", "seconds", "µs CPU/lead"
+    );
     println!(
         "{:<44} {:>10.0} {:>9.2}",
         "stage (batches of 500, one transaction each)",
@@ -1029,16 +1075,18 @@ async fn bench_ledger() {
         stage_s
     );
     println!(
-        "{:<44} {:>10.0} {:>9.2}",
+        "{:<44} {:>10.0} {:>9.2} {:>12.1}",
         "claim (rounds of 1,600, leases + lead JSON)",
         done as f64 / claim_s,
-        claim_s
+        claim_s,
+        per_lead(claim_cpu)
     );
     println!(
-        "{:<44} {:>10.0} {:>9.2}",
+        "{:<44} {:>10.0} {:>9.2} {:>12.1}",
         "claim + record delivered",
         done as f64 / push_s,
-        push_s
+        push_s,
+        per_lead(push_cpu)
     );
 }
 

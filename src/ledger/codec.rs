@@ -101,8 +101,9 @@ pub(super) fn encode_leads(leads: &[StagedLead]) -> Result<Vec<String>, LedgerEr
 // share (`i64` for INTEGER/BIGINT, `String` for TEXT), so `#[derive(sqlx::FromRow)]` reads
 // them from a `SqliteRow` and a `PgRow` alike; each row turns into the public type here.
 
-/// A claimed delivery with its lead: the columns `claim` returns on both backends.
-#[derive(sqlx::FromRow)]
+/// A claimed delivery with its lead: the columns `claim` returns on both backends (SQLite
+/// returns them as a JSON array per row, in this order: see `decode_json_array`).
+#[derive(sqlx::FromRow, serde::Deserialize)]
 pub(super) struct ClaimRow {
     id: i64,
     target: String,
@@ -115,6 +116,19 @@ pub(super) struct ClaimRow {
 }
 
 impl ClaimRow {
+    /// A claim returned as one JSON array of rows (each an array of the columns in field
+    /// order), decoded in order; `target` names the claim in the error.
+    pub(super) fn decode_json_array(
+        rows: &str,
+        target: &str,
+    ) -> Result<Vec<ClaimedDelivery>, LedgerError> {
+        let rows: Vec<ClaimRow> = serde_json::from_str(rows).map_err(|e| LedgerError::Corrupt {
+            lead_id: format!("(claim for target {target})"),
+            reason: e.to_string(),
+        })?;
+        rows.into_iter().map(ClaimRow::decode).collect()
+    }
+
     pub(super) fn decode(self) -> Result<ClaimedDelivery, LedgerError> {
         Ok(ClaimedDelivery {
             delivery_id: self.id,

@@ -28,11 +28,11 @@ use leadsync_core::Lead;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::codec::{encode_leads, ms_after, to_ms, ClaimRow};
-use super::sql::{self, log_staged, ROWS_PER_INSERT};
+use super::sql::{self, log_staged};
 use super::{
     ClaimedDelivery, DeadLetter, DeadLetterFilter, DeliveryTrace, InstanceInfo, Ledger,
     LedgerError, LedgerStatus, RecordedOutcome, StageBatch, StageReport, StagedLead, TargetDown,
@@ -211,45 +211,55 @@ fn take_lock(path: &Path) -> Result<File, LedgerError> {
     Ok(file)
 }
 
-/// Mark `(delivery id, crm_ref)` delivered, one `UPDATE ... FROM (VALUES ...)` per chunk
-/// rather than one statement per row (each statement is a round trip to the connection's
-/// thread). Only pending rows change; an outcome for any other row is logged and ignored.
+/// Mark `(delivery id, crm_ref)` delivered in one `UPDATE ... FROM json_each(...)`: the
+/// pairs go in as one JSON array, not a bound value per row, and nothing comes back row by
+/// row (see `claim`). (The unary `+` keeps the planner from driving the update by the state
+/// index, which scanned every pending row once per pair.) Only pending rows change; an outcome for any other row, read in the
+/// same transaction before the update, is logged and ignored.
 async fn record_delivered(
     conn: &mut sqlx::SqliteConnection,
     delivered: &[(i64, Option<&str>)],
     now: i64,
 ) -> Result<(), LedgerError> {
-    for chunk in delivered.chunks(ROWS_PER_INSERT) {
-        let mut update = QueryBuilder::<Sqlite>::new(
-            "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
-             crm_ref = COALESCE(v.column2, deliveries.crm_ref), next_attempt_at = NULL, \
-             lease_owner = NULL, lease_until = NULL, delivered_at = ",
-        );
-        update.push_bind(now);
-        update.push(", updated_at = ");
-        update.push_bind(now);
-        update.push(" FROM (");
-        update.push_values(chunk, |mut row, (id, crm_ref)| {
-            row.push_bind(*id).push_bind(*crm_ref);
-        });
-        update.push(") AS v WHERE deliveries.id = v.column1 AND deliveries.state = 'pending' ");
-        update.push("RETURNING id");
-        let updated: HashSet<i64> = update
-            .build_query_scalar::<i64>()
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .collect();
-        let mut seen = HashSet::with_capacity(chunk.len());
-        for (delivery_id, _) in chunk {
-            // A second outcome for the same delivery is a late answer, as one for a row
-            // that is no longer pending.
-            if !updated.contains(delivery_id) || !seen.insert(*delivery_id) {
-                tracing::warn!(
-                    delivery_id,
-                    "outcome for a delivery that is not pending (or does not exist); ignored"
-                );
-            }
+    if delivered.is_empty() {
+        return Ok(());
+    }
+    let pairs = serde_json::to_string(delivered).map_err(|e| LedgerError::Corrupt {
+        lead_id: "(delivered outcomes)".to_owned(),
+        reason: e.to_string(),
+    })?;
+    let not_pending: String = sqlx::query_scalar(
+        "SELECT json_group_array(v.value ->> 0) FROM json_each($1) AS v \
+         WHERE NOT EXISTS (SELECT 1 FROM deliveries d \
+                           WHERE d.id = v.value ->> 0 AND d.state = 'pending')",
+    )
+    .bind(&pairs)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
+         crm_ref = COALESCE(v.crm_ref, deliveries.crm_ref), next_attempt_at = NULL, \
+         lease_owner = NULL, lease_until = NULL, delivered_at = $2, updated_at = $2 \
+         FROM (SELECT value ->> 0 AS id, value ->> 1 AS crm_ref FROM json_each($1)) AS v \
+         WHERE deliveries.id = v.id AND +deliveries.state = 'pending'",
+    )
+    .bind(&pairs)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    let not_pending: HashSet<i64> = serde_json::from_str::<Vec<i64>>(&not_pending)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut seen = HashSet::with_capacity(delivered.len());
+    for (delivery_id, _) in delivered {
+        // A second outcome for the same delivery is a late answer, as one for a row that is
+        // no longer pending.
+        if not_pending.contains(delivery_id) || !seen.insert(*delivery_id) {
+            tracing::warn!(
+                delivery_id,
+                "outcome for a delivery that is not pending (or does not exist); ignored"
+            );
         }
     }
     Ok(())
@@ -287,40 +297,40 @@ impl Ledger for SqliteLedger {
         let until = ms_after(now, lease);
 
         let (_guard, mut tx) = self.begin_write().await?;
-        let rows: Vec<ClaimRow> = sqlx::query_as(
-            "SELECT d.id, d.target, d.idempotency_key, d.attempts, d.age_from, \
-                    l.id AS lead_id, l.staged_at, l.body \
-             FROM deliveries d JOIN leads l ON l.id = d.lead_id \
-             WHERE d.target = $1 AND d.state = 'pending' AND d.next_attempt_at <= $2 \
-               AND (d.lease_until IS NULL OR d.lease_until <= $2) \
-             ORDER BY d.next_attempt_at, d.id \
-             LIMIT $3",
+        // The claim comes back as one JSON array in one row: sqlx hands each result row
+        // over from its connection thread on its own, and row by row that hand-over was
+        // most of a claim's time (see README, Performance).
+        let rows: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(id, target, idempotency_key, attempts, \
+                    age_from, lead_id, staged_at, body) ORDER BY next_attempt_at, id) \
+             FROM (SELECT d.id, d.target, d.idempotency_key, d.attempts, d.age_from, \
+                          d.next_attempt_at, l.id AS lead_id, l.staged_at, l.body \
+                   FROM deliveries d JOIN leads l ON l.id = d.lead_id \
+                   WHERE d.target = $1 AND d.state = 'pending' AND d.next_attempt_at <= $2 \
+                     AND (d.lease_until IS NULL OR d.lease_until <= $2) \
+                   ORDER BY d.next_attempt_at, d.id \
+                   LIMIT $3)",
         )
         .bind(target)
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         // Decode everything before leasing anything: a corrupt row rolls the claim back.
-        let claimed = rows
-            .into_iter()
-            .map(ClaimRow::decode)
-            .collect::<Result<Vec<_>, _>>()?;
-        // One statement per chunk: a statement is a round trip to the connection's thread,
-        // and one per row made claiming the slowest part of a push (see README, Performance).
-        for chunk in claimed.chunks(ROWS_PER_INSERT) {
-            let mut update = QueryBuilder::<Sqlite>::new("UPDATE deliveries SET lease_owner = ");
-            update.push_bind(owner);
-            update.push(", lease_until = ");
-            update.push_bind(until);
-            update.push(" WHERE id IN (");
-            let mut ids = update.separated(", ");
-            for delivery in chunk {
-                ids.push_bind(delivery.delivery_id);
-            }
-            update.push(")");
-            update.build().execute(&mut *tx).await?;
+        let claimed = ClaimRow::decode_json_array(&rows, target)?;
+        if claimed.is_empty() {
+            return Ok(claimed);
         }
+        let ids = claimed.iter().map(|d| d.delivery_id).collect::<Vec<_>>();
+        sqlx::query(
+            "UPDATE deliveries SET lease_owner = $1, lease_until = $2 \
+             WHERE id IN (SELECT value FROM json_each($3))",
+        )
+        .bind(owner)
+        .bind(until)
+        .bind(serde_json::Value::from(ids).to_string())
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         tracing::trace!(target = %target, claimed = claimed.len(), "claimed deliveries under lease");
         Ok(claimed)

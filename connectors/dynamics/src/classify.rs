@@ -117,19 +117,17 @@ pub(crate) fn op_result(kind: OpKind, resp: &PartResponse) -> OpResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::push::{odata_literal, truncate_utf16};
+    use crate::push::{odata_literal, utf16_prefix};
     use std::time::Duration;
 
     #[test]
     fn literals_truncation_and_classes() {
         assert_eq!(odata_literal("ab12"), "'ab12'");
         assert_eq!(odata_literal("it's a/b"), "'it''s%20a%2Fb'");
-        let mut s = "a😀b".to_string();
-        truncate_utf16(&mut s, 2);
-        assert_eq!(s, "a");
-        let mut s = "abc".to_string();
-        truncate_utf16(&mut s, 3);
-        assert_eq!(s, "abc");
+        // 😀 is two UTF-16 units: it does not fit in the second.
+        assert_eq!(utf16_prefix("a😀b", 2), "a");
+        assert_eq!(utf16_prefix("a😀b", 3), "a😀");
+        assert_eq!(utf16_prefix("abc", 3), "abc");
 
         let h = vec![("Retry-After".to_string(), "7".to_string())];
         let f = classify(

@@ -12,7 +12,8 @@
 
 use leadsync_core::oauth::AccessToken;
 use leadsync_core::{DeliveryFailure, DeliveryOutcome, FailureClass, OutboundRecord};
-use serde_json::{json, Map, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value;
 
 use crate::batch::{self, BatchOp, PartResponse};
 use crate::classify::{classify, op_result, OpKind, OpResult};
@@ -47,21 +48,52 @@ pub fn odata_literal(value: &str) -> String {
     out
 }
 
-/// Cut a string to at most `max` UTF-16 code units (Dataverse counts .NET string length).
-pub(crate) fn truncate_utf16(s: &mut String, max: usize) {
-    if s.encode_utf16().count() <= max {
-        return;
-    }
+/// The longest prefix of `s` of at most `max` UTF-16 code units (Dataverse counts .NET
+/// string length).
+pub(crate) fn utf16_prefix(s: &str, max: usize) -> &str {
     let mut units = 0;
-    let mut cut = s.len();
     for (i, c) in s.char_indices() {
         if units + c.len_utf16() > max {
-            cut = i;
-            break;
+            return &s[..i];
         }
         units += c.len_utf16();
     }
-    s.truncate(cut);
+    s
+}
+
+/// One record's JSON body (see [`DynamicsConnector::body`]), serialised straight from its
+/// mapped fields: a map of cloned values per record cost about 10 µs a lead in a `$batch`.
+pub struct LeadBody<'a> {
+    connector: &'a DynamicsConnector,
+    rec: &'a OutboundRecord,
+}
+
+impl Serialize for LeadBody<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let c = self.connector;
+        let mut o = s.serialize_map(None)?;
+        for (k, v) in &self.rec.fields.fields {
+            let false_opt_out =
+                DO_NOT_CONTACT_FIELDS.contains(&k.as_str()) && *v == Value::Bool(false);
+            if *k == c.key_column || false_opt_out {
+                continue;
+            }
+            match v {
+                Value::String(code) if k == "leadqualitycode" => {
+                    o.serialize_entry(k, &c.lead_quality_of(code))?
+                }
+                Value::String(text) => match LEAD_LIMITS.iter().find(|(f, _)| f == k) {
+                    Some((_, max)) => o.serialize_entry(k, utf16_prefix(text, *max))?,
+                    None => o.serialize_entry(k, text)?,
+                },
+                other => o.serialize_entry(k, other)?,
+            }
+        }
+        if c.mode == WriteMode::CreateOnly {
+            o.serialize_entry(&c.key_column, &self.rec.idempotency_key)?;
+        }
+        o.end()
+    }
 }
 
 async fn read_response(resp: reqwest::Response) -> Result<PartResponse, DeliveryFailure> {
@@ -136,42 +168,21 @@ impl DynamicsConnector {
     ///   same customer never clears an opt-out a `DNC` event set;
     /// - upsert leaves the key column out (it is in the URL, §1.5); create-only sets it;
     /// - text is cut to the §1.8 lengths counted as Dataverse does (UTF-16 units).
-    pub fn body(&self, rec: &OutboundRecord) -> Map<String, Value> {
-        let mut m = Map::new();
-        for (k, v) in &rec.fields.fields {
-            if *k == self.key_column {
-                continue;
-            }
-            if DO_NOT_CONTACT_FIELDS.contains(&k.as_str()) && *v == Value::Bool(false) {
-                continue;
-            }
-            let mut v = v.clone();
-            if k == "leadqualitycode" {
-                if let Value::String(code) = &v {
-                    let code = code.to_ascii_lowercase();
-                    let q = self
-                        .lead_quality
-                        .get(&code)
-                        .or_else(|| self.lead_quality.get("other"))
-                        .copied()
-                        .unwrap_or(3);
-                    v = json!(q);
-                }
-            }
-            if let Value::String(s) = &mut v {
-                if let Some((_, max)) = LEAD_LIMITS.iter().find(|(f, _)| f == k) {
-                    truncate_utf16(s, *max);
-                }
-            }
-            m.insert(k.clone(), v);
+    pub fn body<'a>(&'a self, rec: &'a OutboundRecord) -> LeadBody<'a> {
+        LeadBody {
+            connector: self,
+            rec,
         }
-        if self.mode == WriteMode::CreateOnly {
-            m.insert(
-                self.key_column.clone(),
-                Value::String(rec.idempotency_key.clone()),
-            );
-        }
-        m
+    }
+
+    /// The `leadqualitycode` option value for an action code given as text.
+    fn lead_quality_of(&self, code: &str) -> i64 {
+        let code = code.to_ascii_lowercase();
+        self.lead_quality
+            .get(&code)
+            .or_else(|| self.lead_quality.get("other"))
+            .copied()
+            .unwrap_or(3)
     }
 
     fn upsert_url(&self, key: &str) -> String {
@@ -232,7 +243,7 @@ impl DynamicsConnector {
         let rb = rb
             .header("Content-Type", "application/json")
             .header("Prefer", "return=representation")
-            .json(&Value::Object(self.body(rec)));
+            .json(&self.body(rec));
         match self.send(rb).await {
             Ok(resp) => op_result(kind, &resp),
             Err(f) => OpResult::failed(f),
@@ -248,20 +259,31 @@ impl DynamicsConnector {
     ) -> Vec<OpResult> {
         let n = recs.len();
         let all = |f: DeliveryFailure| vec![OpResult::failed(f); n];
-        let ops: Vec<BatchOp> = recs
+        let ops: Result<Vec<BatchOp>, serde_json::Error> = recs
             .iter()
-            .map(|r| BatchOp {
-                method: match kind {
-                    OpKind::Upsert => "PATCH",
-                    OpKind::Create => "POST",
-                },
-                url: match kind {
-                    OpKind::Upsert => self.upsert_url(&r.idempotency_key),
-                    OpKind::Create => self.create_url(),
-                },
-                body: Value::Object(self.body(r)).to_string(),
+            .map(|r| {
+                Ok(BatchOp {
+                    method: match kind {
+                        OpKind::Upsert => "PATCH",
+                        OpKind::Create => "POST",
+                    },
+                    url: match kind {
+                        OpKind::Upsert => self.upsert_url(&r.idempotency_key),
+                        OpKind::Create => self.create_url(),
+                    },
+                    body: serde_json::to_string(&self.body(r))?,
+                })
             })
             .collect();
+        let ops = match ops {
+            Ok(ops) => ops,
+            Err(e) => {
+                return all(DeliveryFailure::rejected(
+                    "bad_body",
+                    format!("a record could not be written as JSON: {e}"),
+                ))
+            }
+        };
         let boundary = format!("batch_{}", batch::random_id());
         let body = batch::build_request(&boundary, &ops);
         let rb = match self.request(
