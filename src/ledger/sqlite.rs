@@ -214,8 +214,9 @@ fn take_lock(path: &Path) -> Result<File, LedgerError> {
 /// Mark `(delivery id, crm_ref)` delivered in one `UPDATE ... FROM json_each(...)`: the
 /// pairs go in as one JSON array, not a bound value per row, and nothing comes back row by
 /// row (see `claim`). (The unary `+` keeps the planner from driving the update by the state
-/// index, which scanned every pending row once per pair.) Only pending rows change; an outcome for any other row, read in the
-/// same transaction before the update, is logged and ignored.
+/// index, which scanned every pending row once per pair.) Only pending rows change; an
+/// outcome for any other row, read in the same transaction before the update, is logged
+/// and ignored.
 async fn record_delivered(
     conn: &mut sqlx::SqliteConnection,
     delivered: &[(i64, Option<&str>)],
@@ -228,14 +229,7 @@ async fn record_delivered(
         lead_id: "(delivered outcomes)".to_owned(),
         reason: e.to_string(),
     })?;
-    let not_pending: String = sqlx::query_scalar(
-        "SELECT json_group_array(v.value ->> 0) FROM json_each($1) AS v \
-         WHERE NOT EXISTS (SELECT 1 FROM deliveries d \
-                           WHERE d.id = v.value ->> 0 AND d.state = 'pending')",
-    )
-    .bind(&pairs)
-    .fetch_one(&mut *conn)
-    .await?;
+    let not_pending = not_pending_of(conn, &pairs).await?;
     sqlx::query(
         "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
          crm_ref = COALESCE(v.crm_ref, deliveries.crm_ref), next_attempt_at = NULL, \
@@ -247,10 +241,6 @@ async fn record_delivered(
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    let not_pending: HashSet<i64> = serde_json::from_str::<Vec<i64>>(&not_pending)
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
     let mut seen = HashSet::with_capacity(delivered.len());
     for (delivery_id, _) in delivered {
         // A second outcome for the same delivery is a late answer, as one for a row that is
@@ -263,6 +253,27 @@ async fn record_delivered(
         }
     }
     Ok(())
+}
+
+/// The delivery ids of `pairs` (a JSON array of `[id, crm_ref]`) whose row is not pending
+/// or does not exist, as one JSON array from SQLite.
+async fn not_pending_of(
+    conn: &mut sqlx::SqliteConnection,
+    pairs: &str,
+) -> Result<HashSet<i64>, LedgerError> {
+    let ids: String = sqlx::query_scalar(
+        "SELECT json_group_array(v.value ->> 0) FROM json_each($1) AS v \
+         WHERE NOT EXISTS (SELECT 1 FROM deliveries d \
+                           WHERE d.id = v.value ->> 0 AND d.state = 'pending')",
+    )
+    .bind(pairs)
+    .fetch_one(&mut *conn)
+    .await?;
+    let ids: Vec<i64> = serde_json::from_str(&ids).map_err(|e| LedgerError::Corrupt {
+        lead_id: "(delivered outcomes)".to_owned(),
+        reason: format!("SQLite's list of rows not pending could not be read: {e}"),
+    })?;
+    Ok(ids.into_iter().collect())
 }
 
 #[async_trait]
