@@ -227,7 +227,13 @@ async fn wrong_secret_oversized_slow_and_flooding_clients_are_answered_and_block
     let status = d.status_json();
     assert_eq!(status["leads"], 1, "only the good POST stored: {status}");
     let log = daemon.log();
-    assert!(log.contains("wrong or missing secret"), "{log}");
+    // Some 17 wrong or missing secrets, one WARN line a minute at most (this test may run
+    // past a minute on a loaded machine).
+    let secret_lines = log.matches("wrong or missing secret").count();
+    assert!(
+        (1..=2).contains(&secret_lines),
+        "{secret_lines} lines: {log}"
+    );
     assert!(!log.contains("wrong-secret-0123456789abc") && !log.contains("guess-0123456789"));
     assert!(!log.contains(SECRET), "the secret reached the log");
     assert!(

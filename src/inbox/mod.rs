@@ -13,6 +13,7 @@
 //! body timeout and size limit, and a cap on open connections.
 
 pub mod gate;
+pub mod refusals;
 pub mod store;
 
 use std::convert::Infallible;
@@ -37,6 +38,7 @@ use crate::ledger::Ledger;
 use crate::metrics as m;
 use crate::pipeline::Target;
 use gate::{Admission, Gate};
+use refusals::{Refusal, RefusalLog};
 use store::{Arrival, ReadBody};
 
 /// How long a client may take to send its request headers (slow-loris) or its TLS handshake.
@@ -165,6 +167,7 @@ impl Inbox {
             name: name.to_string(),
             live: Arc::clone(&live),
             arrive,
+            refusals: RefusalLog::default(),
         };
         tokio::spawn(accept_loop(
             listener,
@@ -229,6 +232,8 @@ struct Server {
     name: String,
     live: Arc<RwLock<Arc<Live>>>,
     arrive: mpsc::Sender<Arrival>,
+    /// Refused requests reach the log at `WARN` once a minute per kind.
+    refusals: RefusalLog,
 }
 
 impl Server {
@@ -346,7 +351,14 @@ async fn respond(req: Request<Incoming>, peer: IpAddr, server: &Server) -> Respo
     {
         Admission::Admitted => {}
         Admission::Forbidden => {
-            tracing::warn!(source = %server.name, peer = %peer, "inbox: request from a network not in allow_from; refused");
+            match server.refusals.note(Refusal::Network, Instant::now()) {
+                Some(refused) => {
+                    tracing::warn!(source = %server.name, peer = %peer, refused, "inbox: request from a network not in allow_from; refused (`refused`: such requests since the last of these lines, at most one a minute)")
+                }
+                None => {
+                    tracing::debug!(source = %server.name, peer = %peer, "inbox: request from a network not in allow_from; refused")
+                }
+            }
             return reply(StatusCode::FORBIDDEN, "forbidden");
         }
         Admission::Throttled(wait) => {
@@ -360,7 +372,14 @@ async fn respond(req: Request<Incoming>, peer: IpAddr, server: &Server) -> Respo
         }
         Admission::Unknown => {
             // Never the path: it may hold a (wrong, or someone's old) secret.
-            tracing::warn!(source = %server.name, peer = %peer, method = %req.method(), "inbox: wrong or missing secret; answered 404");
+            match server.refusals.note(Refusal::Secret, Instant::now()) {
+                Some(refused) => {
+                    tracing::warn!(source = %server.name, peer = %peer, method = %req.method(), refused, "inbox: wrong or missing secret; answered 404 (`refused`: such requests since the last of these lines, at most one a minute)")
+                }
+                None => {
+                    tracing::debug!(source = %server.name, peer = %peer, method = %req.method(), "inbox: wrong or missing secret; answered 404")
+                }
+            }
             return reply(StatusCode::NOT_FOUND, "not found");
         }
     }
