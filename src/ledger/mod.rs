@@ -20,6 +20,7 @@
 mod codec;
 #[cfg(test)]
 mod contract;
+mod memory_leases;
 pub mod postgres;
 mod sql;
 pub mod sqlite;
@@ -135,6 +136,18 @@ pub enum RecordedOutcome {
         error_code: Option<String>,
         error: String,
     },
+}
+
+impl RecordedOutcome {
+    /// The delivery this outcome is for.
+    pub fn delivery_id(&self) -> i64 {
+        match self {
+            RecordedOutcome::Delivered { delivery_id, .. }
+            | RecordedOutcome::Retry { delivery_id, .. }
+            | RecordedOutcome::Release { delivery_id, .. }
+            | RecordedOutcome::Dead { delivery_id, .. } => *delivery_id,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

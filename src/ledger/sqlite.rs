@@ -2,14 +2,16 @@
 //!
 //! It owns one SQLite database file (WAL, `synchronous=FULL`), its schema (the embedded
 //! migrations in `migrations/sqlite/`) and an exclusive advisory lock on `<db>.lock`, so that
-//! exactly one process holds the ledger; because of that, leases found at open belong to a
-//! process that died and are cleared. Writes are serialised in-process and start with
-//! `BEGIN IMMEDIATE`. Timestamps are stored as INTEGER unix milliseconds (UTC) and leads as
+//! exactly one process holds the ledger. Because of that, its delivery leases live in that
+//! process's memory ([`MemoryLeases`]): a claim is a read beside the writer, not a write
+//! (lease columns an older version left in the file are cleared at open). Writes are
+//! serialised in-process and start with `BEGIN IMMEDIATE`. Timestamps are stored as INTEGER unix milliseconds (UTC) and leads as
 //! JSON text.
 //!
 //! The statements PostgreSQL runs with the same text are in `sql.rs` (this file passes them
 //! its write transaction or its pool); here are the SQLite-only parts: the lock file, the
-//! write mutex and `BEGIN IMMEDIATE`, claiming (select, then lease) and recording outcomes,
+//! write mutex and `BEGIN IMMEDIATE`, claiming (a read, then a lease in memory) and recording
+//! outcomes,
 //! the status counts, erasure's `LIKE` prefilter and the WAL checkpoints after it.
 //!
 //! It must not decide when to retry (the pipeline passes `next_attempt_at` in), and its SQL
@@ -31,7 +33,8 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::codec::{encode_leads, ms_after, to_ms, ClaimRow};
+use super::codec::{encode_leads, ms_after, opt_from_ms, to_ms, ClaimRow};
+use super::memory_leases::MemoryLeases;
 use super::sql::{self, log_staged};
 use super::{
     ClaimedDelivery, DeadLetter, DeadLetterFilter, DeliveryTrace, InstanceInfo, Ledger,
@@ -65,6 +68,11 @@ pub struct SqliteLedger {
     pool: SqlitePool,
     /// Serialises write transactions within this process (fair, and no busy-waiting).
     write: Mutex<()>,
+    /// One claim at a time: between reading what is free and leasing it, no other claim may
+    /// read the same rows.
+    claiming: Mutex<()>,
+    /// The delivery leases this process holds (see [`MemoryLeases`]).
+    leases: std::sync::Mutex<MemoryLeases>,
     path: PathBuf,
     /// The advisory lock on `<db>.lock`, released when the ledger is dropped; `None` for a
     /// shared (operator command) handle.
@@ -141,6 +149,8 @@ impl SqliteLedger {
         Ok(SqliteLedger {
             pool,
             write: Mutex::new(()),
+            claiming: Mutex::new(()),
+            leases: std::sync::Mutex::default(),
             path: path.to_path_buf(),
             _lock: lock,
         })
@@ -162,6 +172,40 @@ impl SqliteLedger {
     ) -> Result<(MutexGuard<'_, ()>, Transaction<'_, Sqlite>), LedgerError> {
         let guard = self.write.lock().await;
         Ok((guard, self.pool.begin_with(BEGIN_WRITE).await?))
+    }
+
+    /// This process's delivery leases (a poisoned lock still holds consistent leases: every
+    /// change to them is a single map operation).
+    fn held_leases(&self) -> std::sync::MutexGuard<'_, MemoryLeases> {
+        self.leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The outcomes `owner` may record: every `Delivered` (the CRM has the record, whoever
+    /// sent it), and the others only while `owner` holds their lease or nobody does; the
+    /// rest are logged and ignored.
+    fn decided_by<'o>(
+        &self,
+        outcomes: &'o [RecordedOutcome],
+        owner: &str,
+    ) -> Vec<&'o RecordedOutcome> {
+        let leases = self.held_leases();
+        outcomes
+            .iter()
+            .filter(|outcome| {
+                let id = outcome.delivery_id();
+                let decides = matches!(outcome, RecordedOutcome::Delivered { .. })
+                    || leases.may_decide(id, owner);
+                if !decides {
+                    tracing::warn!(
+                        delivery_id = id,
+                        "outcome from an instance that no longer holds the lease; ignored"
+                    );
+                }
+                decides
+            })
+            .collect()
     }
 
     /// Write the WAL back into the database file and truncate it: old page images of erased
@@ -233,7 +277,7 @@ async fn record_delivered(
     sqlx::query(
         "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
          crm_ref = COALESCE(v.crm_ref, deliveries.crm_ref), next_attempt_at = NULL, \
-         lease_owner = NULL, lease_until = NULL, delivered_at = $2, updated_at = $2 \
+         delivered_at = $2, updated_at = $2 \
          FROM (SELECT value ->> 0 AS id, value ->> 1 AS crm_ref FROM json_each($1)) AS v \
          WHERE deliveries.id = v.id AND +deliveries.state = 'pending'",
     )
@@ -251,6 +295,63 @@ async fn record_delivered(
                 "outcome for a delivery that is not pending (or does not exist); ignored"
             );
         }
+    }
+    Ok(())
+}
+
+/// Store a `Retry`, `Release` or `Dead` outcome (its lease holder already checked). Only a
+/// pending delivery takes an outcome: a late answer must never turn a delivered or dead row
+/// back into something else.
+async fn record_other(
+    conn: &mut sqlx::SqliteConnection,
+    outcome: &RecordedOutcome,
+    now: i64,
+) -> Result<(), LedgerError> {
+    let query = match outcome {
+        RecordedOutcome::Delivered { .. } => return Ok(()),
+        RecordedOutcome::Retry {
+            delivery_id,
+            next_attempt_at,
+            error_code,
+            error,
+        } => sqlx::query(
+            "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $1, \
+             error_code = $2, error = $3, updated_at = $4 WHERE id = $5 AND state = 'pending'",
+        )
+        .bind(to_ms(*next_attempt_at))
+        .bind(error_code.as_deref())
+        .bind(error.as_str())
+        .bind(now)
+        .bind(*delivery_id),
+        RecordedOutcome::Release {
+            delivery_id,
+            next_attempt_at,
+        } => sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = $1, updated_at = $2 \
+             WHERE id = $3 AND state = 'pending'",
+        )
+        .bind(to_ms(*next_attempt_at))
+        .bind(now)
+        .bind(*delivery_id),
+        RecordedOutcome::Dead {
+            delivery_id,
+            error_code,
+            error,
+        } => sqlx::query(
+            "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, \
+             next_attempt_at = NULL, error_code = $1, error = $2, updated_at = $3 \
+             WHERE id = $4 AND state = 'pending'",
+        )
+        .bind(error_code.as_deref())
+        .bind(error.as_str())
+        .bind(now)
+        .bind(*delivery_id),
+    };
+    if query.execute(&mut *conn).await?.rows_affected() == 0 {
+        tracing::warn!(
+            delivery_id = outcome.delivery_id(),
+            "outcome for a delivery that is not pending (or does not exist); ignored"
+        );
     }
     Ok(())
 }
@@ -307,10 +408,13 @@ impl Ledger for SqliteLedger {
         let now = to_ms(now);
         let until = ms_after(now, lease);
 
-        let (_guard, mut tx) = self.begin_write().await?;
+        // Leases live in memory (see module doc), so a claim only reads: on a connection of
+        // its own, in one statement (one snapshot), skipping what this process has leased.
         // The claim comes back as one JSON array in one row: sqlx hands each result row
         // over from its connection thread on its own, and row by row that hand-over was
         // most of a claim's time (see README, Performance).
+        let _claiming = self.claiming.lock().await;
+        let busy = self.held_leases().busy_at(target, now);
         let rows: String = sqlx::query_scalar(
             "SELECT json_group_array(json_array(id, target, idempotency_key, attempts, \
                     age_from, lead_id, staged_at, body) ORDER BY next_attempt_at, id) \
@@ -318,31 +422,20 @@ impl Ledger for SqliteLedger {
                           d.next_attempt_at, l.id AS lead_id, l.staged_at, l.body \
                    FROM deliveries d JOIN leads l ON l.id = d.lead_id \
                    WHERE d.target = $1 AND d.state = 'pending' AND d.next_attempt_at <= $2 \
-                     AND (d.lease_until IS NULL OR d.lease_until <= $2) \
+                     AND d.id NOT IN (SELECT value FROM json_each($4)) \
                    ORDER BY d.next_attempt_at, d.id \
                    LIMIT $3)",
         )
         .bind(target)
         .bind(now)
         .bind(i64::from(limit))
-        .fetch_one(&mut *tx)
+        .bind(busy)
+        .fetch_one(&self.pool)
         .await?;
-        // Decode everything before leasing anything: a corrupt row rolls the claim back.
+        // Decode everything before leasing anything: a corrupt row fails the whole claim.
         let claimed = ClaimRow::decode_json_array(&rows, target)?;
-        if claimed.is_empty() {
-            return Ok(claimed);
-        }
         let ids = claimed.iter().map(|d| d.delivery_id).collect::<Vec<_>>();
-        sqlx::query(
-            "UPDATE deliveries SET lease_owner = $1, lease_until = $2 \
-             WHERE id IN (SELECT value FROM json_each($3))",
-        )
-        .bind(owner)
-        .bind(until)
-        .bind(serde_json::Value::from(ids).to_string())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        self.held_leases().grant(target, &ids, owner, until);
         tracing::trace!(target = %target, claimed = claimed.len(), "claimed deliveries under lease");
         Ok(claimed)
     }
@@ -352,12 +445,13 @@ impl Ledger for SqliteLedger {
             return Ok(());
         }
         let now = to_ms(Utc::now());
+        let decided = self.decided_by(outcomes, owner);
 
         let (_guard, mut tx) = self.begin_write().await?;
         // Deliveries (the common outcome) are written a chunk per statement, in order with
         // the other outcomes; see `record_delivered`.
         let mut delivered: Vec<(i64, Option<&str>)> = Vec::new();
-        for outcome in outcomes {
+        for outcome in &decided {
             if let RecordedOutcome::Delivered {
                 delivery_id,
                 crm_ref,
@@ -368,81 +462,37 @@ impl Ledger for SqliteLedger {
             }
             record_delivered(&mut tx, &delivered, now).await?;
             delivered.clear();
-            // Only a pending delivery takes an outcome: a late answer must never turn a
-            // delivered or dead row back into something else.
-            let (delivery_id, query) = match outcome {
-                RecordedOutcome::Delivered { .. } => continue,
-                RecordedOutcome::Retry {
-                    delivery_id,
-                    next_attempt_at,
-                    error_code,
-                    error,
-                } => (
-                    *delivery_id,
-                    sqlx::query(
-                        "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = $1, \
-                         error_code = $2, error = $3, lease_owner = NULL, lease_until = NULL, \
-                         updated_at = $4 \
-                         WHERE id = $5 AND state = 'pending' \
-                           AND (lease_owner IS NULL OR lease_owner = $6)",
-                    )
-                    .bind(to_ms(*next_attempt_at))
-                    .bind(error_code.as_deref())
-                    .bind(error.as_str())
-                    .bind(now)
-                    .bind(*delivery_id)
-                    .bind(owner),
-                ),
-                RecordedOutcome::Release {
-                    delivery_id,
-                    next_attempt_at,
-                } => (
-                    *delivery_id,
-                    sqlx::query(
-                        "UPDATE deliveries SET next_attempt_at = $1, \
-                         lease_owner = NULL, lease_until = NULL, updated_at = $2 \
-                         WHERE id = $3 AND state = 'pending' \
-                           AND (lease_owner IS NULL OR lease_owner = $4)",
-                    )
-                    .bind(to_ms(*next_attempt_at))
-                    .bind(now)
-                    .bind(*delivery_id)
-                    .bind(owner),
-                ),
-                RecordedOutcome::Dead {
-                    delivery_id,
-                    error_code,
-                    error,
-                } => (
-                    *delivery_id,
-                    sqlx::query(
-                        "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, \
-                         next_attempt_at = NULL, error_code = $1, error = $2, \
-                         lease_owner = NULL, lease_until = NULL, updated_at = $3 \
-                         WHERE id = $4 AND state = 'pending' \
-                           AND (lease_owner IS NULL OR lease_owner = $5)",
-                    )
-                    .bind(error_code.as_deref())
-                    .bind(error.as_str())
-                    .bind(now)
-                    .bind(*delivery_id)
-                    .bind(owner),
-                ),
-            };
-            if query.execute(&mut *tx).await?.rows_affected() == 0 {
-                tracing::warn!(
-                    delivery_id,
-                    "outcome for a delivery that is not pending (or does not exist); ignored"
-                );
-            }
+            record_other(&mut tx, outcome, now).await?;
         }
         record_delivered(&mut tx, &delivered, now).await?;
         tx.commit().await?;
+        // Only now that they are committed: a claim that read the rows before this commit
+        // still found them leased and skipped them.
+        self.held_leases()
+            .end(decided.iter().map(|o| o.delivery_id()));
         Ok(())
     }
 
+    /// The earliest time a pending delivery of `target` can be claimed: its due time, or
+    /// for one leased in memory the end of its lease, if later.
     async fn next_due(&self, target: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
-        Sql::next_due(&self.pool, target).await
+        let held = self.held_leases().held_json(target);
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(due) FROM ( \
+                 SELECT MIN(next_attempt_at) AS due FROM deliveries \
+                 WHERE target = $1 AND state = 'pending' \
+                   AND id NOT IN (SELECT value ->> 0 FROM json_each($2)) \
+                 UNION ALL \
+                 SELECT MIN(CASE WHEN j.value ->> 1 > d.next_attempt_at \
+                                 THEN j.value ->> 1 ELSE d.next_attempt_at END) \
+                 FROM json_each($2) AS j JOIN deliveries d ON d.id = j.value ->> 0 \
+                 WHERE d.state = 'pending')",
+        )
+        .bind(target)
+        .bind(held)
+        .fetch_one(&self.pool)
+        .await?;
+        opt_from_ms(due, target)
     }
 
     async fn pause_target(
@@ -632,19 +682,14 @@ impl Ledger for SqliteLedger {
         Ok(())
     }
 
+    /// Leases live in memory: renewing them writes nothing.
     async fn renew_leases(
         &self,
         delivery_ids: &[i64],
         owner: &str,
         until: DateTime<Utc>,
     ) -> Result<u64, LedgerError> {
-        if delivery_ids.is_empty() {
-            return Ok(0);
-        }
-        let (_guard, mut tx) = self.begin_write().await?;
-        let renewed = Sql::renew_leases(&mut tx, delivery_ids, owner, to_ms(until)).await?;
-        tx.commit().await?;
-        Ok(renewed)
+        Ok(self.held_leases().renew(delivery_ids, owner, to_ms(until)))
     }
 
     /// Nothing is ever stale: the only process that can hold leases is this one (the lock
@@ -736,24 +781,38 @@ mod tests {
         let now = {
             let ledger = open(&dir).await;
             ledger
-                .stage(batch(&["a"], &["crm"], Some("c1")))
+                .stage(batch(&["a", "b"], &["crm"], Some("c1")))
                 .await
                 .expect("stage");
             let now = soon();
             let got = ledger
-                .claim("crm", now, 10, Duration::from_secs(3600), "w1")
+                .claim("crm", now, 1, Duration::from_secs(3600), "w1")
                 .await
                 .expect("claim");
             assert_eq!(got.len(), 1);
+            // A lease as an older version wrote it into the file.
+            sqlx::query("UPDATE deliveries SET lease_owner = 'old', lease_until = $1")
+                .bind(to_ms(now) + 3_600_000)
+                .execute(&ledger.pool)
+                .await
+                .expect("old lease");
             now
         };
         let ledger = open(&dir).await;
+        assert_eq!(
+            count(
+                &ledger,
+                "SELECT COUNT(*) FROM deliveries WHERE lease_owner IS NOT NULL"
+            )
+            .await,
+            0
+        );
         let got = ledger
             .claim("crm", now, 10, LEASE, "w2")
             .await
             .expect("claim");
-        assert_eq!(got.len(), 1);
-        assert_eq!(got[0].lead.id, "a");
+        let ids: Vec<_> = got.iter().map(|d| d.lead.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
         assert_eq!(
             ledger.cursor("spool").await.expect("cursor").as_deref(),
             Some("c1")
@@ -762,7 +821,7 @@ mod tests {
 
         // Closing explicitly releases the lock as well.
         let ledger = open(&dir).await;
-        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM leads").await, 1);
+        assert_eq!(count(&ledger, "SELECT COUNT(*) FROM leads").await, 2);
     }
 
     #[tokio::test]
@@ -799,14 +858,7 @@ mod tests {
             Err(LedgerError::Corrupt { lead_id, .. }) => assert_eq!(lead_id, "b"),
             other => panic!("expected Corrupt, got {other:?}"),
         }
-        assert_eq!(
-            count(
-                &ledger,
-                "SELECT COUNT(*) FROM deliveries WHERE lease_owner IS NOT NULL"
-            )
-            .await,
-            0
-        );
+        assert_eq!(ledger.held_leases().busy_at("crm", to_ms(soon())), "[]");
         assert!(matches!(
             ledger.trace("b").await,
             Err(LedgerError::Corrupt { .. })
