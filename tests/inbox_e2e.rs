@@ -234,6 +234,16 @@ async fn wrong_secret_oversized_slow_and_flooding_clients_are_answered_and_block
         (1..=2).contains(&secret_lines),
         "{secret_lines} lines: {log}"
     );
+    // The peer is shown as its network, never its address.
+    for line in log
+        .lines()
+        .filter(|l| l.contains("wrong or missing secret"))
+    {
+        assert!(
+            line.contains("127.0.0.0/24") && !line.contains("127.0.0.1"),
+            "{line}"
+        );
+    }
     assert!(!log.contains("wrong-secret-0123456789abc") && !log.contains("guess-0123456789"));
     assert!(!log.contains(SECRET), "the secret reached the log");
     assert!(

@@ -99,7 +99,7 @@ impl Gate {
         query: Option<&str>,
         authorization: Option<&[u8]>,
     ) -> Admission {
-        let peer = canonical(peer);
+        let peer = peer.to_canonical();
         if !self.allow_from.is_empty() && !self.allow_from.iter().any(|n| n.contains(&peer)) {
             return Admission::Forbidden;
         }
@@ -158,14 +158,6 @@ impl Gate {
 /// The `code` parameter of a query string (URL secrets use no characters needing escapes).
 fn code_param(query: &str) -> Option<&str> {
     query.split('&').find_map(|pair| pair.strip_prefix("code="))
-}
-
-/// An IPv4 client reached over an IPv6 socket counts as its IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ use crate::ledger::Ledger;
 use crate::metrics as m;
 use crate::pipeline::Target;
 use gate::{Admission, Gate};
-use refusals::{Refusal, RefusalLog};
+use refusals::{network_of, Refusal, RefusalLog};
 use store::{Arrival, ReadBody};
 
 /// How long a client may take to send its request headers (slow-loris) or its TLS handshake.
@@ -294,7 +294,7 @@ async fn serve_connection(
         Some(acceptor) => {
             let Ok(Ok(tls)) = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await
             else {
-                tracing::debug!(source = %server.name, peer = %peer.ip(), "inbox: TLS handshake failed or timed out");
+                tracing::debug!(source = %server.name, network = %network_of(peer.ip()), "inbox: TLS handshake failed or timed out");
                 return;
             };
             serve_http(TokioIo::new(tls), peer.ip(), server, stop).await;
@@ -351,18 +351,11 @@ async fn respond(req: Request<Incoming>, peer: IpAddr, server: &Server) -> Respo
     {
         Admission::Admitted => {}
         Admission::Forbidden => {
-            match server.refusals.note(Refusal::Network, Instant::now()) {
-                Some(refused) => {
-                    tracing::warn!(source = %server.name, peer = %peer, refused, "inbox: request from a network not in allow_from; refused (`refused`: such requests since the last of these lines, at most one a minute)")
-                }
-                None => {
-                    tracing::debug!(source = %server.name, peer = %peer, "inbox: request from a network not in allow_from; refused")
-                }
-            }
+            log_refusal(server, Refusal::Network, peer, req.method());
             return reply(StatusCode::FORBIDDEN, "forbidden");
         }
         Admission::Throttled(wait) => {
-            tracing::debug!(source = %server.name, peer = %peer, "inbox: client over its rate limit");
+            tracing::debug!(source = %server.name, network = %network_of(peer), "inbox: client over its rate limit");
             let mut r = reply(StatusCode::TOO_MANY_REQUESTS, "too many requests");
             let secs = wait.as_secs().max(1).to_string();
             if let Ok(v) = hyper::header::HeaderValue::from_str(&secs) {
@@ -372,14 +365,7 @@ async fn respond(req: Request<Incoming>, peer: IpAddr, server: &Server) -> Respo
         }
         Admission::Unknown => {
             // Never the path: it may hold a (wrong, or someone's old) secret.
-            match server.refusals.note(Refusal::Secret, Instant::now()) {
-                Some(refused) => {
-                    tracing::warn!(source = %server.name, peer = %peer, method = %req.method(), refused, "inbox: wrong or missing secret; answered 404 (`refused`: such requests since the last of these lines, at most one a minute)")
-                }
-                None => {
-                    tracing::debug!(source = %server.name, peer = %peer, method = %req.method(), "inbox: wrong or missing secret; answered 404")
-                }
-            }
+            log_refusal(server, Refusal::Secret, peer, req.method());
             return reply(StatusCode::NOT_FOUND, "not found");
         }
     }
@@ -389,11 +375,24 @@ async fn respond(req: Request<Incoming>, peer: IpAddr, server: &Server) -> Respo
     let body = match read_limited(req.into_body(), live.gate.max_body_bytes).await {
         Ok(b) => b,
         Err(status) => {
-            tracing::info!(source = %server.name, peer = %peer, status = status.as_u16(), "inbox: body refused");
+            tracing::info!(source = %server.name, network = %network_of(peer), status = status.as_u16(), "inbox: body refused");
             return reply(status, status.canonical_reason().unwrap_or("refused"));
         }
     };
     store_and_answer(store::read_body(&server.name, &body), server).await
+}
+
+/// Log a request the gate refused: at `WARN` at most once a minute per kind, counting the
+/// others, and at `debug` otherwise (see `refusals`).
+fn log_refusal(server: &Server, kind: Refusal, peer: IpAddr, method: &Method) {
+    let (what, network) = (kind.describe(), network_of(peer));
+    match server.refusals.note(kind, Instant::now()) {
+        Some(refused) => tracing::warn!(
+            source = %server.name, %network, %method, refused,
+            "inbox: {what} (`refused`: such requests since the last of these lines, at most one a minute)"
+        ),
+        None => tracing::debug!(source = %server.name, %network, %method, "inbox: {what}"),
+    }
 }
 
 /// The body, at most `max` bytes, within [`BODY_TIMEOUT`].

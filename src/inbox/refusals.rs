@@ -4,8 +4,15 @@
 //! left with an old secret retries every lead: one line per request would fill the journal.
 //! (Every refusal is still counted by `leadsync_inbox_requests_total{code}`.)
 //!
-//! It owns only this counting; the gate decides, and `mod.rs` writes the lines.
+//! A line names the peer's network (its /24, or /48 for IPv6), never its address: the
+//! address of someone probing the endpoint from home is personal data, and the network is
+//! enough to tell a marketplace's or a partner's range from a scanner's and to extend
+//! `allow_from`.
+//!
+//! It owns only this counting and the network shown; the gate decides, and `mod.rs` writes
+//! the lines.
 
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,6 +26,24 @@ pub enum Refusal {
     Network,
     /// A wrong or missing secret.
     Secret,
+}
+
+impl Refusal {
+    /// What the log line says about it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Refusal::Network => "request from a network not in allow_from; refused",
+            Refusal::Secret => "wrong or missing secret; answered 404",
+        }
+    }
+}
+
+/// The network a peer's address is in, as the log shows it: the /24 of an IPv4 address
+/// (an IPv4-mapped IPv6 one included), the /48 of an IPv6 one.
+pub fn network_of(peer: IpAddr) -> ipnet::IpNet {
+    let peer = peer.to_canonical();
+    let prefix = if peer.is_ipv4() { 24 } else { 48 };
+    ipnet::IpNet::new(peer, prefix).map_or(ipnet::IpNet::from(peer), |net| net.trunc())
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -75,6 +100,14 @@ impl Default for RefusalLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_is_shown_as_its_network_only() {
+        let shown = |ip: &str| network_of(ip.parse().expect("address")).to_string();
+        assert_eq!(shown("203.0.113.77"), "203.0.113.0/24");
+        assert_eq!(shown("::ffff:203.0.113.77"), "203.0.113.0/24");
+        assert_eq!(shown("2001:db8:1234:5678::9"), "2001:db8:1234::/48");
+    }
 
     #[test]
     fn one_warn_line_a_minute_per_kind_counting_the_rest() {
