@@ -10,6 +10,11 @@
 //!
 //! Sending never blocks the pipeline (the alerter is its own task) and is never retried: a
 //! message that no channel took is logged, and the next reminder says it again.
+//!
+//! On a shared (PostgreSQL) ledger every instance observes and keeps its book, but only one
+//! tells: the holder of the [`ALERTS_LEASE`], taken and renewed like a source's pull lease
+//! and given back at a clean stop. An incident is one message, not one per instance, and
+//! when the holder goes another goes on from a book that already knows what was told.
 
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap};
@@ -322,8 +327,38 @@ impl AlertConfig {
     }
 }
 
-/// Run the alerter until `stop`: observe every `check_every`, tell what the book says;
-/// take a new configuration from `config` when one comes.
+/// The lease (in the ledger's source leases, under a name no source can have) whose holder
+/// is the one instance of a shared ledger that tells alerts.
+pub const ALERTS_LEASE: &str = "(alerts)";
+
+/// Whether this instance tells alerts now: it holds (or has just taken) the alerts lease
+/// for three checks. A SQLite ledger has one process, which always does.
+async fn holds_alerts(
+    ledger: &dyn Ledger,
+    owner: &str,
+    every: Duration,
+    now: DateTime<Utc>,
+) -> bool {
+    let ttl = (every * 3).max(Duration::from_secs(30));
+    match ledger.acquire_source(ALERTS_LEASE, owner, ttl, now).await {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::warn!(error = %e, "alerts: taking the alerts lease failed");
+            false
+        }
+    }
+}
+
+/// Give the alerts lease back (a clean stop), so another instance tells from now on.
+async fn release_alerts(ledger: &dyn Ledger, owner: &str) {
+    if let Err(e) = ledger.release_source(ALERTS_LEASE, owner).await {
+        tracing::debug!(error = %e, "alerts: giving back the alerts lease failed");
+    }
+}
+
+/// Run the alerter until `stop`: observe every `check_every`, tell what the book says (when
+/// this instance holds the alerts lease); take a new configuration from `config` when one
+/// comes.
 pub async fn run(
     mut config: tokio::sync::watch::Receiver<AlertConfig>,
     ledger: Arc<dyn Ledger>,
@@ -340,6 +375,7 @@ pub async fn run(
     };
     let mut channels: Vec<(String, Channel)> = Vec::new();
     let mut every = Duration::from_secs(30);
+    let owner = crate::identity::current().id.clone();
     config.mark_changed();
     loop {
         if config.has_changed().unwrap_or(false) {
@@ -347,6 +383,7 @@ pub async fn run(
             let Some(settings) = c.settings else {
                 channels.clear();
                 book = None;
+                release_alerts(ledger.as_ref(), &owner).await;
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     r = config.changed() => if r.is_err() { return } else { continue },
@@ -367,13 +404,18 @@ pub async fn run(
         }
         let now = Utc::now();
         let seen = observe(ledger.as_ref(), &health, &mut watch, now).await;
+        let tells = holds_alerts(ledger.as_ref(), &owner, every, now).await;
         if let Some(book) = &mut book {
-            for message in book.update(now, seen) {
+            // Another instance holds the lease: the book still learns what it tells.
+            for message in book.update(now, seen).into_iter().filter(|_| tells) {
                 tell(&channels, &message, now).await;
             }
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => {
+                release_alerts(ledger.as_ref(), &owner).await;
+                return;
+            }
             _ = tokio::time::sleep(every) => {}
             _ = config.changed() => {}
         }

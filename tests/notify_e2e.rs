@@ -435,3 +435,89 @@ fn the_shipped_examples_load() {
         text(&out)
     );
 }
+
+/// Two `run` instances on one PostgreSQL ledger, both observing the same dead letters: one
+/// e-mail, from the instance holding the alerts lease. When that one stops, the other takes
+/// the lease over and tells the recovery (its book knew what was told).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_shared_ledger_one_instance_tells_each_alert() {
+    use sqlx::Row;
+    let Some(mut pg) = common::pg_or_skip("on_a_shared_ledger_one_instance_tells_each_alert").await
+    else {
+        return;
+    };
+    struct Schema(String);
+    impl Drop for Schema {
+        fn drop(&mut self) {
+            common::drop_pg_schema(self.0.clone());
+        }
+    }
+    let schema = Schema(format!("leadsync_alerts_{:08x}", rand::random::<u32>()));
+    let rx = HttpsReceiver::start(ReceiverOptions::http()).await.unwrap();
+    rx.script([Reply::status(400), Reply::status(400)]);
+    let d = Deployment::with_target(&format!(
+        "kind = \"https\"\nschedule = \"*/1 * * * * *\"\n[connection]\nurl = \"{}\"\nallow_http = true\n",
+        rx.url("/hook")
+    ));
+    let main = std::fs::read_to_string(d.config()).unwrap().replace(
+        "path = \"../state/ledger.db\"",
+        &format!("url = \"{}\"\nschema = \"{}\"", common::pg_url(), schema.0),
+    );
+    std::fs::write(d.config(), main).unwrap();
+    let mail = smtp(&d).await;
+    alert_by_email(&d, &mail, "check_every = \"1s\"\nrepeat_after = \"1h\"\n");
+    let lines: Vec<String> = (0..2).map(|i| lead(i, "INS")).collect();
+    std::fs::write(d.spool().join("leads.jsonl"), lines.join("\n")).unwrap();
+    let daemons = [run(&d), run(&d)];
+
+    eventually(Duration::from_secs(40), "the dead-letter alert", || {
+        mail.message_count() >= 1
+    });
+    // Both instances see the two dead letters every second; only one tells.
+    std::thread::sleep(Duration::from_secs(5));
+    let subjects: Vec<String> = mail.messages().iter().filter_map(|m| m.subject()).collect();
+    assert_eq!(subjects.len(), 1, "{subjects:?}");
+    assert!(subjects[0].contains("dead letter"), "{subjects:?}");
+
+    // Stop the holder cleanly: it gives the lease back and the other goes on.
+    let owner: String = sqlx::query(&format!(
+        "SELECT owner FROM \"{}\".source_leases WHERE source = '(alerts)'",
+        schema.0
+    ))
+    .fetch_one(&mut pg)
+    .await
+    .expect("the alerts lease is held")
+    .get(0);
+    let pid = owner.split(':').nth(1).unwrap_or_default().to_string();
+    let (holder, other) = match daemons.iter().position(|dm| dm.id() == pid) {
+        Some(i) => (&daemons[i], &daemons[1 - i]),
+        None => panic!("the alerts lease is held by {owner}, not one of ours"),
+    };
+    std::process::Command::new("kill")
+        .args(["-TERM", &holder.id()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let retried = d
+        .command()
+        .args(["dead-letters", "retry", "--target", "csv"])
+        .env("SMTP_TEST_PASSWORD", "s3cret-password")
+        .output()
+        .unwrap();
+    assert!(retried.status.success(), "{}", text(&retried));
+    eventually(Duration::from_secs(40), "the resolved alert", || {
+        mail.message_count() >= 2
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let subjects: Vec<String> = mail.messages().iter().filter_map(|m| m.subject()).collect();
+    assert_eq!(subjects.len(), 2, "{subjects:?}");
+    assert!(
+        subjects[1].starts_with("[leadsync] resolved: "),
+        "{subjects:?}"
+    );
+    assert_eq!(rx.stored().len(), 2, "both leads delivered after the retry");
+    assert!(
+        other.log().contains("alert sent"),
+        "the other instance told the recovery"
+    );
+}
