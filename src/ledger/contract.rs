@@ -1007,6 +1007,54 @@ async fn targets_marked_down_show_until_cleared(ledger: &dyn Ledger) {
     );
 }
 
+/// A target coming back is credited its outage once: the call that clears the down row
+/// moves the pending deliveries' retry age by `now - since`; instances closing the same
+/// outage after it (at once, or later) credit nothing, and a target not down is a no-op.
+async fn target_up_credits_an_outage_once(ledger: &dyn Ledger) {
+    ledger
+        .stage(batch(&["a", "b"], &["crm"], None))
+        .await
+        .expect("stage");
+    let now = soon();
+    let age_of =
+        |ds: &[super::ClaimedDelivery]| -> Vec<i64> { ds.iter().map(|d| ms(d.age_from)).collect() };
+    let before = ledger
+        .claim("crm", now, 10, LEASE, "w")
+        .await
+        .expect("claim");
+    let ids: Vec<i64> = before.iter().map(|d| d.delivery_id).collect();
+    let release: Vec<RecordedOutcome> = ids
+        .iter()
+        .map(|&delivery_id| RecordedOutcome::Release {
+            delivery_id,
+            next_attempt_at: now,
+        })
+        .collect();
+    ledger.record(&release, "w").await.expect("release");
+
+    assert_eq!(ledger.target_up("crm", now).await.expect("up"), None);
+    let down = TargetDown {
+        since: now - TimeDelta::minutes(10),
+        reason: "invalid_client".into(),
+    };
+    ledger
+        .set_target_down("crm", Some(&down))
+        .await
+        .expect("down");
+    let ups = futures::future::join_all((0..3).map(|_| ledger.target_up("crm", now))).await;
+    let credited: Vec<Duration> = ups.into_iter().filter_map(|r| r.expect("up")).collect();
+    assert_eq!(credited, [Duration::from_secs(600)], "credited once");
+    assert_eq!(ledger.target_down("crm").await.expect("down"), None);
+    assert_eq!(ledger.target_up("crm", now).await.expect("up"), None);
+
+    let after = ledger
+        .claim("crm", now, 10, LEASE, "w")
+        .await
+        .expect("claim");
+    let moved: Vec<i64> = age_of(&before).iter().map(|a| a + 600_000).collect();
+    assert_eq!(age_of(&after), moved);
+}
+
 /// Coming back from an outage moves the retry-age clock of the target's pending deliveries
 /// (leased or not) and of nothing else: not delivered or dead ones, not other targets'.
 async fn extend_retry_age_moves_only_pending_deliveries(ledger: &dyn Ledger) {
@@ -1626,6 +1674,7 @@ contract!(
     expired_leases_are_taken_over,
     renew_leases_extend_only_the_owners_pending_leases,
     targets_marked_down_show_until_cleared,
+    target_up_credits_an_outage_once,
     extend_retry_age_moves_only_pending_deliveries,
     stale_instances_lose_their_leases,
 );

@@ -365,6 +365,17 @@ pub trait Ledger: Send + Sync {
         down: Option<&TargetDown>,
     ) -> Result<(), LedgerError>;
 
+    /// `target` is back up: clear its down row and, if this call cleared it, credit the
+    /// outage (from the row's `since` to `now`) to the retry age of its pending deliveries
+    /// (see [`Ledger::extend_retry_age`]), in one transaction. Returns the outage credited;
+    /// `None` when the target was not marked down, e.g. another instance brought it up
+    /// first: on several instances one outage is credited once.
+    async fn target_up(
+        &self,
+        target: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<std::time::Duration>, LedgerError>;
+
     /// Whether `target` is down, and since when (one row read).
     async fn target_down(&self, target: &str) -> Result<Option<TargetDown>, LedgerError>;
 

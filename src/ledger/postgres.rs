@@ -537,6 +537,22 @@ impl Ledger for PostgresLedger {
         Sql::set_target_down(&self.pool, target, down).await
     }
 
+    /// One transaction: the delete that decides which instance credits the outage, and the
+    /// credit (retried on a deadlock with a `record`, as `extend_retry_age`).
+    async fn target_up(
+        &self,
+        target: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Duration>, LedgerError> {
+        with_deadlock_retries(|| async {
+            let mut tx = self.pool.begin().await?;
+            let outage = Sql::target_up(&mut tx, target, now).await?;
+            tx.commit().await?;
+            Ok(outage)
+        })
+        .await
+    }
+
     async fn target_down(&self, target: &str) -> Result<Option<TargetDown>, LedgerError> {
         Sql::target_down(&self.pool, target).await
     }

@@ -344,6 +344,29 @@ where
         Ok(n)
     }
 
+    /// Clear `target`'s down row and credit its outage (from the row's `since` to `now`) to
+    /// the retry age of the target's pending deliveries, in the caller's transaction.
+    /// `None`, and nothing credited, when no row was there: another instance brought the
+    /// target up first and credited the outage itself.
+    pub(super) async fn target_up(
+        conn: &mut DB::Connection,
+        target: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<std::time::Duration>, LedgerError> {
+        let since: Option<i64> =
+            sqlx::query_scalar("DELETE FROM target_down WHERE target = $1 RETURNING down_since")
+                .bind(target)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some(since) = since else {
+            return Ok(None);
+        };
+        let outage =
+            std::time::Duration::from_millis(u64::try_from(to_ms(now) - since).unwrap_or(0));
+        Self::extend_retry_age(&mut *conn, target, outage).await?;
+        Ok(Some(outage))
+    }
+
     /// Extend to `until` (never shorten) the leases `owner` holds on those of `ids` still
     /// pending, in the caller's transaction; returns how many it holds. One statement per
     /// chunk of ids, as claims lease them.

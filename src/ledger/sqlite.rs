@@ -538,6 +538,17 @@ impl Ledger for SqliteLedger {
         Ok(tx.commit().await?)
     }
 
+    async fn target_up(
+        &self,
+        target: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Duration>, LedgerError> {
+        let (_guard, mut tx) = self.begin_write().await?;
+        let outage = Sql::target_up(&mut tx, target, now).await?;
+        tx.commit().await?;
+        Ok(outage)
+    }
+
     async fn target_down(&self, target: &str) -> Result<Option<TargetDown>, LedgerError> {
         Sql::target_down(&self.pool, target).await
     }

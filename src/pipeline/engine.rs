@@ -889,11 +889,8 @@ impl TargetEngine {
                 if let Some(h) = &self.health {
                     h.target_down(name, None);
                 }
-                if let Some(down) = self.ledger.target_down(name).await? {
-                    let outage = (self.clock.now() - down.since).to_std().unwrap_or_default();
+                if let Some(outage) = self.ledger.target_up(name, self.clock.now()).await? {
                     tracing::info!(target = %name, down_for = %humantime::format_duration(Duration::from_secs(outage.as_secs())), "target back up");
-                    self.ledger.set_target_down(name, None).await?;
-                    self.ledger.extend_retry_age(name, outage).await?;
                 }
             }
             Transition::Closed { outage } => {
@@ -902,9 +899,9 @@ impl TargetEngine {
                 if let Some(h) = &self.health {
                     h.target_down(name, None);
                 }
-                self.ledger.set_target_down(name, None).await?;
-                // The outage does not count towards any lead's max_age.
-                self.ledger.extend_retry_age(name, outage).await?;
+                // The outage does not count towards any lead's max_age: credited from the
+                // ledger's down row, by the one instance that clears it.
+                self.ledger.target_up(name, self.clock.now()).await?;
             }
         }
         Ok(())
