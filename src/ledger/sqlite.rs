@@ -5,14 +5,14 @@
 //! exactly one process holds the ledger. Because of that, its delivery leases live in that
 //! process's memory ([`MemoryLeases`]): a claim is a read beside the writer, not a write
 //! (lease columns an older version left in the file are cleared at open). Writes are
-//! serialised in-process and start with `BEGIN IMMEDIATE`. Timestamps are stored as INTEGER unix milliseconds (UTC) and leads as
-//! JSON text.
+//! serialised in-process and start with `BEGIN IMMEDIATE`. Timestamps are stored as INTEGER
+//! unix milliseconds (UTC) and leads as JSON text.
 //!
 //! The statements PostgreSQL runs with the same text are in `sql.rs` (this file passes them
 //! its write transaction or its pool); here are the SQLite-only parts: the lock file, the
-//! write mutex and `BEGIN IMMEDIATE`, claiming (a read, then a lease in memory) and recording
-//! outcomes,
-//! the status counts, erasure's `LIKE` prefilter and the WAL checkpoints after it.
+//! write mutex and `BEGIN IMMEDIATE`, claiming (a read, then a lease in memory), recording
+//! outcomes, `next_due` over the leases in memory, the status counts, erasure's `LIKE`
+//! prefilter and the WAL checkpoints after it.
 //!
 //! It must not decide when to retry (the pipeline passes `next_attempt_at` in), and its SQL
 //! stays close to what PostgreSQL accepts (`$n` parameters, `ON CONFLICT`, `CASE` instead of
