@@ -101,6 +101,9 @@ pub(super) fn encode_leads(leads: &[StagedLead]) -> Result<Vec<String>, LedgerEr
 // share (`i64` for INTEGER/BIGINT, `String` for TEXT), so `#[derive(sqlx::FromRow)]` reads
 // them from a `SqliteRow` and a `PgRow` alike; each row turns into the public type here.
 
+/// A claimed delivery with its place in the claim order (`next_attempt_at`, `id`).
+pub(super) type PlacedClaim = (ClaimedDelivery, (i64, i64));
+
 /// A claimed delivery with its lead: the columns `claim` returns on both backends (SQLite
 /// returns them as a JSON array per row, in this order: see `decode_json_array`).
 #[derive(sqlx::FromRow, serde::Deserialize)]
@@ -113,20 +116,31 @@ pub(super) struct ClaimRow {
     lead_id: String,
     staged_at: i64,
     body: String,
+    /// SQLite only: `next_attempt_at`, the delivery's place in the claim order with `id`
+    /// (where the claim cursor reads on from).
+    #[sqlx(default)]
+    #[serde(default)]
+    next_attempt_at: i64,
 }
 
 impl ClaimRow {
     /// A claim returned as one JSON array of rows (each an array of the columns in field
-    /// order), decoded in order; `target` names the claim in the error.
+    /// order), decoded in order with each one's place in the claim order; `target` names the
+    /// claim in the error.
     pub(super) fn decode_json_array(
         rows: &str,
         target: &str,
-    ) -> Result<Vec<ClaimedDelivery>, LedgerError> {
+    ) -> Result<Vec<PlacedClaim>, LedgerError> {
         let rows: Vec<ClaimRow> = serde_json::from_str(rows).map_err(|e| LedgerError::Corrupt {
             lead_id: format!("(claim for target {target})"),
             reason: e.to_string(),
         })?;
-        rows.into_iter().map(ClaimRow::decode).collect()
+        rows.into_iter()
+            .map(|row| {
+                let place = (row.next_attempt_at, row.id);
+                Ok((row.decode()?, place))
+            })
+            .collect()
     }
 
     pub(super) fn decode(self) -> Result<ClaimedDelivery, LedgerError> {

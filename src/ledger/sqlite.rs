@@ -33,8 +33,8 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
-use super::codec::{encode_leads, ms_after, opt_from_ms, to_ms, ClaimRow};
-use super::memory_leases::MemoryLeases;
+use super::codec::{encode_leads, ms_after, opt_from_ms, to_ms, ClaimRow, PlacedClaim};
+use super::memory_leases::{MemoryLeases, QueuePlace};
 use super::sql::{self, log_staged};
 use super::{
     ClaimedDelivery, DeadLetter, DeadLetterFilter, DeliveryTrace, InstanceInfo, Ledger,
@@ -180,6 +180,47 @@ impl SqliteLedger {
         self.leases
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Up to `limit` due pending deliveries of `target` not in `busy` (a JSON array of
+    /// ids), in claim order, after `after` when given, with their places in that order. One
+    /// statement (one snapshot) on a connection of its own; the rows come back as one JSON
+    /// array in one row: sqlx hands each result row over from its connection thread on its
+    /// own, and row by row that hand-over was most of a claim's time (see README,
+    /// Performance). Everything is decoded before anything is leased: a corrupt row fails
+    /// the whole claim.
+    async fn read_due(
+        &self,
+        target: &str,
+        now: i64,
+        limit: u32,
+        after: Option<QueuePlace>,
+        busy: &str,
+    ) -> Result<Vec<PlacedClaim>, LedgerError> {
+        let (after_at, after_id) = after.unwrap_or((i64::MIN, i64::MIN));
+        let rows: String = sqlx::query_scalar(
+            "SELECT json_group_array(json_array(id, target, idempotency_key, attempts, \
+                    age_from, lead_id, staged_at, body, next_attempt_at) \
+                    ORDER BY next_attempt_at, id) \
+             FROM (SELECT d.id, d.target, d.idempotency_key, d.attempts, d.age_from, \
+                          d.next_attempt_at, l.id AS lead_id, l.staged_at, l.body \
+                   FROM deliveries d JOIN leads l ON l.id = d.lead_id \
+                   WHERE d.target = $1 AND d.state = 'pending' AND d.next_attempt_at <= $2 \
+                     AND d.next_attempt_at >= $5 \
+                     AND (d.next_attempt_at > $5 OR d.id > $6) \
+                     AND d.id NOT IN (SELECT value FROM json_each($4)) \
+                   ORDER BY d.next_attempt_at, d.id \
+                   LIMIT $3)",
+        )
+        .bind(target)
+        .bind(now)
+        .bind(i64::from(limit))
+        .bind(busy)
+        .bind(after_at)
+        .bind(after_id)
+        .fetch_one(&self.pool)
+        .await?;
+        ClaimRow::decode_json_array(&rows, target)
     }
 
     /// The outcomes `owner` may record: every `Delivered` (the CRM has the record, whoever
@@ -408,36 +449,45 @@ impl Ledger for SqliteLedger {
         let now = to_ms(now);
         let until = ms_after(now, lease);
 
-        // Leases live in memory (see module doc), so a claim only reads: on a connection of
-        // its own, in one statement (one snapshot), skipping what this process has leased.
-        // The claim comes back as one JSON array in one row: sqlx hands each result row
-        // over from its connection thread on its own, and row by row that hand-over was
-        // most of a claim's time (see README, Performance).
+        // Leases live in memory (see module doc), so a claim only reads, skipping what this
+        // process has leased; from the target's claim cursor when it has one, and from the
+        // queue's head for what that read did not fill (see `MemoryLeases`).
         let _claiming = self.claiming.lock().await;
-        let busy = self.held_leases().busy_at(target, now);
-        let rows: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(id, target, idempotency_key, attempts, \
-                    age_from, lead_id, staged_at, body) ORDER BY next_attempt_at, id) \
-             FROM (SELECT d.id, d.target, d.idempotency_key, d.attempts, d.age_from, \
-                          d.next_attempt_at, l.id AS lead_id, l.staged_at, l.body \
-                   FROM deliveries d JOIN leads l ON l.id = d.lead_id \
-                   WHERE d.target = $1 AND d.state = 'pending' AND d.next_attempt_at <= $2 \
-                     AND d.id NOT IN (SELECT value FROM json_each($4)) \
-                   ORDER BY d.next_attempt_at, d.id \
-                   LIMIT $3)",
-        )
-        .bind(target)
-        .bind(now)
-        .bind(i64::from(limit))
-        .bind(busy)
-        .fetch_one(&self.pool)
-        .await?;
-        // Decode everything before leasing anything: a corrupt row fails the whole claim.
-        let claimed = ClaimRow::decode_json_array(&rows, target)?;
-        let ids = claimed.iter().map(|d| d.delivery_id).collect::<Vec<_>>();
-        self.held_leases().grant(target, &ids, owner, until);
+        let resume = self.held_leases().resume_point(target, now);
+        let mut claimed = Vec::new();
+        if let Some(after) = resume {
+            let busy = self.held_leases().busy(target, Some(after), &[]);
+            claimed = self
+                .read_due(target, now, limit, Some(after), &busy)
+                .await?;
+        }
+        let mut last = claimed.last().map(|(_, place)| *place);
+        let short = limit as usize - claimed.len();
+        if short > 0 {
+            let taken: Vec<i64> = claimed.iter().map(|(d, _)| d.delivery_id).collect();
+            let busy = self.held_leases().busy(target, None, &taken);
+            let behind = self
+                .read_due(target, now, short as u32, None, &busy)
+                .await?;
+            // A full read from the head anchors the cursor at its end; a short one found all
+            // there is, so the cursor goes on from the furthest place read.
+            last = match (behind.last(), behind.len() == short) {
+                (Some((_, end)), true) => Some(*end),
+                (Some((_, end)), false) => last.max(Some(*end)),
+                (None, _) => last,
+            };
+            claimed.splice(0..0, behind);
+        }
+        let places: Vec<(i64, (i64, i64))> = claimed
+            .iter()
+            .map(|(d, place)| (d.delivery_id, *place))
+            .collect();
+        let mut leases = self.held_leases();
+        leases.grant(target, &places, owner, until);
+        leases.claimed_up_to(target, last, short > 0, now);
+        drop(leases);
         tracing::trace!(target = %target, claimed = claimed.len(), "claimed deliveries under lease");
-        Ok(claimed)
+        Ok(claimed.into_iter().map(|(d, _)| d).collect())
     }
 
     async fn record(&self, outcomes: &[RecordedOutcome], owner: &str) -> Result<(), LedgerError> {
@@ -468,8 +518,17 @@ impl Ledger for SqliteLedger {
         tx.commit().await?;
         // Only now that they are committed: a claim that read the rows before this commit
         // still found them leased and skipped them.
-        self.held_leases()
-            .end(decided.iter().map(|o| o.delivery_id()));
+        let mut leases = self.held_leases();
+        leases.end(decided.iter().map(|o| o.delivery_id()));
+        // A delivery back in the queue may sit behind a claim cursor.
+        if decided.iter().any(|o| {
+            matches!(
+                o,
+                RecordedOutcome::Retry { .. } | RecordedOutcome::Release { .. }
+            )
+        }) {
+            leases.forget_cursors();
+        }
         Ok(())
     }
 
@@ -589,6 +648,8 @@ impl Ledger for SqliteLedger {
         let (_guard, mut tx) = self.begin_write().await?;
         let count = Sql::retry_dead(&mut *tx, filter, now).await?;
         tx.commit().await?;
+        // Due at `now`, they may sit behind a claim cursor.
+        self.held_leases().forget_cursors();
         Ok(count)
     }
 
@@ -601,6 +662,7 @@ impl Ledger for SqliteLedger {
         let (_guard, mut tx) = self.begin_write().await?;
         let n = Sql::replay(&mut *tx, target, since, now).await?;
         tx.commit().await?;
+        self.held_leases().forget_cursors();
         Ok(n)
     }
 
@@ -786,6 +848,141 @@ mod tests {
         assert_eq!(count(&ledger, "SELECT COUNT(*) FROM quarantine").await, 0);
     }
 
+    /// The claim cursor only ever saves reading: across claims, deliveries, releases,
+    /// retries and leads that come due behind it, no delivery is handed out while leased, a
+    /// claim that comes back short took everything due, and in the end every lead arrives.
+    #[tokio::test]
+    async fn claims_from_a_cursor_never_hand_out_a_leased_delivery_nor_miss_a_due_one() {
+        use std::collections::HashMap;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir).await;
+        let first: Vec<String> = (0..60).map(|i| format!("l{i:03}")).collect();
+        let first: Vec<&str> = first.iter().map(String::as_str).collect();
+        ledger
+            .stage(batch(&first, &["crm"], None))
+            .await
+            .expect("stage");
+        let start = soon();
+        let mut now = start;
+        let mut leased: HashMap<i64, String> = HashMap::new();
+        let mut arrived: HashSet<String> = HashSet::new();
+        let mut staged = first.len();
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for step in 0..400 {
+            match next(5) {
+                0 | 1 => {
+                    let limit = 1 + next(7) as usize;
+                    let got = ledger
+                        .claim("crm", now, limit as u32, LEASE, "me")
+                        .await
+                        .expect("claim");
+                    for d in &got {
+                        let lead = d.lead.id.to_string();
+                        assert!(!arrived.contains(&lead), "step {step}: {lead} again");
+                        let before = leased.insert(d.delivery_id, lead);
+                        assert!(before.is_none(), "step {step}: handed out while leased");
+                    }
+                    if got.len() < limit {
+                        let due: Vec<i64> = sqlx::query_scalar(
+                            "SELECT id FROM deliveries WHERE target = 'crm' \
+                             AND state = 'pending' AND next_attempt_at <= $1",
+                        )
+                        .bind(to_ms(now))
+                        .fetch_all(&ledger.pool)
+                        .await
+                        .expect("due");
+                        let missed: Vec<i64> = due
+                            .into_iter()
+                            .filter(|id| !leased.contains_key(id))
+                            .collect();
+                        assert!(
+                            missed.is_empty(),
+                            "step {step}: a short claim left {missed:?}"
+                        );
+                    }
+                }
+                2 | 3 if !leased.is_empty() => {
+                    let mut ids: Vec<i64> = leased.keys().copied().collect();
+                    ids.sort_unstable();
+                    let id = ids[next(ids.len() as u64) as usize];
+                    let lead = leased.remove(&id).expect("leased");
+                    let outcome = match next(3) {
+                        0 => {
+                            arrived.insert(lead);
+                            RecordedOutcome::Delivered {
+                                delivery_id: id,
+                                crm_ref: None,
+                            }
+                        }
+                        1 => RecordedOutcome::Release {
+                            delivery_id: id,
+                            next_attempt_at: now,
+                        },
+                        _ => RecordedOutcome::Retry {
+                            delivery_id: id,
+                            next_attempt_at: now,
+                            error_code: None,
+                            error: "try again".to_owned(),
+                        },
+                    };
+                    ledger.record(&[outcome], "me").await.expect("record");
+                }
+                _ => {
+                    // A lead that comes due behind wherever the cursor is (as one staged
+                    // while a claim ran does).
+                    let id = format!("x{step:03}");
+                    ledger
+                        .stage(batch(&[id.as_str()], &["crm"], None))
+                        .await
+                        .expect("stage");
+                    sqlx::query("UPDATE deliveries SET next_attempt_at = $1 WHERE lead_id = $2")
+                        .bind(to_ms(start) - 1_000)
+                        .bind(&id)
+                        .execute(&ledger.pool)
+                        .await
+                        .expect("behind");
+                    staged += 1;
+                }
+            }
+            now += chrono::TimeDelta::milliseconds(next(120) as i64);
+        }
+        for (id, lead) in leased.drain() {
+            arrived.insert(lead);
+            let delivered = RecordedOutcome::Delivered {
+                delivery_id: id,
+                crm_ref: None,
+            };
+            ledger.record(&[delivered], "me").await.expect("record");
+        }
+        loop {
+            let got = ledger
+                .claim("crm", now, 50, LEASE, "me")
+                .await
+                .expect("claim");
+            if got.is_empty() {
+                break;
+            }
+            for d in got {
+                assert!(
+                    arrived.insert(d.lead.id.to_string()),
+                    "claimed twice at the end"
+                );
+                let delivered = RecordedOutcome::Delivered {
+                    delivery_id: d.delivery_id,
+                    crm_ref: None,
+                };
+                ledger.record(&[delivered], "me").await.expect("record");
+            }
+        }
+        assert_eq!(arrived.len(), staged, "every lead arrived once");
+    }
+
     #[tokio::test]
     async fn reopening_clears_leases() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -869,7 +1066,7 @@ mod tests {
             Err(LedgerError::Corrupt { lead_id, .. }) => assert_eq!(lead_id, "b"),
             other => panic!("expected Corrupt, got {other:?}"),
         }
-        assert_eq!(ledger.held_leases().busy_at("crm", to_ms(soon())), "[]");
+        assert_eq!(ledger.held_leases().busy("crm", None, &[]), "[]");
         assert!(matches!(
             ledger.trace("b").await,
             Err(LedgerError::Corrupt { .. })
