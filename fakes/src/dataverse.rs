@@ -28,6 +28,7 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 use sha2::Digest;
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -242,15 +243,14 @@ fn default_attributes(key_column: &str) -> Vec<(String, AttrType)> {
 }
 
 fn guid() -> String {
-    let b: [u8; 16] = rand::rng().random();
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let b: u128 = rand::rng().random();
     format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        b >> 96,
+        (b >> 80) & 0xffff,
+        (b >> 64) & 0xffff,
+        (b >> 48) & 0xffff,
+        b & 0xffff_ffff_ffff
     )
 }
 
@@ -513,15 +513,14 @@ impl Resp {
         b.body(Body::from(self.body))
             .unwrap_or_else(|_| Response::new(Body::empty()))
     }
-    /// As an `application/http` message inside a batch response.
-    fn to_http(&self) -> String {
-        let mut s = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+    /// As an `application/http` message inside a batch response, appended to `out`.
+    fn write_http(&self, out: &mut String) {
+        let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         for (k, v) in &self.headers {
-            s.push_str(&format!("{k}: {v}\r\n"));
+            let _ = write!(out, "{k}: {v}\r\n");
         }
-        s.push_str("\r\n");
-        s.push_str(&self.body);
-        s
+        out.push_str("\r\n");
+        out.push_str(&self.body);
     }
 }
 
@@ -622,9 +621,21 @@ async fn handle(
         .collect();
     let body = String::from_utf8_lossy(&body).into_owned();
     let path = percent_decode(uri.path());
+    // A `$batch` is read before the lock is taken, so that requests in flight together
+    // parse in parallel as a server's would; `route` still decides what to answer first.
+    let batch =
+        (method == Method::POST && path.ends_with("/$batch")).then(|| parse_batch(&hdrs, &body));
     let (resp, ops) = {
         let mut st = sh.lock();
-        st.route(&method, &path, uri.query(), &hdrs, &body, in_flight)
+        let call = Call {
+            method: &method,
+            path: &path,
+            query: uri.query(),
+            headers: &hdrs,
+            body: &body,
+            batch,
+        };
+        st.route(call, in_flight)
     };
     if work_inside {
         tokio::time::sleep_until((arrived + latency).into()).await;
@@ -641,6 +652,17 @@ async fn handle(
 }
 
 // ---- the service ----------------------------------------------------------------------
+
+/// One request as `State::route` reads it; a `$batch` already parsed (or refused) outside
+/// the lock.
+struct Call<'a> {
+    method: &'a Method,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &'a [(String, String)],
+    body: &'a str,
+    batch: Option<Result<ParsedBatch<'a>, (Resp, usize)>>,
+}
 
 /// A parsed key segment: `leads(<guid>)`, `leads(leadid=<guid>)`, `leads(col='v')`.
 enum KeySpec {
@@ -707,15 +729,15 @@ impl State {
         m
     }
 
-    fn route(
-        &mut self,
-        method: &Method,
-        path: &str,
-        query: Option<&str>,
-        headers: &[(String, String)],
-        body: &str,
-        in_flight: usize,
-    ) -> (Resp, usize) {
+    fn route(&mut self, call: Call<'_>, in_flight: usize) -> (Resp, usize) {
+        let Call {
+            method,
+            path,
+            query,
+            headers,
+            body,
+            batch,
+        } = call;
         let token_path = format!("/{}/oauth2/v2.0/token", self.cfg.tenant);
         if path.ends_with("/oauth2/v2.0/token") {
             if *method != Method::POST {
@@ -771,7 +793,11 @@ impl State {
             if *method != Method::POST {
                 return (Resp::new(405), 0);
             }
-            return self.batch(headers, body);
+            return match batch {
+                Some(Ok(parsed)) => self.batch(parsed),
+                Some(Err(refused)) => refused,
+                None => self.batch_of(headers, body),
+            };
         }
         let q = query_decode(query);
         let mut journal = Vec::new();
@@ -1462,99 +1488,35 @@ impl State {
 
     // ---- $batch -----------------------------------------------------------------------
 
-    fn batch(&mut self, headers: &[(String, String)], body: &str) -> (Resp, usize) {
-        let ct = header_of(headers, "content-type").unwrap_or("");
-        let Some(boundary) = boundary_of(ct).filter(|_| ct.starts_with("multipart/mixed")) else {
-            return (
-                Resp::error(400, "0x80060888", "The batch request must have a \"Content-Type\" header of \"multipart/mixed\" with a boundary."),
-                0,
-            );
-        };
-        let continue_on_error =
-            header_of(headers, "prefer").is_some_and(|p| p.contains("odata.continue-on-error"));
-        let parts = match split_multipart(body, &boundary) {
-            Ok(p) => p,
-            Err(e) => return (Resp::error(400, "0x80060888", &e), 0),
-        };
-        // Count and pre-parse every operation.
-        let mut units: Vec<BatchUnit> = Vec::new();
-        let mut ops = 0usize;
-        for p in &parts {
-            let pct = header_of(&p.headers, "content-type").unwrap_or("");
-            if pct.starts_with("multipart/mixed") {
-                let Some(cb) = boundary_of(pct) else {
-                    return (
-                        Resp::error(400, "0x80060888", "A change set has no boundary."),
-                        0,
-                    );
-                };
-                let inner = match split_multipart(&p.body, &cb) {
-                    Ok(x) => x,
-                    Err(e) => return (Resp::error(400, "0x80060888", &e), 0),
-                };
-                let mut reqs = Vec::new();
-                for ip in inner {
-                    let Some(cid) = header_of(&ip.headers, "content-id").map(str::to_string) else {
-                        return (
-                            Resp::error(
-                                400,
-                                "0x80060888",
-                                "Content-ID header not present in a change set part.",
-                            ),
-                            0,
-                        );
-                    };
-                    let r = match parse_http_request(&ip.body) {
-                        Ok(r) => r,
-                        Err(e) => return (Resp::error(400, "0x80060888", &e), 0),
-                    };
-                    if r.method == "GET" {
-                        return (
-                            Resp::error(
-                                400,
-                                "0x80060888",
-                                "GET requests are not allowed inside a change set.",
-                            ),
-                            0,
-                        );
-                    }
-                    reqs.push((Some(cid), r));
-                }
-                ops += reqs.len();
-                units.push(BatchUnit::ChangeSet(reqs));
-            } else {
-                let cid = header_of(&p.headers, "content-id").map(str::to_string);
-                match parse_http_request(&p.body) {
-                    Ok(r) => units.push(BatchUnit::Single(cid, r)),
-                    Err(e) => return (Resp::error(400, "0x80060888", &e), 0),
-                }
-                ops += 1;
-            }
+    /// `route`'s `$batch` when the handler did not read it first.
+    fn batch_of(&mut self, headers: &[(String, String)], body: &str) -> (Resp, usize) {
+        match parse_batch(headers, body) {
+            Ok(parsed) => self.batch(parsed),
+            Err(refused) => refused,
         }
-        if ops > 1000 {
-            return (
-                Resp::error(
-                    400,
-                    "0x8006088a",
-                    "The number of requests in a batch exceeded the limit of 1000.",
-                ),
-                ops,
-            );
-        }
+    }
+
+    fn batch(&mut self, parsed: ParsedBatch<'_>) -> (Resp, usize) {
+        let ParsedBatch {
+            units,
+            ops,
+            continue_on_error,
+        } = parsed;
         let rb = format!("batchresponse_{}", guid());
-        let mut out = String::new();
+        let mut out = String::with_capacity(ops * 1024);
         let mut failed_alone: Option<String> = None;
         for unit in units {
             match unit {
                 BatchUnit::Single(cid, r) => {
                     let mut j = Vec::new();
                     let (resp, _) = self.batch_op(&r, &HashMap::new(), &mut j);
-                    let part = http_part(cid.as_deref(), &resp);
                     if resp.status >= 400 && !continue_on_error {
-                        failed_alone = Some(part);
+                        failed_alone = Some(http_part(cid, &resp));
                         break;
                     }
-                    out.push_str(&format!("--{rb}\r\n{part}\r\n"));
+                    let _ = write!(out, "--{rb}\r\n");
+                    write_http_part(&mut out, cid, &resp);
+                    out.push_str("\r\n");
                 }
                 BatchUnit::ChangeSet(reqs) => {
                     let mut journal = Vec::new();
@@ -1564,13 +1526,13 @@ impl State {
                     for (cid, r) in reqs {
                         let (resp, entity) = self.batch_op(&r, &refs, &mut journal);
                         if resp.status >= 400 {
-                            failure = Some(http_part(cid.as_deref(), &resp));
+                            failure = Some(http_part(cid, &resp));
                             break;
                         }
-                        if let (Some(c), Some(e)) = (cid.clone(), entity) {
-                            refs.insert(c, e);
+                        if let (Some(c), Some(e)) = (cid, entity) {
+                            refs.insert(c.to_string(), e);
                         }
-                        resps.push(http_part(cid.as_deref(), &resp));
+                        resps.push((cid, resp));
                     }
                     match failure {
                         Some(part) => {
@@ -1580,17 +1542,20 @@ impl State {
                                 failed_alone = Some(part);
                                 break;
                             }
-                            out.push_str(&format!("--{rb}\r\n{part}\r\n"));
+                            let _ = write!(out, "--{rb}\r\n{part}\r\n");
                         }
                         None => {
                             let cb = format!("changesetresponse_{}", guid());
-                            out.push_str(&format!(
+                            let _ = write!(
+                                out,
                                 "--{rb}\r\nContent-Type: multipart/mixed; boundary={cb}\r\n\r\n"
-                            ));
-                            for p in resps {
-                                out.push_str(&format!("--{cb}\r\n{p}\r\n"));
+                            );
+                            for (cid, resp) in resps {
+                                let _ = write!(out, "--{cb}\r\n");
+                                write_http_part(&mut out, cid, &resp);
+                                out.push_str("\r\n");
                             }
-                            out.push_str(&format!("--{cb}--\r\n"));
+                            let _ = write!(out, "--{cb}--\r\n");
                         }
                     }
                 }
@@ -1602,7 +1567,7 @@ impl State {
             r.body = format!("--{rb}\r\n{part}\r\n--{rb}--\r\n");
             return (r, ops);
         }
-        out.push_str(&format!("--{rb}--\r\n"));
+        let _ = write!(out, "--{rb}--\r\n");
         let mut r = Resp::new(200).header("Content-Type", ct);
         if continue_on_error {
             r = r.header("Preference-Applied", "odata.continue-on-error");
@@ -1618,7 +1583,7 @@ impl State {
         journal: &mut Vec<Undo>,
     ) -> (Resp, Option<String>) {
         // The URL may be absolute, absolute-path, relative to the service root, or `$n`.
-        let url = r.url.as_str();
+        let url = r.url;
         let (path, query) = url.split_once('?').unwrap_or((url, ""));
         let path = percent_decode(path);
         let rel = if let Some(n) = path.strip_prefix('$') {
@@ -1645,25 +1610,110 @@ impl State {
             path.trim_start_matches('/').to_string()
         };
         let q = query_decode(Some(query));
-        self.operation(&r.method, &rel, &q, &r.headers, &r.body, journal)
+        self.operation(&r.method, &rel, &q, &r.headers, r.body, journal)
     }
 }
 
-enum BatchUnit {
-    Single(Option<String>, HttpRequest),
-    ChangeSet(Vec<(Option<String>, HttpRequest)>),
+/// A `$batch` request read and checked, not yet applied: its parts borrow the body.
+struct ParsedBatch<'a> {
+    units: Vec<BatchUnit<'a>>,
+    ops: usize,
+    continue_on_error: bool,
 }
 
-struct MimePart {
-    headers: Vec<(String, String)>,
-    body: String,
+enum BatchUnit<'a> {
+    Single(Option<&'a str>, HttpRequest<'a>),
+    ChangeSet(Vec<(Option<&'a str>, HttpRequest<'a>)>),
 }
 
-struct HttpRequest {
+struct MimePart<'a> {
+    headers: Vec<(&'a str, &'a str)>,
+    body: &'a str,
+}
+
+impl<'a> MimePart<'a> {
+    fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v)
+    }
+}
+
+struct HttpRequest<'a> {
     method: String,
-    url: String,
+    url: &'a str,
     headers: Vec<(String, String)>,
-    body: String,
+    body: &'a str,
+}
+
+fn batch_error(message: &str, ops: usize) -> (Resp, usize) {
+    (Resp::error(400, "0x80060888", message), ops)
+}
+
+/// Read a `$batch` request into its units, or the answer that refuses it (with the number of
+/// operations counted).
+fn parse_batch<'a>(
+    headers: &[(String, String)],
+    body: &'a str,
+) -> Result<ParsedBatch<'a>, (Resp, usize)> {
+    let ct = header_of(headers, "content-type").unwrap_or("");
+    let Some(boundary) = boundary_of(ct).filter(|_| ct.starts_with("multipart/mixed")) else {
+        return Err(batch_error("The batch request must have a \"Content-Type\" header of \"multipart/mixed\" with a boundary.", 0));
+    };
+    let continue_on_error =
+        header_of(headers, "prefer").is_some_and(|p| p.contains("odata.continue-on-error"));
+    let parts = split_multipart(body, &boundary).map_err(|e| batch_error(&e, 0))?;
+    let mut units: Vec<BatchUnit> = Vec::with_capacity(parts.len());
+    let mut ops = 0usize;
+    for p in &parts {
+        let pct = p.header("content-type").unwrap_or("");
+        if pct.starts_with("multipart/mixed") {
+            let Some(cb) = boundary_of(pct) else {
+                return Err(batch_error("A change set has no boundary.", 0));
+            };
+            let inner = split_multipart(p.body, &cb).map_err(|e| batch_error(&e, 0))?;
+            let mut reqs = Vec::with_capacity(inner.len());
+            for ip in inner {
+                let Some(cid) = ip.header("content-id") else {
+                    return Err(batch_error(
+                        "Content-ID header not present in a change set part.",
+                        0,
+                    ));
+                };
+                let r = parse_http_request(ip.body).map_err(|e| batch_error(&e, 0))?;
+                if r.method == "GET" {
+                    return Err(batch_error(
+                        "GET requests are not allowed inside a change set.",
+                        0,
+                    ));
+                }
+                reqs.push((Some(cid), r));
+            }
+            ops += reqs.len();
+            units.push(BatchUnit::ChangeSet(reqs));
+        } else {
+            let cid = p.header("content-id");
+            let r = parse_http_request(p.body).map_err(|e| batch_error(&e, 0))?;
+            units.push(BatchUnit::Single(cid, r));
+            ops += 1;
+        }
+    }
+    if ops > 1000 {
+        return Err((
+            Resp::error(
+                400,
+                "0x8006088a",
+                "The number of requests in a batch exceeded the limit of 1000.",
+            ),
+            ops,
+        ));
+    }
+    Ok(ParsedBatch {
+        units,
+        ops,
+        continue_on_error,
+    })
 }
 
 fn boundary_of(content_type: &str) -> Option<String> {
@@ -1674,48 +1724,48 @@ fn boundary_of(content_type: &str) -> Option<String> {
     })
 }
 
-fn split_head(text: &str) -> (Vec<(String, String)>, String) {
+/// A part's headers and the rest of it, both borrowed.
+fn split_head(text: &str) -> (Vec<(&str, &str)>, &str) {
     let mut headers = Vec::new();
-    let mut lines = text.split('\n');
-    for line in lines.by_ref() {
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (line, tail) = rest.split_once('\n').unwrap_or((rest, ""));
+        rest = tail;
         let line = line.trim_end_matches('\r');
         if line.is_empty() {
             break;
         }
         if let Some((k, v)) = line.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
+            headers.push((k.trim(), v.trim()));
         }
     }
-    let rest: Vec<&str> = lines.map(|l| l.trim_end_matches('\r')).collect();
-    (headers, rest.join("\n"))
+    (headers, rest)
 }
 
-/// Split a multipart body into its parts (preamble and epilogue dropped).
-fn split_multipart(body: &str, boundary: &str) -> Result<Vec<MimePart>, String> {
+/// Split a multipart body into its parts (preamble and epilogue dropped), borrowed.
+fn split_multipart<'a>(body: &'a str, boundary: &str) -> Result<Vec<MimePart<'a>>, String> {
     let delim = format!("--{boundary}");
-    let close = format!("--{boundary}--");
     let mut parts = Vec::new();
-    let mut current: Option<Vec<&str>> = None;
+    let mut current: Option<usize> = None;
+    let mut offset = 0;
     let mut closed = false;
-    for line in body.split('\n') {
-        let l = line.trim_end_matches('\r');
-        if l.trim_end() == close {
-            if let Some(c) = current.take() {
-                parts.push(c);
-            }
+    for line in body.split_inclusive('\n') {
+        let line_start = offset;
+        offset += line.len();
+        let Some(after) = line.trim_end().strip_prefix(delim.as_str()) else {
+            continue;
+        };
+        if after != "--" && !after.is_empty() {
+            continue;
+        }
+        if let Some(start) = current.take() {
+            parts.push(&body[start..line_start]);
+        }
+        if after == "--" {
             closed = true;
             break;
         }
-        if l.trim_end() == delim {
-            if let Some(c) = current.take() {
-                parts.push(c);
-            }
-            current = Some(Vec::new());
-            continue;
-        }
-        if let Some(c) = current.as_mut() {
-            c.push(l);
-        }
+        current = Some(offset);
     }
     if !closed {
         return Err(format!(
@@ -1724,14 +1774,14 @@ fn split_multipart(body: &str, boundary: &str) -> Result<Vec<MimePart>, String> 
     }
     Ok(parts
         .into_iter()
-        .map(|lines| {
-            let (headers, body) = split_head(&lines.join("\n"));
+        .map(|text| {
+            let (headers, body) = split_head(text);
             MimePart { headers, body }
         })
         .collect())
 }
 
-fn parse_http_request(text: &str) -> Result<HttpRequest, String> {
+fn parse_http_request(text: &str) -> Result<HttpRequest<'_>, String> {
     let text = text.trim_start_matches(['\r', '\n']);
     let (first, rest) = text.split_once('\n').unwrap_or((text, ""));
     let mut words = first.trim_end_matches('\r').split_whitespace();
@@ -1741,23 +1791,30 @@ fn parse_http_request(text: &str) -> Result<HttpRequest, String> {
     let (headers, body) = split_head(rest);
     Ok(HttpRequest {
         method: method.to_ascii_uppercase(),
-        url: url.to_string(),
-        headers,
-        body: body.trim().to_string(),
+        url,
+        headers: headers
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        body: body.trim(),
     })
 }
 
 fn http_part(content_id: Option<&str>, resp: &Resp) -> String {
-    let mut s =
-        String::from("Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n");
+    let mut s = String::new();
+    write_http_part(&mut s, content_id, resp);
+    s
+}
+
+fn write_http_part(out: &mut String, content_id: Option<&str>, resp: &Resp) {
+    out.push_str("Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n");
     // Dataverse echoes the Content-ID of successful change-set parts; the failing part of a
     // change set comes back alone, without one [U].
     if let Some(c) = content_id.filter(|_| resp.status < 400) {
-        s.push_str(&format!("Content-ID: {c}\r\n"));
+        let _ = write!(out, "Content-ID: {c}\r\n");
     }
-    s.push_str("\r\n");
-    s.push_str(&resp.to_http());
-    s
+    out.push_str("\r\n");
+    resp.write_http(out);
 }
 
 /// `x5t#S256` of the first certificate of a PEM text.
@@ -1781,7 +1838,7 @@ mod tests {
         let body = "--b\r\nContent-Type: application/http\r\n\r\nPOST /api/data/v9.2/leads HTTP/1.1\r\nContent-Type: application/json\r\n\r\n{\"a\":1}\r\n--b--\r\n";
         let parts = split_multipart(body, "b").unwrap();
         assert_eq!(parts.len(), 1);
-        let r = parse_http_request(&parts[0].body).unwrap();
+        let r = parse_http_request(parts[0].body).unwrap();
         assert_eq!(r.method, "POST");
         assert_eq!(r.body, "{\"a\":1}");
         assert!(split_multipart("--b\r\n", "b").is_err());

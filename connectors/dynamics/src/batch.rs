@@ -55,25 +55,29 @@ pub fn random_id() -> String {
 /// The request body of a batch whose boundary is `batch_boundary`: every operation in its
 /// own change set, `Content-ID` = its 1-based position.
 pub fn build_request(batch_boundary: &str, ops: &[BatchOp]) -> String {
-    let mut out = String::new();
+    use std::fmt::Write as _;
+    let framing = 300 + 3 * batch_boundary.len();
+    let size = ops
+        .iter()
+        .map(|op| framing + op.url.len() + op.body.len())
+        .sum::<usize>();
+    let mut out = String::with_capacity(size + batch_boundary.len() + 8);
     for (i, op) in ops.iter().enumerate() {
-        let cs = format!("changeset_{}_{}", batch_boundary, i + 1);
-        out.push_str(&format!(
-            "--{batch_boundary}\r\nContent-Type: multipart/mixed; boundary={cs}\r\n\r\n"
-        ));
-        out.push_str(&format!(
-            "--{cs}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: {}\r\n\r\n",
-            i + 1
-        ));
-        out.push_str(&format!("{} {} HTTP/1.1\r\n", op.method, op.url));
-        out.push_str("Content-Type: application/json; type=entry\r\n");
-        out.push_str("Prefer: return=representation\r\n");
+        let n = i + 1;
+        // Writing into a String cannot fail.
+        let _ = write!(
+            out,
+            "--{batch_boundary}\r\nContent-Type: multipart/mixed; boundary=changeset_{batch_boundary}_{n}\r\n\r\n\
+             --changeset_{batch_boundary}_{n}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\nContent-ID: {n}\r\n\r\n\
+             {} {} HTTP/1.1\r\nContent-Type: application/json; type=entry\r\nPrefer: return=representation\r\n",
+            op.method, op.url
+        );
         // Reported to be needed by Dataverse for bodies inside a batch [C].
-        out.push_str(&format!("Content-Length: {}\r\n\r\n", op.body.len()));
+        let _ = write!(out, "Content-Length: {}\r\n\r\n", op.body.len());
         out.push_str(&op.body);
-        out.push_str(&format!("\r\n--{cs}--\r\n"));
+        let _ = write!(out, "\r\n--changeset_{batch_boundary}_{n}--\r\n");
     }
-    out.push_str(&format!("--{batch_boundary}--\r\n"));
+    let _ = write!(out, "--{batch_boundary}--\r\n");
     out
 }
 
@@ -88,10 +92,14 @@ pub fn boundary_of(content_type: &str) -> Option<String> {
     })
 }
 
-fn split_head(text: &str) -> (Vec<(String, String)>, String) {
+/// A part's MIME headers and the rest of it (borrowed: a 500-lead answer is read without
+/// copying each part).
+fn split_head(text: &str) -> (Vec<(String, String)>, &str) {
     let mut headers = Vec::new();
-    let mut lines = text.split('\n');
-    for line in lines.by_ref() {
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (line, tail) = rest.split_once('\n').unwrap_or((rest, ""));
+        rest = tail;
         let line = line.trim_end_matches('\r');
         if line.is_empty() {
             break;
@@ -100,45 +108,42 @@ fn split_head(text: &str) -> (Vec<(String, String)>, String) {
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let rest: Vec<&str> = lines.map(|l| l.trim_end_matches('\r')).collect();
-    (headers, rest.join("\n"))
+    (headers, rest)
 }
 
-/// The parts of a multipart body: (MIME headers, content).
-fn split_multipart(body: &str, boundary: &str) -> Vec<(Vec<(String, String)>, String)> {
+/// The parts of a multipart body: (MIME headers, content), the content borrowed from `body`
+/// with its line ends as they came.
+fn split_multipart<'a>(body: &'a str, boundary: &str) -> Vec<(Vec<(String, String)>, &'a str)> {
     let delim = format!("--{boundary}");
-    let close = format!("--{boundary}--");
     let mut parts = Vec::new();
-    let mut current: Option<Vec<&str>> = None;
-    for line in body.split('\n') {
-        let l = line.trim_end_matches('\r').trim_end();
-        if l == close {
-            if let Some(c) = current.take() {
-                parts.push(c);
-            }
-            break;
-        }
-        if l == delim {
-            if let Some(c) = current.take() {
-                parts.push(c);
-            }
-            current = Some(Vec::new());
+    // Byte offset where the current part's content starts, once a delimiter was seen.
+    let mut current: Option<usize> = None;
+    let mut offset = 0;
+    for line in body.split_inclusive('\n') {
+        let line_start = offset;
+        offset += line.len();
+        let Some(after) = line.trim_end().strip_prefix(delim.as_str()) else {
+            continue;
+        };
+        let closes = after == "--";
+        if !closes && !after.is_empty() {
             continue;
         }
-        if let Some(c) = current.as_mut() {
-            c.push(line.trim_end_matches('\r'));
+        if let Some(start) = current.take() {
+            parts.push(&body[start..line_start]);
         }
+        if closes {
+            break;
+        }
+        current = Some(offset);
     }
     // A body cut short keeps what was complete.
-    if let Some(c) = current.take() {
-        if !c.is_empty() {
-            parts.push(c);
+    if let Some(start) = current {
+        if start < body.len() {
+            parts.push(&body[start..]);
         }
     }
-    parts
-        .into_iter()
-        .map(|lines| split_head(&lines.join("\n")))
-        .collect()
+    parts.into_iter().map(split_head).collect()
 }
 
 fn parse_http_response(content_id: Option<String>, text: &str) -> Option<PartResponse> {
@@ -151,11 +156,17 @@ fn parse_http_response(content_id: Option<String>, text: &str) -> Option<PartRes
     }
     let status: u16 = words.next()?.parse().ok()?;
     let (headers, body) = split_head(rest);
+    let body = body.trim();
     Some(PartResponse {
         content_id,
         status,
         headers,
-        body: body.trim().to_string(),
+        // CRLF inside a body (a server's error page, say) reads as LF, as it always did.
+        body: if body.contains('\r') {
+            body.replace("\r\n", "\n")
+        } else {
+            body.to_string()
+        },
     })
 }
 
@@ -181,17 +192,17 @@ pub fn parse_response(content_type: &str, body: &str) -> Result<Vec<Vec<PartResp
                 items.push(Vec::new());
                 continue;
             };
-            let answers = split_multipart(&content, &cb)
+            let answers = split_multipart(content, &cb)
                 .into_iter()
                 .filter_map(|(h, c)| {
                     let cid = header_of(&h, "content-id").map(str::to_string);
-                    parse_http_response(cid, &c)
+                    parse_http_response(cid, c)
                 })
                 .collect();
             items.push(answers);
         } else {
             let cid = header_of(&headers, "content-id").map(str::to_string);
-            items.push(parse_http_response(cid, &content).into_iter().collect());
+            items.push(parse_http_response(cid, content).into_iter().collect());
         }
     }
     Ok(items)
@@ -270,5 +281,36 @@ mod tests {
         );
         assert_eq!(slots[1].as_ref().unwrap().status, 201);
         assert!(parse_response("application/json", "{}").is_err());
+    }
+
+    #[test]
+    fn reads_a_body_cut_short_look_alike_delimiters_and_crlf_inside_a_body() {
+        let body = "preamble\r\n--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\nline one\r\n--bx not a delimiter\r\nline three\r\n--b  \r\nContent-Type: application/http\r\n\r\nHTTP/1.1 204 No Content\r\nOData-EntityId: u\r\n\r\n--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 201 Cre";
+        let items = parse_response("multipart/mixed; boundary=\"b\"", body).unwrap();
+        assert_eq!(items.len(), 3, "{items:?}");
+        assert_eq!(items[0][0].status, 500);
+        assert_eq!(
+            items[0][0].body,
+            "line one\n--bx not a delimiter\nline three"
+        );
+        assert_eq!(items[1][0].status, 204);
+        assert_eq!(items[1][0].header("odata-entityid"), Some("u"));
+        assert_eq!(items[1][0].body, "");
+        // The part cut inside its status line still reads: its answer is kept.
+        assert_eq!(items[2][0].status, 201);
+        // Nothing after the closing delimiter is read.
+        let closed = format!(
+            "{}\r\n--b--\r\n--b\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+            &body[..body
+                .find("--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 201")
+                .unwrap()
+                - 2]
+        );
+        assert_eq!(
+            parse_response("multipart/mixed; boundary=b", &closed)
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }
