@@ -34,6 +34,10 @@
 //! - `idle`: RSS and CPU seconds (utime + stime) of an idle `run` over
 //!   `LEADSYNC_BENCH_IDLE_SECS` (default 60).
 //!
+//! A profile of the timed pushes alone: `mkfifo /tmp/ctl`, then
+//! `LEADSYNC_BENCH_PERF_CTL=/tmp/ctl perf record --control=fifo:/tmp/ctl -D -1 <bench binary>
+//! --bench batch` (staging and warm-up are left out).
+//!
 //! Everything is loopback. The binary is `CARGO_BIN_EXE_leadsync` (cargo builds it in the
 //! bench profile). `cargo test --all-targets` runs this without `--bench`: it then does
 //! nothing.
@@ -210,6 +214,7 @@ impl InProcess {
 
     /// [`InProcess::drain`], with the engine's whole report and the CPU it took.
     async fn drain_report(&self) -> TimedPush {
+        perf_control("enable");
         let t = Instant::now();
         let cpu = own_cpu_seconds();
         let r = drain_target(&self.ledger, &self.targets[0], "bench", Utc::now())
@@ -217,6 +222,7 @@ impl InProcess {
             .expect("drain");
         let secs = t.elapsed().as_secs_f64();
         let cpu_secs = own_cpu_seconds() - cpu;
+        perf_control("disable");
         if r.delivered != r.attempted {
             println!(
                 "  ! {} attempted, {} delivered, {} retrying, {} dead",
@@ -227,6 +233,16 @@ impl InProcess {
             report: r,
             secs,
             cpu_secs,
+        }
+    }
+}
+
+/// With `LEADSYNC_BENCH_PERF_CTL=<fifo>`, tell `perf record --control=fifo:<fifo> -D -1`
+/// to sample only the timed pushes (`enable`/`disable`), so a profile leaves staging out.
+fn perf_control(command: &str) {
+    if let Ok(path) = std::env::var("LEADSYNC_BENCH_PERF_CTL") {
+        if let Ok(mut fifo) = std::fs::OpenOptions::new().write(true).open(path) {
+            let _ = writeln!(fifo, "{command}");
         }
     }
 }
