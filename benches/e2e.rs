@@ -561,6 +561,10 @@ async fn bench_batch() {
         "of rt",
         "µs CPU"
     );
+    // Each row's fake is dropped at the end, not while the next row is timed: freeing the
+    // tens of thousands of records it holds is no work of leadsync's.
+    let mut retired_sf = Vec::new();
+    let mut retired_dv = Vec::new();
     for (batch, conc) in [(200, 1), (200, 4), (200, 10)] {
         let fake = SalesforceFake::start(SalesforceFakeConfig {
             api_limit: 1_000_000_000,
@@ -589,6 +593,7 @@ concurrency = {conc}
         let n = rounds * batch * conc;
         let (_, _, push) = warm_then_report(&d, batch * conc, n).await;
         print_batch_row("salesforce", batch, conc, &push);
+        retired_sf.push(fake);
     }
     for (batch, conc) in [(100, 1), (100, 4), (500, 4)] {
         let fake = FakeDataverse::start().await;
@@ -614,6 +619,7 @@ concurrency = {conc}
         let n = rounds * batch * conc;
         let (_, _, push) = warm_then_report(&d, batch * conc, n).await;
         print_batch_row("dynamics", batch, conc, &push);
+        retired_dv.push(fake);
     }
     println!("(limit = in flight × batch ÷ 50 ms; rt limit = in flight × batch ÷ the mean round trip the engine measured, from the connector's push to its answer; µs CPU = this process's CPU per lead over the push, the in-process fakes' share included; timed after one warm-up round)");
 }

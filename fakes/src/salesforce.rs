@@ -823,8 +823,13 @@ fn data(
     headers: &HeaderMap,
     body: &[u8],
 ) -> (Response, usize) {
+    // A body is read before the lock is taken, so that requests in flight together parse
+    // in parallel, as a server's would.
+    let parsed = matches!(*method, Method::POST | Method::PATCH)
+        .then(|| serde_json::from_slice::<Value>(body).ok())
+        .flatten();
     let mut s = lock(inner);
-    let mut resp = data_locked(&mut s, method, rest, query, headers, body);
+    let mut resp = data_locked(&mut s, method, rest, query, headers, body, parsed);
     resp.0
         .headers_mut()
         .insert("Sforce-Limit-Info", s.limit_header());
@@ -838,6 +843,7 @@ fn data_locked(
     _query: &str,
     headers: &HeaderMap,
     body: &[u8],
+    mut parsed: Option<Value>,
 ) -> (Response, usize) {
     let session_expired = || {
         rest_error(
@@ -888,7 +894,7 @@ fn data_locked(
             Fault::CommittedThenFailed => {
                 // Carry the request out with no other fault in the way, then fail it.
                 let queued = std::mem::take(&mut s.faults);
-                let (_, records) = data_locked(s, method, rest, _query, headers, body);
+                let (_, records) = data_locked(s, method, rest, _query, headers, body, parsed);
                 s.faults = queued;
                 let r = rest_error(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -940,7 +946,10 @@ fn data_locked(
         .map(|p| pct_decode(p).unwrap_or_else(|| p.to_string()))
         .collect();
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let parsed = || serde_json::from_slice::<Value>(body);
+    let mut parsed = || match parsed.take() {
+        Some(v) => Ok(v),
+        None => serde_json::from_slice::<Value>(body),
+    };
     match (method.clone(), seg.as_slice()) {
         (Method::GET, ["sobjects", "Lead", "describe"]) => (describe(s), 0),
         (Method::GET, ["sobjects", "Lead", id]) => match s.records.iter().find(|r| r.id == *id) {
@@ -1159,13 +1168,13 @@ fn take_lock(s: &mut FakeState, value: &str) -> Option<SfError> {
 fn collection(
     s: &mut FakeState,
     ext_field: Option<&str>,
-    req: Map<String, Value>,
+    mut req: Map<String, Value>,
 ) -> (Response, usize) {
     let all_or_none = req
         .get("allOrNone")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let Some(Value::Array(records)) = req.get("records") else {
+    let Some(Value::Array(records)) = req.remove("records") else {
         return (malformed(), 0);
     };
     let n = records.len();
@@ -1210,10 +1219,10 @@ fn collection(
         let Value::Object(o) = r else {
             return (malformed(), n);
         };
-        if let Err(e) = unknown_fields(s, o) {
+        if let Err(e) = unknown_fields(s, &o) {
             return (rest_error(StatusCode::BAD_REQUEST, &e), n);
         }
-        recs.push(o.clone());
+        recs.push(o);
     }
     // Values of the external ID appearing more than once in this request.
     let mut seen: HashMap<String, usize> = HashMap::new();
