@@ -300,8 +300,8 @@ fn take_lock(path: &Path) -> Result<File, LedgerError> {
 /// pairs go in as one JSON array, not a bound value per row, and nothing comes back row by
 /// row (see `claim`). (The unary `+` keeps the planner from driving the update by the state
 /// index, which scanned every pending row once per pair.) Only pending rows change; an
-/// outcome for any other row, read in the same transaction before the update, is logged
-/// and ignored.
+/// outcome for any other row is logged and ignored, asked for only when the update changed
+/// fewer rows than it was given.
 async fn record_delivered(
     conn: &mut sqlx::SqliteConnection,
     delivered: &[(i64, Option<&str>)],
@@ -314,8 +314,7 @@ async fn record_delivered(
         lead_id: "(delivered outcomes)".to_owned(),
         reason: e.to_string(),
     })?;
-    let not_pending = not_pending_of(conn, &pairs).await?;
-    sqlx::query(
+    let updated = sqlx::query(
         "UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, \
          crm_ref = COALESCE(v.crm_ref, deliveries.crm_ref), next_attempt_at = NULL, \
          delivered_at = $2, updated_at = $2 \
@@ -325,17 +324,29 @@ async fn record_delivered(
     .bind(&pairs)
     .bind(now)
     .execute(&mut *conn)
-    .await?;
+    .await?
+    .rows_affected();
     let mut seen = HashSet::with_capacity(delivered.len());
-    for (delivery_id, _) in delivered {
+    let repeated: Vec<i64> = delivered
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !seen.insert(*id))
+        .collect();
+    // Usually every one was pending: then nothing is asked. Otherwise the ones this update
+    // did not deliver are those not delivered at `now` (a second answer within the same
+    // millisecond as the first goes unlogged, nothing else).
+    let not_pending = if updated == seen.len() as u64 {
+        HashSet::new()
+    } else {
+        not_delivered_at(conn, &pairs, now).await?
+    };
+    for delivery_id in not_pending.iter().chain(&repeated) {
         // A second outcome for the same delivery is a late answer, as one for a row that is
         // no longer pending.
-        if not_pending.contains(delivery_id) || !seen.insert(*delivery_id) {
-            tracing::warn!(
-                delivery_id,
-                "outcome for a delivery that is not pending (or does not exist); ignored"
-            );
-        }
+        tracing::warn!(
+            delivery_id,
+            "outcome for a delivery that is not pending (or does not exist); ignored"
+        );
     }
     Ok(())
 }
@@ -397,23 +408,25 @@ async fn record_other(
     Ok(())
 }
 
-/// The delivery ids of `pairs` (a JSON array of `[id, crm_ref]`) whose row is not pending
-/// or does not exist, as one JSON array from SQLite.
-async fn not_pending_of(
+/// The delivery ids of `pairs` (a JSON array of `[id, crm_ref]`) whose row was not
+/// delivered at `now` or does not exist, as one JSON array from SQLite.
+async fn not_delivered_at(
     conn: &mut sqlx::SqliteConnection,
     pairs: &str,
+    now: i64,
 ) -> Result<HashSet<i64>, LedgerError> {
     let ids: String = sqlx::query_scalar(
         "SELECT json_group_array(v.value ->> 0) FROM json_each($1) AS v \
-         WHERE NOT EXISTS (SELECT 1 FROM deliveries d \
-                           WHERE d.id = v.value ->> 0 AND d.state = 'pending')",
+         WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = v.value ->> 0 \
+                           AND d.state = 'delivered' AND d.delivered_at = $2)",
     )
     .bind(pairs)
+    .bind(now)
     .fetch_one(&mut *conn)
     .await?;
     let ids: Vec<i64> = serde_json::from_str(&ids).map_err(|e| LedgerError::Corrupt {
         lead_id: "(delivered outcomes)".to_owned(),
-        reason: format!("SQLite's list of rows not pending could not be read: {e}"),
+        reason: format!("SQLite's list of rows not delivered could not be read: {e}"),
     })?;
     Ok(ids.into_iter().collect())
 }
