@@ -793,10 +793,10 @@ impl State {
             if *method != Method::POST {
                 return (Resp::new(405), 0);
             }
-            return match batch {
-                Some(Ok(parsed)) => self.batch(parsed),
-                Some(Err(refused)) => refused,
-                None => self.batch_of(headers, body),
+            // Read here when the handler's cheaper test of the path did not match.
+            return match batch.unwrap_or_else(|| parse_batch(headers, body)) {
+                Ok(parsed) => self.batch(parsed),
+                Err(refused) => refused,
             };
         }
         let q = query_decode(query);
@@ -1487,14 +1487,6 @@ impl State {
     }
 
     // ---- $batch -----------------------------------------------------------------------
-
-    /// `route`'s `$batch` when the handler did not read it first.
-    fn batch_of(&mut self, headers: &[(String, String)], body: &str) -> (Resp, usize) {
-        match parse_batch(headers, body) {
-            Ok(parsed) => self.batch(parsed),
-            Err(refused) => refused,
-        }
-    }
 
     fn batch(&mut self, parsed: ParsedBatch<'_>) -> (Resp, usize) {
         let ParsedBatch {

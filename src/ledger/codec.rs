@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 use leadsync_core::Lead;
 
+use super::memory_leases::QueuePlace;
 use super::{
     ClaimedDelivery, DeadLetter, DeliveryState, DeliveryTrace, LedgerError, SourceStatus,
     StagedLead, TargetDown, TargetStatus,
@@ -102,7 +103,7 @@ pub(super) fn encode_leads(leads: &[StagedLead]) -> Result<Vec<String>, LedgerEr
 // them from a `SqliteRow` and a `PgRow` alike; each row turns into the public type here.
 
 /// A claimed delivery with its place in the claim order (`next_attempt_at`, `id`).
-pub(super) type PlacedClaim = (ClaimedDelivery, (i64, i64));
+pub(super) type PlacedClaim = (ClaimedDelivery, QueuePlace);
 
 /// A claimed delivery with its lead: the columns `claim` returns on both backends (SQLite
 /// returns them as a JSON array per row, in this order: see `decode_json_array`).
