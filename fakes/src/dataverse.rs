@@ -638,7 +638,7 @@ async fn handle(
         st.route(call, in_flight)
     };
     if work_inside {
-        tokio::time::sleep_until((arrived + latency).into()).await;
+        crate::sleep_until_precise(arrived + latency).await;
     }
     sh.in_flight.fetch_sub(1, Ordering::SeqCst);
     sh.lock().requests.push(RequestRecord {

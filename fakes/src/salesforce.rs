@@ -659,7 +659,7 @@ async fn handle(
         )
     };
     if work_inside {
-        tokio::time::sleep_until((at + latency).into()).await;
+        crate::sleep_until_precise(at + latency).await;
     }
     lock(&inner).requests.push(RequestInfo {
         method: method.to_string(),
