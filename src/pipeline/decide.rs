@@ -126,6 +126,23 @@ pub(super) fn outbound(target: &Target, d: &ClaimedDelivery) -> OutboundRecord {
     }
 }
 
+/// A target's metrics of delivered leads, looked up once per answered request: a lookup
+/// per lead (its labels built and hashed) was a visible share of judging a 500-lead batch.
+pub(super) struct DeliveredMetrics {
+    count: metrics::Counter,
+    latency: metrics::Histogram,
+}
+
+impl DeliveredMetrics {
+    pub(super) fn of(target: &Target) -> Self {
+        let name = target.name.clone();
+        DeliveredMetrics {
+            count: metrics::counter!(m::DELIVERIES, "target" => name.clone(), "outcome" => "delivered"),
+            latency: metrics::histogram!(m::DELIVERY_LATENCY, "target" => name),
+        }
+    }
+}
+
 /// What to store for one delivery's outcome (and a pause, if it was throttled), with its
 /// metrics and count in `report`. Per-lead lines are `debug`, except a delivery (`info`) and
 /// a dead letter (`error`), which an operator follows lead by lead; the engine writes one line
@@ -135,18 +152,16 @@ pub(super) fn decide_outcome(
     d: &ClaimedDelivery,
     outcome: DeliveryOutcome,
     answered: DateTime<Utc>,
-    report: &mut PushReport,
+    (report, delivered): (&mut PushReport, &DeliveredMetrics),
 ) -> (RecordedOutcome, Option<DateTime<Utc>>) {
     report.attempted += 1;
     let attempt = d.attempts + 1;
-    let name = target.name.clone();
     let f = match outcome {
         DeliveryOutcome::Delivered { crm_ref, created } => {
             report.delivered += 1;
-            metrics::counter!(m::DELIVERIES, "target" => name.clone(), "outcome" => "delivered")
-                .increment(1);
+            delivered.count.increment(1);
             let latency = (answered - d.staged_at).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::histogram!(m::DELIVERY_LATENCY, "target" => name).record(latency);
+            delivered.latency.record(latency);
             tracing::info!(target = %target.name, lead = %d.lead.id, attempt, outcome = "delivered", created = created, "delivered");
             let rec = RecordedOutcome::Delivered {
                 delivery_id: d.delivery_id,
@@ -157,6 +172,7 @@ pub(super) fn decide_outcome(
         DeliveryOutcome::Failed(f) => f,
     };
     let (rec, pause) = decide_failure(target, d, &f, answered);
+    let name = target.name.clone();
     match &rec {
         RecordedOutcome::Dead { .. } => {
             report.dead += 1;

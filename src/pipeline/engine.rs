@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::clock::{Clock, SystemClock};
 use super::concurrency::{ConcurrencyLimit, Congestion};
-use super::decide::{chrono_after, decide_outcome, outbound};
+use super::decide::{chrono_after, decide_outcome, outbound, DeliveredMetrics};
 use super::health::{Circuit, Gate, Transition, Verdict};
 use super::{PipelineError, PushReport, Target};
 use crate::ledger::{ClaimedDelivery, Ledger, RecordedOutcome, TargetDown};
@@ -127,6 +127,25 @@ struct Trip {
     rtt: Duration,
     /// The circuit's probe: its verdict moves the circuit's steps.
     probe: bool,
+}
+
+/// A trip whose target-wide part has been observed ([`TargetEngine::observe`]), its
+/// deliveries not yet judged; `trip` is `None` when the engine's state was unreadable.
+struct Observed {
+    trip: Option<Trip>,
+    landing: Landing,
+    down: bool,
+}
+
+impl Observed {
+    /// Every lead of the trip was delivered: nothing in it can pause the target.
+    fn all_delivered(&self) -> bool {
+        self.trip.as_ref().is_some_and(|t| {
+            t.outcomes
+                .iter()
+                .all(|o| matches!(o, DeliveryOutcome::Delivered { .. }))
+        })
+    }
 }
 
 struct EngineState {
@@ -501,8 +520,15 @@ impl TargetEngine {
                 Woke::Stalled => continue,
             };
             // Judge this answer and any others already back, start the freed slots' next
-            // requests, then hand all the answers to the committer.
-            let mut landing = self.judge_joined(joined);
+            // requests, then hand all the answers to the committer. An answer that
+            // delivered every lead can pause nothing: its slot is refilled before its leads
+            // are judged one by one (0.2 to 0.6 ms for 500).
+            let first = self.observe_joined(joined);
+            if refill && first.all_delivered() {
+                self.fill(stop, flights, ready, more, writes, claiming.is_some())
+                    .await?;
+            }
+            let mut landing = self.judge(first);
             while let Some(Some(joined)) = flights.next().now_or_never() {
                 landing = landing.merge(self.judge_joined(joined));
             }
@@ -714,6 +740,7 @@ impl TargetEngine {
             let task = tokio::task::id();
             let (batch, records) = mapping.finish(&target).await;
             let started = Instant::now();
+
             let ids: Vec<i64> = batch.iter().map(|d| d.delivery_id).collect();
             let push = std::panic::AssertUnwindSafe(push_batch(&target, records)).catch_unwind();
             let renew = renew_leases(ledger.as_ref(), &ids, &owner, target.lease, clock.as_ref());
@@ -738,18 +765,20 @@ impl TargetEngine {
     /// error means the runtime is shutting down: the batch's leases run out and it is pushed
     /// again.
     fn judge_joined(&self, joined: Result<Trip, tokio::task::JoinError>) -> Landing {
-        match joined {
-            Ok(trip) => self.judge(trip),
-            Err(_) => Landing::empty(self.clock.now()),
-        }
+        self.judge(self.observe_joined(joined))
     }
 
-    /// What one trip's answer means, without waiting for the ledger: decide each delivery,
-    /// update the circuit and the concurrency limit, log one line if the request failed,
-    /// pause the target (in memory) if it was throttled. The next request may start on this
-    /// knowledge while [`TargetEngine::commit`] writes it down.
-    fn judge(&self, trip: Trip) -> Landing {
+    /// The target-wide half of what a trip's answer means, which decides what may start
+    /// next: the circuit, the concurrency limit, the request's metrics.
+    fn observe_joined(&self, joined: Result<Trip, tokio::task::JoinError>) -> Observed {
         let answered = self.clock.now();
+        let Ok(trip) = joined else {
+            return Observed {
+                trip: None,
+                landing: Landing::empty(answered),
+                down: false,
+            };
+        };
         let verdict = Verdict::of(&trip.outcomes);
         let mut landing = Landing::empty(answered);
         landing.recorded.reserve(trip.batch.len());
@@ -757,21 +786,45 @@ impl TargetEngine {
         landing.report.request_time = trip.rtt;
         metrics::histogram!(m::REQUEST_DURATION, "target" => self.target.name.clone())
             .record(trip.rtt.as_secs_f64());
-        let down = {
-            let Some(mut s) = self.state() else {
-                return landing;
+        let Some(mut s) = self.state() else {
+            return Observed {
+                trip: None,
+                landing,
+                down: false,
             };
-            let first_answer = verdict == Verdict::Up && !s.confirmed_up;
-            s.confirmed_up |= verdict == Verdict::Up;
-            let t = s.circuit.observe(verdict, answered, trip.probe);
-            landing.transitions.push(match t {
-                Transition::None if first_answer => Transition::Confirmed,
-                t => t,
-            });
-            s.limit
-                .observe(trip.rtt, congestion(&trip.outcomes), Instant::now());
-            s.circuit.is_open()
         };
+        let first_answer = verdict == Verdict::Up && !s.confirmed_up;
+        s.confirmed_up |= verdict == Verdict::Up;
+        let t = s.circuit.observe(verdict, answered, trip.probe);
+        landing.transitions.push(match t {
+            Transition::None if first_answer => Transition::Confirmed,
+            t => t,
+        });
+        s.limit
+            .observe(trip.rtt, congestion(&trip.outcomes), Instant::now());
+        let down = s.circuit.is_open();
+        Observed {
+            trip: Some(trip),
+            landing,
+            down,
+        }
+    }
+
+    /// The rest of what a trip's answer means, without waiting for the ledger: decide each
+    /// delivery, log one line if the request failed, pause the target (in memory) if it was
+    /// throttled. The next request may start on this knowledge while
+    /// [`TargetEngine::commit`] writes it down.
+    fn judge(&self, observed: Observed) -> Landing {
+        let Observed {
+            trip,
+            mut landing,
+            down,
+        } = observed;
+        let Some(trip) = trip else {
+            return landing;
+        };
+        let answered = landing.answered;
+        let delivered = DeliveredMetrics::of(&self.target);
         let mut first_failure: Option<DeliveryFailure> = None;
         let mut released = 0u64;
         for (d, outcome) in trip.batch.iter().zip(trip.outcomes) {
@@ -790,7 +843,13 @@ impl TargetEngine {
                     continue;
                 }
             }
-            let (rec, p) = decide_outcome(&self.target, d, outcome, answered, &mut landing.report);
+            let (rec, p) = decide_outcome(
+                &self.target,
+                d,
+                outcome,
+                answered,
+                (&mut landing.report, &delivered),
+            );
             landing.pause = landing.pause.max(p);
             landing.recorded.push(rec);
         }

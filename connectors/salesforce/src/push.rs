@@ -14,7 +14,7 @@ use leadsync_core::serial::write_in_rounds;
 use leadsync_core::{DeliveryFailure, DeliveryOutcome, FailureClass, OutboundRecord};
 use reqwest::{Method, StatusCode};
 use serde::ser::{Serialize, SerializeMap, Serializer};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::SalesforceConnector;
 
@@ -187,11 +187,17 @@ impl Serialize for CollectionUpsert<'_> {
     }
 }
 
+/// `{"type": "Lead"}`, written without building a map per record.
+#[derive(serde::Serialize)]
+struct LeadAttributes {
+    r#type: &'static str,
+}
+
 impl Serialize for CollectionRecord<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let c = self.connector;
         let mut o = s.serialize_map(None)?;
-        o.serialize_entry("attributes", &json!({"type": "Lead"}))?;
+        o.serialize_entry("attributes", &LeadAttributes { r#type: "Lead" })?;
         for (field, value) in c.fields_to_write(self.record) {
             if field != "attributes" {
                 o.serialize_entry(field, value)?;
