@@ -426,3 +426,106 @@ async fn fixed_concurrency_keeps_its_number_in_flight() {
     assert_eq!(engine.concurrency(), 4);
     assert_eq!(rx.peak_in_flight(), 4, "four in flight, never more");
 }
+
+/// A connector that prepares each batch ahead (the batch's lead ids) and checks, when the
+/// request goes, that what it is handed was made of that very batch.
+#[derive(Default)]
+struct Prepares {
+    prepared: std::sync::atomic::AtomicUsize,
+    pushed_prepared: std::sync::atomic::AtomicUsize,
+    pushed_plain: std::sync::atomic::AtomicUsize,
+    mismatched: std::sync::atomic::AtomicUsize,
+    delivered: Mutex<Vec<String>>,
+}
+
+impl Prepares {
+    async fn answer(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut delivered = self.delivered.lock().unwrap();
+        delivered.extend(batch.iter().map(|r| r.lead_id.clone()));
+        vec![DeliveryOutcome::delivered(None, Some(true)); batch.len()]
+    }
+}
+
+#[async_trait]
+impl Connector for Prepares {
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+    fn max_batch(&self) -> usize {
+        100
+    }
+    fn mapping(&self) -> &Mapping {
+        static EMPTY: Mapping = Mapping::new(Vec::new());
+        &EMPTY
+    }
+    async fn check(&self, _: bool) -> Result<CheckReport, CheckError> {
+        Ok(CheckReport::default())
+    }
+    fn prepare(&self, batch: &[OutboundRecord]) -> Option<leadsync_core::PreparedBatch> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.prepared.fetch_add(1, SeqCst);
+        let ids: Vec<String> = batch.iter().map(|r| r.lead_id.clone()).collect();
+        Some(leadsync_core::PreparedBatch::new(ids))
+    }
+    async fn push(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.pushed_plain.fetch_add(1, SeqCst);
+        self.answer(batch).await
+    }
+    async fn push_prepared(
+        &self,
+        batch: &[OutboundRecord],
+        prepared: leadsync_core::PreparedBatch,
+    ) -> Vec<DeliveryOutcome> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.pushed_prepared.fetch_add(1, SeqCst);
+        let ids: Vec<String> = batch.iter().map(|r| r.lead_id.clone()).collect();
+        if prepared.into_inner::<Vec<String>>() != Some(ids) {
+            self.mismatched.fetch_add(1, SeqCst);
+        }
+        self.answer(batch).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_claimed_ahead_fly_with_what_the_connector_prepared_of_them() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let conn = Arc::new(Prepares::default());
+    let t = target(conn.clone(), 10, 3);
+    let (_d, ledger) = ledger_with(300).await;
+    let engine = TargetEngine::new(Arc::new(t), Arc::clone(&ledger), "me");
+    let r = engine
+        .drain(
+            &CancellationToken::new(),
+            Some(Utc::now() + chrono::Duration::seconds(30)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.delivered, 300);
+    let mut delivered = conn.delivered.lock().unwrap().clone();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), 300, "every lead once");
+    assert_eq!(
+        conn.mismatched.load(SeqCst),
+        0,
+        "prepared for another batch"
+    );
+    let (prepared, plain) = (
+        conn.pushed_prepared.load(SeqCst),
+        conn.pushed_plain.load(SeqCst),
+    );
+    // The first requests of a drain are claimed with nothing in flight and go unprepared;
+    // once requests are in flight, batches are claimed and prepared ahead.
+    assert!(
+        prepared >= 20,
+        "{prepared} prepared, {plain} plain of 30 requests"
+    );
+    assert_eq!(prepared + plain, 30);
+    assert_eq!(
+        conn.prepared.load(SeqCst),
+        prepared,
+        "each prepared batch flew once"
+    );
+}

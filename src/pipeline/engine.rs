@@ -21,7 +21,9 @@
 use chrono::{DateTime, Utc};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
-use leadsync_core::{DeliveryFailure, DeliveryOutcome, FailureClass, OutboundRecord};
+use leadsync_core::{
+    DeliveryFailure, DeliveryOutcome, FailureClass, OutboundRecord, PreparedBatch,
+};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -158,18 +160,26 @@ struct EngineState {
     confirmed_up: bool,
 }
 
-/// A batch claimed ahead, its records being mapped on a task of their own meanwhile, so that
-/// the mapping overlaps the requests in flight instead of delaying the next one.
+/// A batch's records, and its request as far as the connector could make it ahead.
+type Outbound = (Vec<OutboundRecord>, Option<PreparedBatch>);
+
+/// A batch claimed ahead, its records being mapped (and its request prepared by the
+/// connector) on a task of their own meanwhile, so that this work overlaps the requests in
+/// flight instead of delaying the next one or lengthening its round trip.
 struct MappedAhead {
     batch: Arc<Vec<ClaimedDelivery>>,
-    records: JoinHandle<Vec<OutboundRecord>>,
+    records: JoinHandle<Outbound>,
 }
 
 impl MappedAhead {
     fn start(target: &Arc<Target>, batch: Vec<ClaimedDelivery>) -> Self {
         let batch = Arc::new(batch);
         let (target, claimed) = (Arc::clone(target), Arc::clone(&batch));
-        let records = tokio::spawn(async move { map_batch(&target, &claimed) });
+        let records = tokio::spawn(async move {
+            let records = map_batch(&target, &claimed);
+            let prepared = target.connector.prepare(&records);
+            (records, prepared)
+        });
         MappedAhead { batch, records }
     }
 }
@@ -181,20 +191,21 @@ enum Mapping {
 }
 
 impl Mapping {
-    /// The batch and its records. A mapping task that failed (a panic) is mapped again
-    /// here, so that its failure is the flight's, as a mapping's always was.
-    async fn finish(self, target: &Target) -> (Arc<Vec<ClaimedDelivery>>, Vec<OutboundRecord>) {
+    /// The batch and its records (with its prepared request, if made ahead). A mapping task
+    /// that failed (a panic) is mapped again here, so that its failure is the flight's, as a
+    /// mapping's always was.
+    async fn finish(self, target: &Target) -> (Arc<Vec<ClaimedDelivery>>, Outbound) {
         match self {
             Mapping::Ahead(MappedAhead { batch, records }) => {
-                let records = match records.await {
-                    Ok(records) => records,
-                    Err(_) => map_batch(target, &batch),
+                let outbound = match records.await {
+                    Ok(outbound) => outbound,
+                    Err(_) => (map_batch(target, &batch), None),
                 };
-                (batch, records)
+                (batch, outbound)
             }
             Mapping::Now(batch) => {
                 let records = map_batch(target, &batch);
-                (Arc::new(batch), records)
+                (Arc::new(batch), (records, None))
             }
         }
     }
@@ -738,11 +749,10 @@ impl TargetEngine {
         let clock = Arc::clone(&self.clock);
         tokio::spawn(async move {
             let task = tokio::task::id();
-            let (batch, records) = mapping.finish(&target).await;
+            let (batch, outbound) = mapping.finish(&target).await;
             let started = Instant::now();
-
             let ids: Vec<i64> = batch.iter().map(|d| d.delivery_id).collect();
-            let push = std::panic::AssertUnwindSafe(push_batch(&target, records)).catch_unwind();
+            let push = std::panic::AssertUnwindSafe(push_batch(&target, outbound)).catch_unwind();
             let renew = renew_leases(ledger.as_ref(), &ids, &owner, target.lease, clock.as_ref());
             let outcomes = tokio::select! {
                 o = push => o.unwrap_or_else(|_| {
@@ -976,8 +986,11 @@ impl TargetEngine {
 }
 
 /// Push one batch, retrying at once (once) the records whose token had expired.
-async fn push_batch(target: &Target, records: Vec<OutboundRecord>) -> Vec<DeliveryOutcome> {
-    let mut outcomes = target.connector.push(&records).await;
+async fn push_batch(target: &Target, (records, prepared): Outbound) -> Vec<DeliveryOutcome> {
+    let mut outcomes = match prepared {
+        Some(prepared) => target.connector.push_prepared(&records, prepared).await,
+        None => target.connector.push(&records).await,
+    };
     if outcomes.len() != records.len() {
         // A connector bug must not lose or mis-attribute leads: treat the batch as failed.
         tracing::error!(target = %target.name, sent = records.len(), answered = outcomes.len(), "connector returned the wrong number of outcomes");

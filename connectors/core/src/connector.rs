@@ -131,6 +131,27 @@ pub struct OutboundRecord {
     pub fields: MappedRecord,
 }
 
+/// What [`Connector::prepare`] made of a batch ahead of its request: the connector's own
+/// type (a serialised request body, say), read back by [`Connector::push_prepared`].
+pub struct PreparedBatch(Box<dyn std::any::Any + Send + Sync>);
+
+impl PreparedBatch {
+    pub fn new<T: std::any::Any + Send + Sync>(made: T) -> Self {
+        PreparedBatch(Box::new(made))
+    }
+
+    /// What was made, if it is a `T`.
+    pub fn into_inner<T: std::any::Any>(self) -> Option<T> {
+        self.0.downcast::<T>().ok().map(|made| *made)
+    }
+}
+
+impl std::fmt::Debug for PreparedBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreparedBatch")
+    }
+}
+
 /// What `check` found.
 #[derive(Debug, Clone, Default)]
 pub struct CheckReport {
@@ -184,4 +205,21 @@ pub trait Connector: Send + Sync {
     /// Write a batch (at most [`Connector::max_batch`] records) idempotently. Returns exactly
     /// one outcome per record, in order.
     async fn push(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome>;
+
+    /// Work on a batch that needs no connection, such as serialising its request body. The
+    /// pipeline runs it with the mapping, while other requests are in flight, so that it is
+    /// not inside this request's round trip; [`Connector::push_prepared`] then sends it.
+    /// `None` (the default): nothing is made ahead.
+    fn prepare(&self, _batch: &[OutboundRecord]) -> Option<PreparedBatch> {
+        None
+    }
+
+    /// [`Connector::push`], with what [`Connector::prepare`] made of this same batch.
+    async fn push_prepared(
+        &self,
+        batch: &[OutboundRecord],
+        _prepared: PreparedBatch,
+    ) -> Vec<DeliveryOutcome> {
+        self.push(batch).await
+    }
 }

@@ -33,7 +33,7 @@ pub mod serial;
 pub use build::{BuildContext, BuildError, BuildFn};
 pub use connector::{
     CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome, FailureClass,
-    OutboundRecord,
+    OutboundRecord, PreparedBatch,
 };
 pub use key::{idempotency_key, KeyScope};
 pub use lead::{

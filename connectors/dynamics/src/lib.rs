@@ -30,7 +30,7 @@ use leadsync_core::http::build_client;
 use leadsync_core::oauth::TokenCache;
 use leadsync_core::{
     BuildContext, BuildError, CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome,
-    FieldLimit, Mapping, OutboundRecord,
+    FieldLimit, Mapping, OutboundRecord, PreparedBatch,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,6 +43,7 @@ pub use settings::{
     DEFAULT_BATCH, LEAD_LIMITS, MAX_BATCH,
 };
 
+use push::BatchRequest;
 use settings::parse_url;
 
 /// Build a Dynamics 365 target from its settings (the registry's entry for kind `dynamics`):
@@ -201,6 +202,22 @@ impl Connector for DynamicsConnector {
     }
 
     async fn push(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
-        self.push_batch(batch).await
+        self.push_batch(batch, None).await
+    }
+
+    /// An upsert batch's `$batch` request, written out while other requests are in flight.
+    fn prepare(&self, batch: &[OutboundRecord]) -> Option<PreparedBatch> {
+        self.prepared_upsert(batch).map(PreparedBatch::new)
+    }
+
+    async fn push_prepared(
+        &self,
+        batch: &[OutboundRecord],
+        prepared: PreparedBatch,
+    ) -> Vec<DeliveryOutcome> {
+        let request = prepared
+            .into_inner::<BatchRequest>()
+            .filter(|r| r.is_upsert_of(batch));
+        self.push_batch(batch, request).await
     }
 }

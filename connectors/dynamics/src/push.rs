@@ -96,6 +96,26 @@ impl Serialize for LeadBody<'_> {
     }
 }
 
+/// A `$batch` request of writes, ready to send but for its token.
+pub(crate) struct BatchRequest {
+    kind: OpKind,
+    /// How many writes it holds (one result each).
+    records: usize,
+    boundary: String,
+    body: String,
+}
+
+impl BatchRequest {
+    /// Whether it is the upsert request of these very records (as many, in this order).
+    pub(crate) fn is_upsert_of(&self, batch: &[OutboundRecord]) -> bool {
+        self.kind == OpKind::Upsert && self.records == batch.len()
+    }
+}
+
+fn outcomes_of(results: Vec<OpResult>) -> Vec<DeliveryOutcome> {
+    results.into_iter().map(|r| r.outcome).collect()
+}
+
 async fn read_response(resp: reqwest::Response) -> Result<PartResponse, DeliveryFailure> {
     let status = resp.status().as_u16();
     let headers: Vec<(String, String)> = resp
@@ -121,8 +141,13 @@ async fn read_response(resp: reqwest::Response) -> Result<PartResponse, Delivery
 }
 
 impl DynamicsConnector {
-    /// Deliver a batch: one outcome per record, in order.
-    pub(crate) async fn push_batch(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
+    /// Deliver a batch: one outcome per record, in order; `prepared` is its upsert `$batch`
+    /// request, made ahead by [`DynamicsConnector::prepared_upsert`].
+    pub(crate) async fn push_batch(
+        &self,
+        batch: &[OutboundRecord],
+        prepared: Option<BatchRequest>,
+    ) -> Vec<DeliveryOutcome> {
         if batch.is_empty() {
             return Vec::new();
         }
@@ -133,16 +158,15 @@ impl DynamicsConnector {
                 return vec![DeliveryOutcome::Failed(e.to_failure()); batch.len()];
             }
         };
-        let outcomes = match self.mode {
-            WriteMode::Upsert => {
-                let recs: Vec<&OutboundRecord> = batch.iter().collect();
-                self.write(&token, OpKind::Upsert, &recs)
-                    .await
-                    .into_iter()
-                    .map(|r| r.outcome)
-                    .collect()
+        let outcomes = match (self.mode, prepared) {
+            (WriteMode::Upsert, Some(request)) => {
+                outcomes_of(self.send_batch(&token, request).await)
             }
-            WriteMode::CreateOnly => self.push_create_only(&token, batch).await,
+            (WriteMode::Upsert, None) => {
+                let recs: Vec<&OutboundRecord> = batch.iter().collect();
+                outcomes_of(self.write(&token, OpKind::Upsert, &recs).await)
+            }
+            (WriteMode::CreateOnly, _) => self.push_create_only(&token, batch).await,
         };
         let expired = outcomes
             .iter()
@@ -160,6 +184,16 @@ impl DynamicsConnector {
         }
         tracing::debug!(records = batch.len(), "dataverse push done");
         outcomes
+    }
+
+    /// An upsert of `batch` as the one `$batch` request it will be, when it is one: several
+    /// records, at most [`MAX_BATCH`] (create-only looks leads up before it writes).
+    pub(crate) fn prepared_upsert(&self, batch: &[OutboundRecord]) -> Option<BatchRequest> {
+        if self.mode != WriteMode::Upsert || !(2..=MAX_BATCH).contains(&batch.len()) {
+            return None;
+        }
+        let recs: Vec<&OutboundRecord> = batch.iter().collect();
+        self.batch_request(OpKind::Upsert, &recs).ok()
     }
 
     /// The JSON body written for one record. Beside the mapped fields:
@@ -257,8 +291,20 @@ impl DynamicsConnector {
         kind: OpKind,
         recs: &[&OutboundRecord],
     ) -> Vec<OpResult> {
-        let n = recs.len();
-        let all = |f: DeliveryFailure| vec![OpResult::failed(f); n];
+        match self.batch_request(kind, recs) {
+            Ok(request) => self.send_batch(token, request).await,
+            Err(f) => vec![OpResult::failed(f); recs.len()],
+        }
+    }
+
+    /// The `$batch` request of several writes: what [`Connector::prepare`] makes ahead.
+    ///
+    /// [`Connector::prepare`]: leadsync_core::Connector::prepare
+    pub(crate) fn batch_request(
+        &self,
+        kind: OpKind,
+        recs: &[&OutboundRecord],
+    ) -> Result<BatchRequest, DeliveryFailure> {
         let ops: Result<Vec<BatchOp>, serde_json::Error> = recs
             .iter()
             .map(|r| {
@@ -275,17 +321,31 @@ impl DynamicsConnector {
                 })
             })
             .collect();
-        let ops = match ops {
-            Ok(ops) => ops,
-            Err(e) => {
-                return all(DeliveryFailure::rejected(
-                    "bad_body",
-                    format!("a record could not be written as JSON: {e}"),
-                ))
-            }
-        };
+        let ops = ops.map_err(|e| {
+            DeliveryFailure::rejected(
+                "bad_body",
+                format!("a record could not be written as JSON: {e}"),
+            )
+        })?;
         let boundary = format!("batch_{}", batch::random_id());
         let body = batch::build_request(&boundary, &ops);
+        Ok(BatchRequest {
+            kind,
+            records: recs.len(),
+            boundary,
+            body,
+        })
+    }
+
+    /// Send a `$batch` request and read one result per write from its answer.
+    async fn send_batch(&self, token: &AccessToken, request: BatchRequest) -> Vec<OpResult> {
+        let BatchRequest {
+            kind,
+            records: n,
+            boundary,
+            body,
+        } = request;
+        let all = |f: DeliveryFailure| vec![OpResult::failed(f); n];
         let rb = match self.request(
             reqwest::Method::POST,
             &format!("{}/$batch", self.api),

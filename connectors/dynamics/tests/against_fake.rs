@@ -170,6 +170,47 @@ async fn batch_upsert_creates_then_updates_the_same_records() {
 }
 
 #[tokio::test]
+async fn an_upsert_prepared_ahead_is_the_same_batch_and_a_stale_one_is_not_sent() {
+    let fake = FakeDataverse::start().await;
+    let t = target(&fake, json!({}));
+    let recs: Vec<_> = (0..4).map(|i| t.record(i, 1)).collect();
+    // A single record and create-only have nothing made ahead.
+    assert!(t.connector.prepare(&recs[..1]).is_none());
+    let create_only = target(&fake, json!({"mode": "create_only"}));
+    assert!(create_only.connector.prepare(&recs).is_none());
+
+    let prepared = t
+        .connector
+        .prepare(&recs)
+        .expect("an upsert $batch is made ahead");
+    let out = t.connector.push_prepared(&recs, prepared).await;
+    for o in &out {
+        assert_eq!(delivered(o).1, Some(true));
+    }
+    assert_eq!(fake.lead_count(), 4);
+    let l = fake.lead_by_key(&format!("{:032x}", 2)).unwrap();
+    assert_eq!(l["firstname"], "Ann2");
+    let data: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/api/"))
+        .collect();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0].path, "/api/data/v9.2/$batch");
+    assert_eq!(data[0].operations, 4);
+
+    // Made for other records (not as many): the batch given is written, not the stale one.
+    let stale = t.connector.prepare(&recs[..2]).expect("prepared");
+    let more: Vec<_> = (4..7).map(|i| t.record(i, 1)).collect();
+    let out = t.connector.push_prepared(&more, stale).await;
+    assert_eq!(out.len(), 3);
+    for o in &out {
+        assert_eq!(delivered(o).1, Some(true));
+    }
+    assert_eq!(fake.lead_count(), 7);
+}
+
+#[tokio::test]
 async fn quality_from_action_and_dnc_flags_set_but_never_cleared() {
     let fake = FakeDataverse::start().await;
     let t = target(

@@ -30,7 +30,7 @@ use leadsync_core::http::build_client;
 use leadsync_core::oauth::TokenCache;
 use leadsync_core::{
     BuildContext, BuildError, CheckError, CheckReport, Connector, DeliveryFailure, DeliveryOutcome,
-    FieldLimit, FieldRule, Mapping, OutboundRecord,
+    FieldLimit, FieldRule, Mapping, OutboundRecord, PreparedBatch,
 };
 use reqwest::Url;
 use std::path::Path;
@@ -210,5 +210,19 @@ impl Connector for SalesforceConnector {
 
     async fn push(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
         self.push_batch(batch).await
+    }
+
+    /// A batch's collections upsert body, written while other requests are in flight.
+    fn prepare(&self, batch: &[OutboundRecord]) -> Option<PreparedBatch> {
+        self.prepared_collection(batch).map(PreparedBatch::new)
+    }
+
+    async fn push_prepared(
+        &self,
+        batch: &[OutboundRecord],
+        prepared: PreparedBatch,
+    ) -> Vec<DeliveryOutcome> {
+        let prepared = prepared.into_inner::<push::PreparedCollection>();
+        self.push_prepared_collection(batch, prepared).await
     }
 }

@@ -10,7 +10,7 @@
 //! It must not sleep or retry (the pipeline does), and never logs a field value.
 
 use leadsync_core::http::body_excerpt;
-use leadsync_core::serial::write_in_rounds;
+use leadsync_core::serial::{rounds_by_key, write_in_rounds};
 use leadsync_core::{DeliveryFailure, DeliveryOutcome, FailureClass, OutboundRecord};
 use reqwest::{Method, StatusCode};
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -98,6 +98,52 @@ impl SalesforceConnector {
             connector: self,
             records: recs,
         };
+        self.send_collection(recs, &body).await
+    }
+
+    /// A batch's collections upsert body, written ahead, when the batch goes as one
+    /// collection: 2 to [`MAX_BATCH`] records, no idempotency key twice.
+    pub(crate) fn prepared_collection(
+        &self,
+        batch: &[OutboundRecord],
+    ) -> Option<PreparedCollection> {
+        let rounds = rounds_by_key(batch.iter().map(|r| r.idempotency_key.as_str()));
+        if !(2..=MAX_BATCH).contains(&batch.len()) || rounds.len() != 1 {
+            return None;
+        }
+        let records: Vec<&OutboundRecord> = batch.iter().collect();
+        let body = CollectionUpsert {
+            connector: self,
+            records: &records,
+        };
+        let body = serde_json::value::to_raw_value(&body).ok()?;
+        Some(PreparedCollection {
+            records: batch.len(),
+            body,
+        })
+    }
+
+    /// Deliver a batch whose collection body was written ahead, if it was written for as
+    /// many records; else as [`SalesforceConnector::push_batch`] does.
+    pub(crate) async fn push_prepared_collection(
+        &self,
+        batch: &[OutboundRecord],
+        prepared: Option<PreparedCollection>,
+    ) -> Vec<DeliveryOutcome> {
+        match prepared.filter(|p| p.records == batch.len()) {
+            Some(p) => {
+                let recs: Vec<&OutboundRecord> = batch.iter().collect();
+                self.send_collection(&recs, &p.body).await
+            }
+            None => self.push_batch(batch).await,
+        }
+    }
+
+    async fn send_collection(
+        &self,
+        recs: &[&OutboundRecord],
+        body: &(impl Serialize + ?Sized),
+    ) -> Vec<DeliveryOutcome> {
         let all = |f: DeliveryFailure| vec![DeliveryOutcome::Failed(f); recs.len()];
         let answer = match self
             .call(
@@ -108,7 +154,7 @@ impl SalesforceConnector {
                     "Lead",
                     self.external_id_field.as_str(),
                 ],
-                Some(&body),
+                Some(body),
             )
             .await
         {
@@ -153,6 +199,13 @@ impl SalesforceConnector {
         }
         out
     }
+}
+
+/// A collections upsert body written ahead ([`leadsync_core::Connector::prepare`]).
+pub(crate) struct PreparedCollection {
+    /// How many records it holds.
+    records: usize,
+    body: Box<serde_json::value::RawValue>,
 }
 
 /// The body of a collections upsert, `{"allOrNone": false, "records": [...]}`, written

@@ -187,6 +187,39 @@ async fn collection_upsert_creates_maps_and_repush_updates_the_same_records() {
 }
 
 #[tokio::test]
+async fn a_collection_prepared_ahead_is_the_same_call_and_a_stale_one_is_not_sent() {
+    let fake = fake().await;
+    let c = connector(&fake);
+    let batch: Vec<_> = (0..3).map(|i| record(i, person(i), "INS")).collect();
+    // One record, or a key twice (two collections in turn), has nothing made ahead.
+    assert!(c.prepare(&batch[..1]).is_none());
+    let twice = vec![batch[0].clone(), batch[1].clone(), batch[0].clone()];
+    assert!(c.prepare(&twice).is_none());
+
+    let prepared = c.prepare(&batch).expect("a collection is made ahead");
+    let out = c.push_prepared(&batch, prepared).await;
+    assert!(out.iter().map(delivered).all(|(_, created)| created));
+    let r = fake
+        .record_by_external_id(EXT, &batch[1].idempotency_key)
+        .unwrap();
+    assert_eq!(r.get_str("FirstName"), Some("Ada1"));
+    let data: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/composite/sobjects/Lead/"))
+        .collect();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0].records, 3);
+
+    // Made for other records (not as many): the batch given is written, not the stale one.
+    let stale = c.prepare(&batch[..2]).expect("prepared");
+    let more: Vec<_> = (3..6).map(|i| record(i, person(i), "INS")).collect();
+    let out = c.push_prepared(&more, stale).await;
+    assert!(out.iter().map(delivered).all(|(_, created)| created));
+    assert_eq!(fake.records().len(), 6);
+}
+
+#[tokio::test]
 async fn a_single_record_uses_the_single_upsert_201_then_200() {
     let fake = fake().await;
     let c = connector(&fake);
