@@ -13,7 +13,9 @@
 //! - `batch`: Salesforce sObject Collections and Dataverse `$batch` against their fakes, each
 //!   answering 50 ms after a request arrived (its own work inside those 50 ms, as a CRM's is
 //!   inside its round trip); leads/s next to in_flight × batch ÷ 50 ms.
-//!   `LEADSYNC_BENCH_BATCH_ROUNDS` (default 10 rounds of batch × concurrency leads).
+//!   `LEADSYNC_BENCH_BATCH_ROUNDS` (default 30 rounds of batch × concurrency leads: a drain
+//!   has a fixed cost, filling the slots at its start and its last round's slots finishing
+//!   out of phase, 20–40 ms, which is 1–2 % of 30 rounds and 4–5 % of 10).
 //! - `paced`: Marketo 300 × 1 and HubSpot 100 × 4 against their fakes with 50 ms added to
 //!   every request; there the CRM's own call-rate limit (Marketo 100 calls per 20 s, HubSpot
 //!   100 per 10 s) is the ceiling, not the round trip: leads/s next to calls per window ×
@@ -542,7 +544,7 @@ async fn bench_https_hang() {
 }
 
 async fn bench_batch() {
-    let rounds = env_usize("LEADSYNC_BENCH_BATCH_ROUNDS", 10);
+    let rounds = env_usize("LEADSYNC_BENCH_BATCH_ROUNDS", 30);
     println!(
         "\n## batch connectors: the fake answers {} ms after a request arrived, {rounds} rounds of batch × in-flight leads",
         ADDED_LATENCY.as_millis()

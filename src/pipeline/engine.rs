@@ -131,7 +131,7 @@ struct Trip {
     probe: bool,
 }
 
-/// A trip whose target-wide part has been observed ([`TargetEngine::observe`]), its
+/// A trip whose target-wide part has been observed ([`TargetEngine::observe_joined`]), its
 /// deliveries not yet judged; `trip` is `None` when the engine's state was unreadable.
 struct Observed {
     trip: Option<Trip>,
@@ -168,19 +168,19 @@ type Outbound = (Vec<OutboundRecord>, Option<PreparedBatch>);
 /// flight instead of delaying the next one or lengthening its round trip.
 struct MappedAhead {
     batch: Arc<Vec<ClaimedDelivery>>,
-    records: JoinHandle<Outbound>,
+    outbound: JoinHandle<Outbound>,
 }
 
 impl MappedAhead {
     fn start(target: &Arc<Target>, batch: Vec<ClaimedDelivery>) -> Self {
         let batch = Arc::new(batch);
         let (target, claimed) = (Arc::clone(target), Arc::clone(&batch));
-        let records = tokio::spawn(async move {
+        let outbound = tokio::spawn(async move {
             let records = map_batch(&target, &claimed);
             let prepared = target.connector.prepare(&records);
             (records, prepared)
         });
-        MappedAhead { batch, records }
+        MappedAhead { batch, outbound }
     }
 }
 
@@ -196,8 +196,8 @@ impl Mapping {
     /// mapping's always was.
     async fn finish(self, target: &Target) -> (Arc<Vec<ClaimedDelivery>>, Outbound) {
         match self {
-            Mapping::Ahead(MappedAhead { batch, records }) => {
-                let outbound = match records.await {
+            Mapping::Ahead(MappedAhead { batch, outbound }) => {
+                let outbound = match outbound.await {
                     Ok(outbound) => outbound,
                     Err(_) => (map_batch(target, &batch), None),
                 };
@@ -411,7 +411,7 @@ impl TargetEngine {
                     self.release(&joined_claim(claim.await)?).await?;
                 }
                 for mapped in ready {
-                    mapped.records.abort();
+                    mapped.outbound.abort();
                     self.release(&mapped.batch).await?;
                 }
                 Ok::<(), PipelineError>(())
