@@ -106,7 +106,8 @@ pub(crate) struct BatchRequest {
 }
 
 impl BatchRequest {
-    /// Whether it is the upsert request of these very records (as many, in this order).
+    /// Whether it can be the upsert request of `batch`: the pipeline hands each batch the
+    /// request made of it, and this guards against one made for a batch of another size.
     pub(crate) fn is_upsert_of(&self, batch: &[OutboundRecord]) -> bool {
         self.kind == OpKind::Upsert && self.records == batch.len()
     }

@@ -123,8 +123,9 @@ impl SalesforceConnector {
         })
     }
 
-    /// Deliver a batch whose collection body was written ahead, if it was written for as
-    /// many records; else as [`SalesforceConnector::push_batch`] does.
+    /// Deliver a batch whose collection body was written ahead (the pipeline hands each
+    /// batch the body made of it; one made for a batch of another size is not sent), else
+    /// as [`SalesforceConnector::push_batch`] does.
     pub(crate) async fn push_prepared_collection(
         &self,
         batch: &[OutboundRecord],
