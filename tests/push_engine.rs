@@ -466,7 +466,7 @@ impl Connector for Prepares {
         use std::sync::atomic::Ordering::SeqCst;
         self.prepared.fetch_add(1, SeqCst);
         let ids: Vec<String> = batch.iter().map(|r| r.lead_id.clone()).collect();
-        Some(leadsync_core::PreparedBatch::new(ids))
+        Some(leadsync_core::PreparedBatch::new(batch, ids))
     }
     async fn push(&self, batch: &[OutboundRecord]) -> Vec<DeliveryOutcome> {
         use std::sync::atomic::Ordering::SeqCst;
@@ -481,7 +481,7 @@ impl Connector for Prepares {
         use std::sync::atomic::Ordering::SeqCst;
         self.pushed_prepared.fetch_add(1, SeqCst);
         let ids: Vec<String> = batch.iter().map(|r| r.lead_id.clone()).collect();
-        if prepared.into_inner::<Vec<String>>() != Some(ids) {
+        if prepared.take_for::<Vec<String>>(batch) != Some(ids) {
             self.mismatched.fetch_add(1, SeqCst);
         }
         self.answer(batch).await

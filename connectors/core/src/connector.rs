@@ -132,17 +132,36 @@ pub struct OutboundRecord {
 }
 
 /// What [`Connector::prepare`] made of a batch ahead of its request: the connector's own
-/// type (a serialised request body, say), read back by [`Connector::push_prepared`].
-pub struct PreparedBatch(Box<dyn std::any::Any + Send + Sync>);
+/// type (a serialised request body, say), read back by [`Connector::push_prepared`], with the
+/// records it was made of (their idempotency keys, in order).
+pub struct PreparedBatch {
+    keys: Vec<String>,
+    made: Box<dyn std::any::Any + Send + Sync>,
+}
 
 impl PreparedBatch {
-    pub fn new<T: std::any::Any + Send + Sync>(made: T) -> Self {
-        PreparedBatch(Box::new(made))
+    /// `made`, made of `batch`.
+    pub fn new<T: std::any::Any + Send + Sync>(batch: &[OutboundRecord], made: T) -> Self {
+        PreparedBatch {
+            keys: batch.iter().map(|r| r.idempotency_key.clone()).collect(),
+            made: Box::new(made),
+        }
     }
 
-    /// What was made, if it is a `T`.
-    pub fn into_inner<T: std::any::Any>(self) -> Option<T> {
-        self.0.downcast::<T>().ok().map(|made| *made)
+    /// What was made, if it is a `T` made of `batch` (the same keys in the same order). The
+    /// pipeline hands each batch what was made of it; this keeps a request made of other
+    /// records from ever being sent, and its answers from landing on the wrong leads.
+    pub fn take_for<T: std::any::Any>(self, batch: &[OutboundRecord]) -> Option<T> {
+        let same = self.keys.len() == batch.len()
+            && self
+                .keys
+                .iter()
+                .zip(batch)
+                .all(|(k, r)| *k == r.idempotency_key);
+        if !same {
+            return None;
+        }
+        self.made.downcast::<T>().ok().map(|made| *made)
     }
 }
 

@@ -207,7 +207,8 @@ impl Connector for DynamicsConnector {
 
     /// An upsert batch's `$batch` request, written out while other requests are in flight.
     fn prepare(&self, batch: &[OutboundRecord]) -> Option<PreparedBatch> {
-        self.prepared_upsert(batch).map(PreparedBatch::new)
+        self.prepared_upsert(batch)
+            .map(|request| PreparedBatch::new(batch, request))
     }
 
     async fn push_prepared(
@@ -215,9 +216,7 @@ impl Connector for DynamicsConnector {
         batch: &[OutboundRecord],
         prepared: PreparedBatch,
     ) -> Vec<DeliveryOutcome> {
-        let request = prepared
-            .into_inner::<BatchRequest>()
-            .filter(|r| r.is_upsert_of(batch));
+        let request = prepared.take_for::<BatchRequest>(batch);
         self.push_batch(batch, request).await
     }
 }

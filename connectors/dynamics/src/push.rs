@@ -105,14 +105,6 @@ pub(crate) struct BatchRequest {
     body: String,
 }
 
-impl BatchRequest {
-    /// Whether it can be the upsert request of `batch`: the pipeline hands each batch the
-    /// request made of it, and this guards against one made for a batch of another size.
-    pub(crate) fn is_upsert_of(&self, batch: &[OutboundRecord]) -> bool {
-        self.kind == OpKind::Upsert && self.records == batch.len()
-    }
-}
-
 fn outcomes_of(results: Vec<OpResult>) -> Vec<DeliveryOutcome> {
     results.into_iter().map(|r| r.outcome).collect()
 }

@@ -96,6 +96,14 @@ impl Target {
     }
 }
 
+/// The Web API requests the fake received (the token requests left out).
+fn api_requests(fake: &FakeDataverse) -> Vec<leadsync_fakes::dataverse::RequestRecord> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.path.starts_with("/api/"))
+        .collect()
+}
+
 fn delivered(o: &DeliveryOutcome) -> (Option<String>, Option<bool>) {
     match o {
         DeliveryOutcome::Delivered { crm_ref, created } => (crm_ref.clone(), *created),
@@ -142,11 +150,7 @@ async fn batch_upsert_creates_then_updates_the_same_records() {
         "flags are never sent as false"
     );
     // One $batch request carried the five.
-    let data: Vec<_> = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.path.starts_with("/api/"))
-        .collect();
+    let data = api_requests(&fake);
     assert_eq!(data.len(), 1);
     assert_eq!(data[0].path, "/api/data/v9.2/$batch");
     assert_eq!(data[0].operations, 5);
@@ -190,17 +194,13 @@ async fn an_upsert_prepared_ahead_is_the_same_batch_and_a_stale_one_is_not_sent(
     assert_eq!(fake.lead_count(), 4);
     let l = fake.lead_by_key(&format!("{:032x}", 2)).unwrap();
     assert_eq!(l["firstname"], "Ann2");
-    let data: Vec<_> = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.path.starts_with("/api/"))
-        .collect();
+    let data = api_requests(&fake);
     assert_eq!(data.len(), 1);
     assert_eq!(data[0].path, "/api/data/v9.2/$batch");
     assert_eq!(data[0].operations, 4);
 
-    // Made for other records (not as many): the batch given is written, not the stale one.
-    let stale = t.connector.prepare(&recs[..2]).expect("prepared");
+    // Made of other records (as many): the batch given is written, not the stale one.
+    let stale = t.connector.prepare(&recs[..3]).expect("prepared");
     let more: Vec<_> = (4..7).map(|i| t.record(i, 1)).collect();
     let out = t.connector.push_prepared(&more, stale).await;
     assert_eq!(out.len(), 3);

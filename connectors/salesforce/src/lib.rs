@@ -214,7 +214,8 @@ impl Connector for SalesforceConnector {
 
     /// A batch's collections upsert body, written while other requests are in flight.
     fn prepare(&self, batch: &[OutboundRecord]) -> Option<PreparedBatch> {
-        self.prepared_collection(batch).map(PreparedBatch::new)
+        self.prepared_collection(batch)
+            .map(|body| PreparedBatch::new(batch, body))
     }
 
     async fn push_prepared(
@@ -222,7 +223,7 @@ impl Connector for SalesforceConnector {
         batch: &[OutboundRecord],
         prepared: PreparedBatch,
     ) -> Vec<DeliveryOutcome> {
-        let prepared = prepared.into_inner::<push::PreparedCollection>();
+        let prepared = prepared.take_for::<push::PreparedCollection>(batch);
         self.push_prepared_collection(batch, prepared).await
     }
 }

@@ -117,21 +117,17 @@ impl SalesforceConnector {
             records: &records,
         };
         let body = serde_json::value::to_raw_value(&body).ok()?;
-        Some(PreparedCollection {
-            records: batch.len(),
-            body,
-        })
+        Some(PreparedCollection { body })
     }
 
-    /// Deliver a batch whose collection body was written ahead (the pipeline hands each
-    /// batch the body made of it; one made for a batch of another size is not sent), else
+    /// Deliver a batch with the collection body written ahead of it, if there is one; else
     /// as [`SalesforceConnector::push_batch`] does.
     pub(crate) async fn push_prepared_collection(
         &self,
         batch: &[OutboundRecord],
         prepared: Option<PreparedCollection>,
     ) -> Vec<DeliveryOutcome> {
-        match prepared.filter(|p| p.records == batch.len()) {
+        match prepared {
             Some(p) => {
                 let recs: Vec<&OutboundRecord> = batch.iter().collect();
                 self.send_collection(&recs, &p.body).await
@@ -204,8 +200,6 @@ impl SalesforceConnector {
 
 /// A collections upsert body written ahead ([`leadsync_core::Connector::prepare`]).
 pub(crate) struct PreparedCollection {
-    /// How many records it holds.
-    records: usize,
     body: Box<serde_json::value::RawValue>,
 }
 

@@ -116,6 +116,14 @@ fn failure(o: &DeliveryOutcome) -> &DeliveryFailure {
     }
 }
 
+/// The sObject Collections calls the fake received.
+fn collection_calls(fake: &SalesforceFake) -> Vec<leadsync_fakes::salesforce::RequestInfo> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/composite/sobjects/Lead/"))
+        .collect()
+}
+
 fn delivered(o: &DeliveryOutcome) -> (String, bool) {
     match o {
         DeliveryOutcome::Delivered {
@@ -167,11 +175,7 @@ async fn collection_upsert_creates_maps_and_repush_updates_the_same_records() {
     assert_eq!(edu.get_str("Company"), Some("[not provided]"));
 
     // One collections call for four records, and quota noted.
-    let data: Vec<_> = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.path.contains("/composite/sobjects/Lead/"))
-        .collect();
+    let data = collection_calls(&fake);
     assert_eq!(data.len(), 1);
     assert_eq!(data[0].records, 4);
     assert_eq!(c.last_api_usage().map(|u| u.max), Some(15_000));
@@ -203,16 +207,12 @@ async fn a_collection_prepared_ahead_is_the_same_call_and_a_stale_one_is_not_sen
         .record_by_external_id(EXT, &batch[1].idempotency_key)
         .unwrap();
     assert_eq!(r.get_str("FirstName"), Some("Ada1"));
-    let data: Vec<_> = fake
-        .requests()
-        .into_iter()
-        .filter(|r| r.path.contains("/composite/sobjects/Lead/"))
-        .collect();
+    let data = collection_calls(&fake);
     assert_eq!(data.len(), 1);
     assert_eq!(data[0].records, 3);
 
-    // Made for other records (not as many): the batch given is written, not the stale one.
-    let stale = c.prepare(&batch[..2]).expect("prepared");
+    // Made of other records (as many): the batch given is written, not the stale one.
+    let stale = c.prepare(&batch).expect("prepared");
     let more: Vec<_> = (3..6).map(|i| record(i, person(i), "INS")).collect();
     let out = c.push_prepared(&more, stale).await;
     assert!(out.iter().map(delivered).all(|(_, created)| created));
